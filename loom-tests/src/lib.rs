@@ -1,0 +1,1 @@
+//! Loom models of cylinder live in `tests/`; this library is empty.

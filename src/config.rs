@@ -1,0 +1,288 @@
+//! The builders: every option with its default, validated when the pool or balancer is built.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::balancer::Balancer;
+use crate::error::{BoxError, Error};
+use crate::pool::Pool;
+use crate::supervisor::{Factory, Supervisor};
+use crate::worker::Worker;
+
+/// The largest pool [`PoolBuilder::size`] accepts: its free queue is allocated up front.
+pub const MAX_POOL_SIZE: usize = 1 << 20;
+
+/// What happens to a lease whose client panics while holding it.
+///
+/// ```
+/// use cylinder::{OnClientPanic, Pool, Worker};
+///
+/// struct Conn;
+/// impl Worker for Conn {}
+///
+/// let pool = Pool::builder()
+///     .size(2)
+///     .on_client_panic(OnClientPanic::Discard)
+///     .build(|| Ok(Conn))
+///     .unwrap();
+/// assert_eq!(pool.stats().size, 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnClientPanic {
+    /// The worker goes back to the pool (gruff's choice).
+    #[default]
+    Release,
+    /// The worker may hold broken state: it is retired and replaced through the supervisor.
+    Discard,
+}
+
+fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
+    if value.is_zero() {
+        return Err(Error::invalid(option, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+/// The options of a [`Pool`]. Made by [`Pool::builder`].
+///
+/// | option | default |
+/// |---|---|
+/// | `size` | required for [`build`](Self::build); for [`build_with`](Self::build_with), the size the supervisor should keep |
+/// | `checkout_timeout` | 30 s (`Duration::MAX`: wait without limit) |
+/// | `reconnect_delay` | 1 s |
+/// | `on_client_panic` | [`OnClientPanic::Release`] |
+/// | `name` | `"pool"` (in log lines and the reaper thread's name) |
+///
+/// ```
+/// use std::time::Duration;
+/// use cylinder::{Error, Pool, Worker};
+///
+/// struct Conn;
+/// impl Worker for Conn {}
+///
+/// let pool = Pool::builder()
+///     .size(4)
+///     .checkout_timeout(Duration::from_millis(500))
+///     .name("db")
+///     .build(|| Ok(Conn))
+///     .unwrap();
+/// assert_eq!(pool.stats().free, 4);
+///
+/// let bad = Pool::builder().size(4).checkout_timeout(Duration::ZERO).build(|| Ok(Conn));
+/// assert!(matches!(bad, Err(Error::InvalidConfig { option: "checkout_timeout", .. })));
+/// ```
+#[must_use]
+pub struct PoolBuilder<W> {
+    pub(crate) size: Option<usize>,
+    pub(crate) checkout_timeout: Duration,
+    pub(crate) reconnect_delay: Duration,
+    pub(crate) on_client_panic: OnClientPanic,
+    pub(crate) name: String,
+    worker: PhantomData<fn() -> W>,
+}
+
+impl<W> Default for PoolBuilder<W> {
+    fn default() -> Self {
+        PoolBuilder {
+            worker: PhantomData,
+            size: None,
+            checkout_timeout: Duration::from_secs(30),
+            reconnect_delay: Duration::from_secs(1),
+            on_client_panic: OnClientPanic::Release,
+            name: "pool".to_string(),
+        }
+    }
+}
+
+impl<W: Worker> PoolBuilder<W> {
+    /// How many workers the pool keeps (1 to [`MAX_POOL_SIZE`]).
+    pub fn size(mut self, size: usize) -> Self {
+        self.size = Some(size);
+        self
+    }
+
+    /// How long [`Pool::checkout`] and [`Pool::transaction`] wait for a free worker.
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// How long the reaper waits between attempts while the supervisor fails.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// What a lease does when its client panics while holding it.
+    pub fn on_client_panic(mut self, policy: OnClientPanic) -> Self {
+        self.on_client_panic = policy;
+        self
+    }
+
+    /// The pool's name in log lines and thread names.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts `size` workers from `start` under a [`Factory`] supervisor, which restarts the
+    /// ones that die. Fails if the options are bad or no worker could be started.
+    pub fn build(
+        self,
+        start: impl Fn() -> Result<W, BoxError> + Send + Sync + 'static,
+    ) -> Result<Pool<W>, Error> {
+        let size = self
+            .size
+            .ok_or_else(|| Error::invalid("size", "must be set to build from a closure"))?;
+        self.validate()?;
+        Pool::start(self, Box::new(Factory::new(size, start)))
+    }
+
+    /// Leases the children of an existing supervisor. `size`, if set, is how many children
+    /// the supervisor should keep: fewer makes the reaper retry every `reconnect_delay`.
+    pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Pool<W>, Error> {
+        self.validate()?;
+        Pool::start(self, Box::new(supervisor))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        match self.size {
+            Some(0) => return Err(Error::invalid("size", "must be at least 1, got 0")),
+            Some(size) if size > MAX_POOL_SIZE => {
+                return Err(Error::invalid(
+                    "size",
+                    format!("must be at most {MAX_POOL_SIZE}, got {size}"),
+                ))
+            }
+            _ => {}
+        }
+        positive("checkout_timeout", self.checkout_timeout)?;
+        positive("reconnect_delay", self.reconnect_delay)?;
+        Ok(())
+    }
+}
+
+/// The options of a [`Balancer`], revolver's. Made by [`Balancer::builder`].
+///
+/// | option | default |
+/// |---|---|
+/// | `min_alive_ratio` | 1.0: reload from the supervisor as soon as one worker died |
+/// | `reconnect_delay` | 1 s |
+/// | `max_queue_len` | none: queue lengths are not looked at |
+/// | `connect_at_start` | true |
+/// | `name` | `"balancer"` |
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use cylinder::{Balancer, BoxError, Error, Worker};
+///
+/// struct Node;
+/// impl Worker for Node {}
+///
+/// let nodes = vec![Arc::new(Node), Arc::new(Node)];
+/// let children = move || -> Result<Vec<Arc<Node>>, BoxError> { Ok(nodes.clone()) };
+/// let balancer = Balancer::builder()
+///     .min_alive_ratio(0.75)
+///     .reconnect_delay(Duration::from_millis(200))
+///     .max_queue_len(10)
+///     .build_with(children)
+///     .unwrap();
+/// assert_eq!(balancer.len(), 2);
+///
+/// let bad = Balancer::builder().min_alive_ratio(f64::NAN).build_with(|| Ok(Vec::<Arc<Node>>::new()));
+/// assert!(matches!(bad, Err(Error::InvalidConfig { option: "min_alive_ratio", .. })));
+/// ```
+#[must_use]
+pub struct BalancerBuilder<W> {
+    pub(crate) min_alive_ratio: f64,
+    pub(crate) reconnect_delay: Duration,
+    pub(crate) max_queue_len: Option<usize>,
+    pub(crate) connect_at_start: bool,
+    pub(crate) name: String,
+    worker: PhantomData<fn() -> W>,
+}
+
+impl<W> Default for BalancerBuilder<W> {
+    fn default() -> Self {
+        BalancerBuilder {
+            worker: PhantomData,
+            min_alive_ratio: 1.0,
+            reconnect_delay: Duration::from_secs(1),
+            max_queue_len: None,
+            connect_at_start: true,
+            name: "balancer".to_string(),
+        }
+    }
+}
+
+impl<W: Worker> BalancerBuilder<W> {
+    /// The share of workers (0.0 to 1.0) that must be alive; below it the reaper reloads the
+    /// set from the supervisor, once per fall.
+    pub fn min_alive_ratio(mut self, ratio: f64) -> Self {
+        self.min_alive_ratio = ratio;
+        self
+    }
+
+    /// How long the reaper waits between attempts while disconnected.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// Skip workers whose [`Worker::queue_len`] is above `limit`; when all are,
+    /// [`Balancer::get`] returns [`Error::Overload`].
+    pub fn max_queue_len(mut self, limit: usize) -> Self {
+        self.max_queue_len = Some(limit);
+        self
+    }
+
+    /// With `false`, the balancer starts disconnected until [`Balancer::connect`].
+    pub fn connect_at_start(mut self, connect: bool) -> Self {
+        self.connect_at_start = connect;
+        self
+    }
+
+    /// The balancer's name in log lines and thread names.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Balances over `supervisor`'s children. A supervisor that is down at start is not an
+    /// error: the balancer starts disconnected and the reaper keeps trying, as revolver does.
+    pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Balancer<W>, Error> {
+        if !(0.0..=1.0).contains(&self.min_alive_ratio) {
+            return Err(Error::invalid(
+                "min_alive_ratio",
+                format!("must be within 0.0..=1.0, got {}", self.min_alive_ratio),
+            ));
+        }
+        positive("reconnect_delay", self.reconnect_delay)?;
+        Balancer::start(self, Box::new(supervisor))
+    }
+}
+
+impl<W> std::fmt::Debug for PoolBuilder<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("size", &self.size)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("on_client_panic", &self.on_client_panic)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<W> std::fmt::Debug for BalancerBuilder<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancerBuilder")
+            .field("min_alive_ratio", &self.min_alive_ratio)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("max_queue_len", &self.max_queue_len)
+            .field("connect_at_start", &self.connect_at_start)
+            .field("name", &self.name)
+            .finish()
+    }
+}

@@ -1,0 +1,114 @@
+//! The one background thread of each pool or balancer: it re-enumerates the supervisor when
+//! asked, retries while disconnected, and stops (and is joined) on close or drop.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sync::{deadline_after, Condvar, Mutex};
+
+#[derive(Default)]
+struct SignalState {
+    pending: bool,
+    closed: bool,
+}
+
+/// How the hot paths ask the reaper for a round, and how close tells it to stop.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<SignalState>,
+    wake: Condvar,
+}
+
+impl Signal {
+    /// Asks for a round as soon as possible. Many asks before the round make one round.
+    pub(crate) fn request(&self) {
+        let mut state = self.state.lock();
+        if !state.pending {
+            state.pending = true;
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Whether a round was asked for and not yet started; clears the request.
+    #[cfg(loom)]
+    pub(crate) fn take_request(&self) -> bool {
+        std::mem::take(&mut self.state.lock().pending)
+    }
+
+    /// Waits for a request, for close, or until `retry` passes. `false` once closed.
+    fn wait(&self, retry: Option<Duration>) -> bool {
+        let deadline = retry.and_then(deadline_after);
+        let mut state = self.state.lock();
+        while !state.pending && !state.closed {
+            let (guard, timed_out) = self.wake.wait_until(state, deadline);
+            state = guard;
+            if timed_out {
+                break;
+            }
+        }
+        state.pending = false;
+        !state.closed
+    }
+}
+
+/// One round of upkeep; returns when to run again if nothing asks sooner (`None`: only when
+/// asked).
+pub(crate) type Round = Box<dyn FnMut() -> Option<Duration> + Send>;
+
+/// The reaper thread. Under `--cfg loom` no thread is started: the models run rounds by hand.
+pub(crate) struct Reaper {
+    signal: Arc<Signal>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    pub(crate) fn spawn(name: &str, signal: Arc<Signal>, round: Round) -> std::io::Result<Reaper> {
+        let thread = if cfg!(loom) {
+            drop(round);
+            None
+        } else {
+            let waits_on = signal.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name(format!("cylinder-reaper-{name}"))
+                    .spawn(move || Self::run(&waits_on, round))?,
+            )
+        };
+        Ok(Reaper { signal, thread })
+    }
+
+    fn run(signal: &Signal, mut round: Round) {
+        let mut retry = None;
+        while signal.wait(retry) {
+            // A round never panics by design (supervisor calls are contained); this keeps a
+            // bug from silently ending upkeep for good.
+            retry = match catch_unwind(AssertUnwindSafe(&mut round)) {
+                Ok(next) => next,
+                Err(_) => {
+                    log::error!("cylinder: reaper round panicked; retrying in 1s");
+                    Some(Duration::from_secs(1))
+                }
+            };
+        }
+    }
+
+    /// Stops the thread and waits for it. Idempotent.
+    pub(crate) fn stop(&mut self) {
+        self.signal.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

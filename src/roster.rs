@@ -1,0 +1,262 @@
+//! The published worker set: one mechanism, shared by the pool and the balancer, to enumerate
+//! the supervisor's children, track which died, reload, and reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::reaper::Signal;
+use crate::supervisor::{contained, Supervisor};
+use crate::sync::{
+    AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SnapshotCell, SnapshotGuard,
+};
+use crate::worker::Worker;
+
+/// One published worker set. Never changed after publication except for its death marks.
+pub(crate) struct Snapshot<W> {
+    pub(crate) members: Vec<Arc<W>>,
+    dead: Vec<AtomicBool>,
+    alive: AtomicUsize,
+    reload_asked: AtomicBool,
+}
+
+impl<W> Snapshot<W> {
+    fn new(members: Vec<Arc<W>>) -> Self {
+        Snapshot {
+            dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            alive: AtomicUsize::new(members.len()),
+            reload_asked: AtomicBool::new(false),
+            members,
+        }
+    }
+
+    /// An empty set means disconnected.
+    pub(crate) fn is_connected(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    pub(crate) fn is_marked_dead(&self, index: usize) -> bool {
+        self.dead[index].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn contains(&self, worker: &Arc<W>) -> bool {
+        contains(&self.members, worker)
+    }
+}
+
+fn contains<W>(set: &[Arc<W>], worker: &Arc<W>) -> bool {
+    set.iter().any(|w| Arc::ptr_eq(w, worker))
+}
+
+/// What a reload found.
+pub(crate) struct Reload<W> {
+    /// Live workers that were not in the previous set.
+    pub(crate) added: Vec<Arc<W>>,
+    /// Workers that were in the previous set and are not any more.
+    pub(crate) removed: usize,
+    /// The size of the new set.
+    pub(crate) total: usize,
+}
+
+/// Workers given up on, and kept out of the set for as long as the supervisor still lists them.
+#[derive(Default)]
+struct Retired<W> {
+    pending: Vec<Arc<W>>,
+    told: Vec<Arc<W>>,
+}
+
+pub(crate) struct Roster<W> {
+    name: String,
+    supervisor: Box<dyn Supervisor<W>>,
+    current: SnapshotCell<Snapshot<W>>,
+    min_alive_ratio: f64,
+    /// The size the set should have, when known (a factory's size); fewer means retry.
+    expected: Option<usize>,
+    reconnect_delay: Duration,
+    reload_lock: Mutex<()>,
+    retired: Mutex<Retired<W>>,
+    pub(crate) signal: Arc<Signal>,
+    connected_once: AtomicBool,
+    restarts: AtomicU64,
+    reloads: AtomicU64,
+}
+
+impl<W: Worker> Roster<W> {
+    pub(crate) fn new(
+        name: String,
+        supervisor: Box<dyn Supervisor<W>>,
+        min_alive_ratio: f64,
+        expected: Option<usize>,
+        reconnect_delay: Duration,
+    ) -> Self {
+        Roster {
+            name,
+            supervisor,
+            current: SnapshotCell::new(Arc::new(Snapshot::new(Vec::new()))),
+            min_alive_ratio,
+            expected,
+            reconnect_delay,
+            reload_lock: Mutex::new(()),
+            retired: Mutex::new(Retired {
+                pending: Vec::new(),
+                told: Vec::new(),
+            }),
+            signal: Arc::new(Signal::default()),
+            connected_once: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn snapshot(&self) -> SnapshotGuard<Snapshot<W>> {
+        self.current.load()
+    }
+
+    /// Workers that joined after the first connect: the replacements.
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many times the supervisor was asked for its children.
+    pub(crate) fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Notes that member `index` of `snapshot` was found dead. The first finder logs it and,
+    /// when the live share falls below `min_alive_ratio`, asks the reaper for one reload.
+    pub(crate) fn mark_dead(&self, snapshot: &Snapshot<W>, index: usize) {
+        if snapshot.dead[index].swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let total = snapshot.members.len();
+        let alive = snapshot.alive.fetch_sub(1, Ordering::AcqRel) - 1;
+        log::info!(
+            "cylinder: {}: worker {index} died ({alive} of {total} alive)",
+            self.name
+        );
+        if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
+            self.ask_reload(snapshot);
+        }
+    }
+
+    /// Asks the reaper to reload, at most once per published set.
+    pub(crate) fn ask_reload(&self, snapshot: &Snapshot<W>) {
+        if !snapshot.reload_asked.swap(true, Ordering::AcqRel) {
+            self.signal.request();
+        }
+    }
+
+    /// Takes `worker` out of service: the supervisor is told and a reload asked for.
+    pub(crate) fn retire(&self, worker: Arc<W>) {
+        self.retired.lock().pending.push(worker);
+        self.signal.request();
+    }
+
+    /// Asks the supervisor for its children and publishes the live ones.
+    pub(crate) fn reload(&self) -> Result<Reload<W>, Error> {
+        let _serial = self.reload_lock.lock();
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        let pending = std::mem::take(&mut self.retired.lock().pending);
+        for worker in &pending {
+            if let Err(err) = contained(|| {
+                self.supervisor.retire(worker);
+                Ok(())
+            }) {
+                log::error!("cylinder: {}: supervisor's retire failed: {err}", self.name);
+            }
+        }
+        let old = self.current.load_full();
+        let listed = match contained(|| self.supervisor.children()) {
+            Ok(listed) => listed,
+            Err(err) => {
+                self.disconnect(&old, &err.to_string());
+                return Err(err);
+            }
+        };
+        let members = {
+            let mut retired = self.retired.lock();
+            retired.told.extend(pending);
+            retired.told.retain(|w| contains(&listed, w));
+            let mut members: Vec<Arc<W>> = Vec::with_capacity(listed.len());
+            for worker in listed {
+                if worker.is_alive()
+                    && !contains(&retired.told, &worker)
+                    && !contains(&members, &worker)
+                {
+                    members.push(worker);
+                }
+            }
+            members
+        };
+        if members.is_empty() {
+            self.disconnect(&old, "no live children");
+            return Err(Error::Disconnected);
+        }
+        let added: Vec<Arc<W>> = members
+            .iter()
+            .filter(|w| !old.contains(w))
+            .cloned()
+            .collect();
+        let removed = old
+            .members
+            .iter()
+            .filter(|w| !contains(&members, w))
+            .count();
+        let total = members.len();
+        if self.connected_once.swap(true, Ordering::AcqRel) {
+            self.restarts
+                .fetch_add(added.len() as u64, Ordering::Relaxed);
+        }
+        self.current.store(Arc::new(Snapshot::new(members)));
+        log::info!(
+            "cylinder: {}: found {} new of {total} total, connected",
+            self.name,
+            added.len()
+        );
+        Ok(Reload {
+            added,
+            removed,
+            total,
+        })
+    }
+
+    /// When the reaper should try again after a reload: after `reconnect_delay` while the set
+    /// is gone or short of its expected size, else only when asked.
+    pub(crate) fn retry_after(&self, reload: &Result<Reload<W>, Error>) -> Option<Duration> {
+        let delay = self.reconnect_delay;
+        match reload {
+            Ok(found) if self.expected.map_or(true, |size| found.total >= size) => None,
+            Ok(found) => {
+                log::warn!(
+                    "cylinder: {}: only {} of {} workers running, retrying in {delay:?}",
+                    self.name,
+                    found.total,
+                    self.expected.unwrap_or(found.total)
+                );
+                Some(delay)
+            }
+            Err(_) => {
+                log::debug!(
+                    "cylinder: {}: still disconnected, retrying in {delay:?}",
+                    self.name
+                );
+                Some(delay)
+            }
+        }
+    }
+
+    fn disconnect(&self, old: &Snapshot<W>, reason: &str) {
+        if old.is_connected() {
+            log::error!(
+                "cylinder: {}: disconnected ({reason}), retrying in {:?}",
+                self.name,
+                self.reconnect_delay
+            );
+            self.current.store(Arc::new(Snapshot::new(Vec::new())));
+        }
+    }
+}

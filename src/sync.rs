@@ -1,0 +1,199 @@
+//! The one place that names the synchronisation primitives, so that the loom models run the
+//! crate's real code: under `--cfg loom` every primitive below is swapped for a loom-visible
+//! stand-in with the same calls (see `loom-tests/README.md` for what each stand-in assumes).
+
+pub(crate) use crossbeam::utils::CachePadded;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use std::time::Instant;
+
+#[cfg(not(loom))]
+mod imp {
+    use std::time::Instant;
+
+    /// A mutex without poisoning: a panic while it is held must not make the pool unusable.
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(parking_lot::Mutex<T>);
+    pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(parking_lot::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock()
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Condvar(parking_lot::Condvar::new())
+        }
+        /// Waits for a notification or until `deadline` (`None`: no limit).
+        /// Returns the guard and whether the deadline passed.
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let timed_out = match deadline {
+                None => {
+                    self.0.wait(&mut guard);
+                    false
+                }
+                Some(deadline) => self.0.wait_until(&mut guard, deadline).timed_out(),
+            };
+            (guard, timed_out)
+        }
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// The published snapshot: a lock-free `ArcSwap`.
+    pub(crate) struct SnapshotCell<T>(arc_swap::ArcSwap<T>);
+    pub(crate) type SnapshotGuard<T> = arc_swap::Guard<std::sync::Arc<T>>;
+
+    impl<T> SnapshotCell<T> {
+        pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+            SnapshotCell(arc_swap::ArcSwap::new(value))
+        }
+        pub(crate) fn load(&self) -> SnapshotGuard<T> {
+            self.0.load()
+        }
+        pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
+            self.0.load_full()
+        }
+        pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+            self.0.store(value)
+        }
+    }
+
+    /// The free-slot queue: a bounded lock-free `ArrayQueue`.
+    pub(crate) type FreeQueue<T> = crossbeam::queue::ArrayQueue<T>;
+}
+
+#[cfg(loom)]
+mod imp {
+    use std::collections::VecDeque;
+    use std::time::Instant;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Condvar(loom::sync::Condvar::new())
+        }
+        /// Loom has no clock: an untimed wait is loom's wait; a timed wait is modelled as one
+        /// whose deadline has already passed, so every interleaving of a timeout with the
+        /// other threads' steps is explored.
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            match deadline {
+                None => (
+                    self.0
+                        .wait(guard)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    false,
+                ),
+                Some(_) => {
+                    loom::thread::yield_now();
+                    (guard, true)
+                }
+            }
+        }
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// Stand-in for `ArcSwap`: loads and stores are linearizable, as `ArcSwap`'s are.
+    pub(crate) struct SnapshotCell<T>(loom::sync::Mutex<std::sync::Arc<T>>);
+    pub(crate) type SnapshotGuard<T> = std::sync::Arc<T>;
+
+    impl<T> SnapshotCell<T> {
+        pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+            SnapshotCell(loom::sync::Mutex::new(value))
+        }
+        pub(crate) fn load(&self) -> SnapshotGuard<T> {
+            self.0.lock().unwrap().clone()
+        }
+        pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
+            self.load()
+        }
+        pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+            *self.0.lock().unwrap() = value;
+        }
+    }
+
+    /// Stand-in for crossbeam's `ArrayQueue`: a bounded FIFO whose push and pop are
+    /// linearizable, as `ArrayQueue`'s are.
+    pub(crate) struct FreeQueue<T> {
+        items: loom::sync::Mutex<VecDeque<T>>,
+        capacity: usize,
+    }
+
+    impl<T> FreeQueue<T> {
+        pub(crate) fn new(capacity: usize) -> Self {
+            FreeQueue {
+                items: loom::sync::Mutex::new(VecDeque::with_capacity(capacity)),
+                capacity,
+            }
+        }
+        pub(crate) fn push(&self, item: T) -> Result<(), T> {
+            let mut items = self.items.lock().unwrap();
+            if items.len() == self.capacity {
+                return Err(item);
+            }
+            items.push_back(item);
+            Ok(())
+        }
+        pub(crate) fn pop(&self) -> Option<T> {
+            self.items.lock().unwrap().pop_front()
+        }
+        pub(crate) fn len(&self) -> usize {
+            self.items.lock().unwrap().len()
+        }
+    }
+}
+
+pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard};
+
+/// `now + timeout`, or `None` (wait without limit) when that is past the end of time,
+/// as it is for `Duration::MAX`.
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}

@@ -1,0 +1,34 @@
+/// A worker that a [`Pool`](crate::Pool) leases or a [`Balancer`](crate::Balancer) hands out.
+///
+/// Both methods have defaults, so a plain struct is a worker with one line. A worker that can
+/// fail (a thread that may panic, a connection that may drop) says so through `is_alive`, and
+/// is then taken out of service and replaced through its supervisor.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use cylinder::Worker;
+///
+/// struct Connection { open: AtomicBool }
+///
+/// impl Worker for Connection {
+///     fn is_alive(&self) -> bool {
+///         self.open.load(Ordering::Acquire)
+///     }
+/// }
+///
+/// let conn = Connection { open: AtomicBool::new(true) };
+/// assert!(conn.is_alive());
+/// assert_eq!(conn.queue_len(), None);
+/// ```
+pub trait Worker: Send + Sync + 'static {
+    /// Whether the worker can still serve. A dead worker is never handed out again.
+    fn is_alive(&self) -> bool {
+        true
+    }
+
+    /// How many requests wait in the worker's mailbox, if it has one; `None` when unknown.
+    /// The balancer's `max_queue_len` skips a worker whose queue is longer.
+    fn queue_len(&self) -> Option<usize> {
+        None
+    }
+}
