@@ -1,0 +1,134 @@
+//! Test workers and supervisors shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cylinder::{BoxError, Worker};
+
+/// A worker that can be killed, that counts its uses, and that catches double leases.
+#[derive(Debug)]
+pub struct Probe {
+    pub id: usize,
+    alive: AtomicBool,
+    in_use: AtomicBool,
+    pub uses: AtomicUsize,
+    pub queue: AtomicUsize,
+}
+
+impl Probe {
+    pub fn new(id: usize) -> Probe {
+        Probe {
+            id,
+            alive: AtomicBool::new(true),
+            in_use: AtomicBool::new(false),
+            uses: AtomicUsize::new(0),
+            queue: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    /// Marks the probe in use; panics if someone else holds it (a double lease).
+    pub fn enter(&self) {
+        assert!(
+            !self.in_use.swap(true, Ordering::AcqRel),
+            "worker {} leased to two holders at once",
+            self.id
+        );
+        self.uses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        assert!(
+            self.in_use.swap(false, Ordering::AcqRel),
+            "worker {} left while not in use",
+            self.id
+        );
+    }
+}
+
+impl Worker for Probe {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn queue_len(&self) -> Option<usize> {
+        Some(self.queue.load(Ordering::Relaxed))
+    }
+}
+
+/// A start closure for `PoolBuilder::build` numbering its probes, and the count of starts.
+pub fn numbered_probes() -> (
+    impl Fn() -> Result<Probe, BoxError> + Send + Sync + 'static,
+    Arc<AtomicUsize>,
+) {
+    let started = Arc::new(AtomicUsize::new(0));
+    let count = started.clone();
+    (
+        move || Ok(Probe::new(count.fetch_add(1, Ordering::SeqCst))),
+        started,
+    )
+}
+
+/// A supervisor whose children the test sets, that can go down, and that counts its calls.
+#[derive(Clone, Default)]
+pub struct Switchboard {
+    pub children: Arc<Mutex<Option<Vec<Arc<Probe>>>>>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Switchboard {
+    pub fn with(count: usize) -> Switchboard {
+        let board = Switchboard::default();
+        board.set((0..count).map(|id| Arc::new(Probe::new(id))).collect());
+        board
+    }
+
+    pub fn set(&self, children: Vec<Arc<Probe>>) {
+        *self.children.lock().unwrap() = Some(children);
+    }
+
+    pub fn stop(&self) {
+        *self.children.lock().unwrap() = None;
+    }
+
+    pub fn current(&self) -> Vec<Arc<Probe>> {
+        self.children.lock().unwrap().clone().unwrap_or_default()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The supervisor closure to hand to a builder.
+    pub fn supervisor(
+        &self,
+    ) -> impl Fn() -> Result<Vec<Arc<Probe>>, BoxError> + Send + Sync + 'static {
+        let board = self.clone();
+        move || {
+            board.calls.fetch_add(1, Ordering::SeqCst);
+            board
+                .children
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or_else(|| "supervisor not running".into())
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    condition()
+}

@@ -1,0 +1,158 @@
+//! gruff's "worker fails → restarted": dead or discarded workers are replaced through the
+//! supervisor and the pool returns to full size; a failing supervisor never takes it down.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, numbered_probes, Probe, Switchboard};
+use cylinder::{BoxError, Error, Pool};
+
+const SLACK: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_worker_dying_while_leased_is_replaced() {
+    let (start, started) = numbered_probes();
+    let pool = Pool::builder().size(4).build(start).unwrap();
+    let lease = pool.checkout().unwrap();
+    lease.kill();
+    drop(lease);
+    assert!(eventually(SLACK, || pool.stats().free == 4));
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.restarts, stats.discards), (4, 1, 1));
+    assert_eq!(started.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn a_worker_dying_while_free_is_skipped_and_replaced() {
+    let (start, _) = numbered_probes();
+    let pool = Pool::builder().size(2).build(start).unwrap();
+    let victim = pool.checkout().unwrap().worker().clone();
+    victim.kill();
+    // Checkouts never hand out the dead worker.
+    for _ in 0..10 {
+        let lease = pool.checkout().unwrap();
+        assert!(!Arc::ptr_eq(lease.worker(), &victim));
+    }
+    assert!(eventually(SLACK, || pool.stats().free == 2
+        && pool.stats().restarts == 1));
+}
+
+#[test]
+fn discarded_workers_are_replaced_and_size_restored() {
+    let (start, _) = numbered_probes();
+    let pool = Pool::builder().size(3).build(start).unwrap();
+    for _ in 0..3 {
+        pool.checkout().unwrap().discard();
+    }
+    assert!(eventually(SLACK, || pool.stats().free == 3
+        && pool.stats().restarts == 3));
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.discards, stats.leased), (3, 3, 0));
+    assert_eq!(stats.checkouts, stats.releases + stats.discards);
+}
+
+#[test]
+fn a_waiter_gets_the_replacement_of_a_dead_worker() {
+    let (start, _) = numbered_probes();
+    let pool = Pool::builder().size(1).build(start).unwrap();
+    let lease = pool.checkout().unwrap();
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| pool.checkout_timeout(SLACK).map(|l| l.id));
+        assert!(eventually(SLACK, || pool.stats().waiters == 1));
+        lease.kill();
+        drop(lease);
+        assert_eq!(
+            waiter.join().unwrap().unwrap(),
+            1,
+            "the replacement, worker 1"
+        );
+    });
+}
+
+#[test]
+fn a_supervisor_that_fails_to_restart_is_contained_and_retried() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let starts = Arc::new(AtomicUsize::new(0));
+    let (fail, count) = (failing.clone(), starts.clone());
+    let pool = Pool::builder()
+        .size(2)
+        .reconnect_delay(Duration::from_millis(20))
+        .build(move || -> Result<Probe, BoxError> {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            if fail.load(Ordering::SeqCst) {
+                if n % 2 == 0 {
+                    panic!("factory panics");
+                }
+                return Err("factory refuses".into());
+            }
+            Ok(Probe::new(n))
+        })
+        .unwrap();
+    failing.store(true, Ordering::SeqCst);
+    pool.checkout().unwrap().discard();
+    // The pool keeps serving the worker it still has while the factory fails.
+    assert!(eventually(SLACK, || starts.load(Ordering::SeqCst) >= 5));
+    for _ in 0..10 {
+        assert!(pool.checkout_timeout(Duration::from_secs(1)).is_ok());
+    }
+    assert_eq!(pool.stats().size, 1);
+    failing.store(false, Ordering::SeqCst);
+    assert!(eventually(SLACK, || pool.stats().size == 2 && pool.stats().free == 2));
+}
+
+#[test]
+fn a_pool_over_an_external_supervisor_follows_its_children() {
+    let board = Switchboard::with(2);
+    let pool = Pool::builder()
+        .reconnect_delay(Duration::from_millis(20))
+        .build_with(board.supervisor())
+        .unwrap();
+    assert_eq!(pool.stats().size, 2);
+    // The supervisor restarts a dead child by itself: a new probe in its place.
+    let mut children = board.current();
+    children[0].kill();
+    children[0] = Arc::new(Probe::new(10));
+    board.set(children);
+    // Checkouts meet the dead child, retire it, and the reaper takes in its replacement.
+    assert!(eventually(SLACK, || {
+        let leases: Vec<_> = (0..2).filter_map(|_| pool.try_checkout().ok()).collect();
+        let mut ids: Vec<usize> = leases.iter().map(|l| l.id).collect();
+        ids.sort();
+        ids == [1, 10]
+    }));
+    assert_eq!(
+        (pool.stats().size, pool.stats().free, pool.stats().restarts),
+        (2, 2, 1)
+    );
+}
+
+#[test]
+fn a_supervisor_gone_makes_checkout_fail_fast() {
+    let board = Switchboard::with(1);
+    let pool = Pool::builder()
+        .reconnect_delay(Duration::from_millis(20))
+        .build_with(board.supervisor())
+        .unwrap();
+    board.stop();
+    pool.checkout().unwrap().kill();
+    assert!(eventually(SLACK, || matches!(
+        pool.try_checkout(),
+        Err(Error::Disconnected)
+    )));
+    assert!(matches!(pool.checkout(), Err(Error::Disconnected)));
+    board.set(vec![Arc::new(Probe::new(7))]);
+    assert!(eventually(SLACK, || pool.try_checkout().is_ok()));
+}
+
+#[test]
+fn a_factory_that_cannot_start_anything_fails_the_build() {
+    let err = Pool::builder()
+        .size(2)
+        .build(|| -> Result<Probe, BoxError> { Err("no database".into()) })
+        .unwrap_err();
+    assert!(matches!(err, Error::Supervisor(_)), "{err}");
+    assert!(err.to_string().contains("no database"), "{err}");
+}
