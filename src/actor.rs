@@ -83,12 +83,15 @@ pub struct Actor<B: Behaviour> {
     thread: thread::Thread,
 }
 
-/// Marks the actor dead when its thread ends, by return or by panic.
-struct AliveFlag(Arc<AtomicBool>);
+/// Marks the actor dead if a handler panics. Declared after the caller's reply channel, it
+/// drops first, so a caller who sees `WorkerDied` also sees `is_alive() == false`.
+struct DeadOnPanic<'a>(&'a AtomicBool);
 
-impl Drop for AliveFlag {
+impl Drop for DeadOnPanic<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        if thread::panicking() {
+            self.0.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -97,13 +100,10 @@ impl<B: Behaviour> Actor<B> {
     pub fn spawn(behaviour: B) -> std::io::Result<Self> {
         let (mailbox, inbox) = channel::unbounded();
         let alive = Arc::new(AtomicBool::new(true));
-        let flag = AliveFlag(alive.clone());
+        let flag = alive.clone();
         let handle = thread::Builder::new()
             .name("cylinder-worker".into())
-            .spawn(move || {
-                let _flag = flag;
-                Self::serve(behaviour, inbox);
-            })?;
+            .spawn(move || Self::serve(behaviour, inbox, &flag))?;
         Ok(Actor {
             mailbox,
             alive,
@@ -111,11 +111,12 @@ impl<B: Behaviour> Actor<B> {
         })
     }
 
-    fn serve(mut behaviour: B, inbox: Receiver<Envelope<B>>) {
+    fn serve(mut behaviour: B, inbox: Receiver<Envelope<B>>, alive: &AtomicBool) {
         let run = catch_unwind(AssertUnwindSafe(|| {
             for envelope in inbox.iter() {
                 match envelope {
                     Envelope::Call(request, reply) => {
+                        let _dead_on_panic = DeadOnPanic(alive);
                         // The caller may have given up (timeout); its reply is then dropped.
                         let _ = reply.send(behaviour.handle_call(request));
                     }
@@ -124,6 +125,9 @@ impl<B: Behaviour> Actor<B> {
                 }
             }
         }));
+        // Dead before the inbox drops and fails the callers still queued.
+        alive.store(false, Ordering::Release);
+        drop(inbox);
         if run.is_err() {
             log::error!(
                 "cylinder: worker thread {:?} panicked; it is dead and will be replaced",

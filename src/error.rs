@@ -8,9 +8,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Everything that can go wrong in `cylinder`, each variant naming its cause.
 ///
 /// ```
-/// use cylinder::{Error, Pool};
+/// use cylinder::{Error, Pool, Worker};
 ///
-/// let err = Pool::<()>::builder().size(0).build(|| Ok(())).unwrap_err();
+/// struct Conn;
+/// impl Worker for Conn {}
+///
+/// let err = Pool::builder().size(0).build(|| Ok(Conn)).unwrap_err();
 /// assert!(matches!(err, Error::InvalidConfig { option: "size", .. }));
 /// assert_eq!(err.to_string(), "invalid configuration: size: must be at least 1, got 0");
 /// ```

@@ -1,0 +1,161 @@
+//! Loom models of the pool's real code (built through `src/sync.rs` under `--cfg loom`).
+#![cfg(loom)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cylinder::{BoxError, Error, Pool, Worker};
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::thread;
+
+/// A worker whose "in use" flag is loom-visible, so a double lease is an assertion failure
+/// in some explored interleaving.
+struct Slot {
+    in_use: AtomicBool,
+    alive: AtomicBool,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            in_use: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+        }
+    }
+    fn enter(&self) {
+        assert!(
+            !self.in_use.swap(true, Ordering::AcqRel),
+            "a worker leased twice"
+        );
+    }
+    fn leave(&self) {
+        self.in_use.store(false, Ordering::Release);
+    }
+}
+
+impl Worker for Slot {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+fn pool(size: usize) -> Arc<Pool<Slot>> {
+    Arc::new(
+        Pool::builder()
+            .size(size)
+            .checkout_timeout(Duration::MAX)
+            .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
+            .unwrap(),
+    )
+}
+
+fn use_once(pool: &Pool<Slot>) {
+    let lease = pool.checkout().unwrap();
+    lease.enter();
+    lease.leave();
+}
+
+fn model(test: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(test);
+}
+
+/// Two threads over one slot: mutual exclusion, and no lost wake-up (a lost one would leave
+/// a thread blocked forever, which loom reports as a deadlock).
+#[test]
+fn two_threads_one_slot() {
+    model(|| {
+        let pool = pool(1);
+        let other = pool.clone();
+        let t = thread::spawn(move || use_once(&other));
+        use_once(&pool);
+        t.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+    });
+}
+
+/// Three threads over two slots.
+#[test]
+fn three_threads_two_slots() {
+    model(|| {
+        let pool = pool(2);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || use_once(&pool))
+            })
+            .collect();
+        use_once(&pool);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (2, 0, 0));
+    });
+}
+
+/// A waiter times out while the holder releases: the waiter either got the worker or took
+/// nothing, and the worker ends up free either way.
+#[test]
+fn timeout_racing_a_release() {
+    model(|| {
+        let pool = pool(1);
+        let lease = pool.checkout().unwrap();
+        let waiter_pool = pool.clone();
+        let waiter =
+            thread::spawn(
+                move || match waiter_pool.checkout_timeout(Duration::from_millis(1)) {
+                    Ok(lease) => {
+                        lease.enter();
+                        lease.leave();
+                        true
+                    }
+                    Err(Error::Timeout(_)) => false,
+                    Err(other) => panic!("unexpected {other}"),
+                },
+            );
+        drop(lease);
+        waiter.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+    });
+}
+
+/// Close while a waiter is parked: the waiter wakes with `Closed`.
+#[test]
+fn close_with_a_waiter_parked() {
+    model(|| {
+        let pool = pool(1);
+        let lease = pool.checkout().unwrap();
+        let waiter_pool = pool.clone();
+        let waiter = thread::spawn(move || waiter_pool.checkout().map(|_| ()));
+        pool.close();
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Closed)));
+        drop(lease);
+    });
+}
+
+/// A leased worker dies; its release retires it and the reaper's round hands the
+/// replacement to the parked waiter.
+#[test]
+fn a_dead_workers_replacement_reaches_a_waiter() {
+    model(|| {
+        let pool = pool(1);
+        let lease = pool.checkout().unwrap();
+        let waiter_pool = pool.clone();
+        let waiter = thread::spawn(move || use_once(&waiter_pool));
+        lease.alive.store(false, Ordering::Release);
+        drop(lease);
+        pool.run_reaper_round();
+        waiter.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.free, stats.size, stats.restarts, stats.discards),
+            (1, 1, 1, 1)
+        );
+    });
+}
