@@ -7,7 +7,7 @@ use crate::config::BalancerBuilder;
 use crate::error::Error;
 use crate::reaper::Reaper;
 use crate::roster::{Roster, Snapshot};
-use crate::stripe::StripedCursor;
+use crate::stripe::{Stripe, StripedCursor};
 use crate::supervisor::Supervisor;
 use crate::sync::{Mutex, SnapshotGuard};
 use crate::worker::Worker;
@@ -164,7 +164,7 @@ impl<W: Worker> Balancer<W> {
         if count == 0 {
             return Err(Error::Disconnected);
         }
-        let start = shared.cursor.next();
+        let start = shared.cursor.next(Stripe::current());
         let mut overloaded = false;
         for step in 0..count {
             let index = (start.wrapping_add(step)) % count;

@@ -51,6 +51,7 @@ fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
 /// | `checkout_timeout` | 30 s (`Duration::MAX`: wait without limit) |
 /// | `reconnect_delay` | 1 s |
 /// | `on_client_panic` | [`OnClientPanic::Release`] |
+/// | `fifo_after` | 1 ms: a waiter that waited this long gets the next released worker first |
 /// | `name` | `"pool"` (in log lines and the reaper thread's name) |
 ///
 /// ```
@@ -77,6 +78,7 @@ pub struct PoolBuilder<W> {
     pub(crate) checkout_timeout: Duration,
     pub(crate) reconnect_delay: Duration,
     pub(crate) on_client_panic: OnClientPanic,
+    pub(crate) fifo_after: Duration,
     pub(crate) name: String,
     worker: PhantomData<fn() -> W>,
 }
@@ -89,6 +91,7 @@ impl<W> Default for PoolBuilder<W> {
             checkout_timeout: Duration::from_secs(30),
             reconnect_delay: Duration::from_secs(1),
             on_client_panic: OnClientPanic::Release,
+            fifo_after: Duration::from_millis(1),
             name: "pool".to_string(),
         }
     }
@@ -116,6 +119,16 @@ impl<W: Worker> PoolBuilder<W> {
     /// What a lease does when its client panics while holding it.
     pub fn on_client_panic(mut self, policy: OnClientPanic) -> Self {
         self.on_client_panic = policy;
+        self
+    }
+
+    /// How long a blocked checkout may be passed over. Until a waiter has waited this long, a
+    /// released worker goes back to the pool and the longest waiter is woken to compete for
+    /// it with running threads (fast: no context switch per lease); after that, the next
+    /// release hands the worker straight to the longest waiter. `Duration::ZERO` makes every
+    /// hand-off strictly first come, first served.
+    pub fn fifo_after(mut self, patience: Duration) -> Self {
+        self.fifo_after = patience;
         self
     }
 
@@ -270,6 +283,7 @@ impl<W> std::fmt::Debug for PoolBuilder<W> {
             .field("checkout_timeout", &self.checkout_timeout)
             .field("reconnect_delay", &self.reconnect_delay)
             .field("on_client_panic", &self.on_client_panic)
+            .field("fifo_after", &self.fifo_after)
             .field("name", &self.name)
             .finish()
     }

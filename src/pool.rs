@@ -8,9 +8,12 @@ use crate::config::{OnClientPanic, PoolBuilder};
 use crate::error::Error;
 use crate::reaper::Reaper;
 use crate::roster::Roster;
-use crate::stripe::StripedCounter;
+use crate::stripe::{Stripe, StripedCounter, STRIPES};
 use crate::supervisor::Supervisor;
-use crate::sync::{deadline_after, fence, AtomicBool, AtomicU64, FreeQueue, Mutex, Ordering};
+use crate::sync::{
+    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, FreeQueue,
+    Mutex, Ordering, SwapCell,
+};
 use crate::waitlist::{WaitError, WaitList};
 use crate::worker::Worker;
 
@@ -51,6 +54,10 @@ pub struct Pool<W: Worker> {
 
 struct Shared<W: Worker> {
     free: FreeQueue<Arc<W>>,
+    /// One free worker per thread stripe, parked by the thread that released it for its own
+    /// next checkout: that thread stays off the shared queue's cache lines and gets back a
+    /// worker that is hot in its cache. Other threads steal from here when the queue is dry.
+    parked: Box<[CachePadded<Parked<W>>]>,
     waiters: WaitList<Arc<W>>,
     roster: Roster<W>,
     closed: AtomicBool,
@@ -60,6 +67,39 @@ struct Shared<W: Worker> {
     releases: StripedCounter,
     discards: StripedCounter,
     timeouts: AtomicU64,
+}
+
+struct Parked<W> {
+    slot: SwapCell<Arc<W>>,
+    /// Puts minus takes (wrapping: a thief's take may be counted before the owner's put).
+    /// Readers skip a slot whose count is zero without touching the slot; the `SeqCst`
+    /// increment after a put is also what orders the put before the releaser's look for
+    /// waiters (see `Shared::give_back`).
+    count: AtomicUsize,
+}
+
+impl<W> Parked<W> {
+    #[inline]
+    fn take(&self) -> Option<Arc<W>> {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let worker = self.slot.take()?;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Some(worker)
+    }
+
+    /// Parks `worker`. Only the stripe's owner puts, and only into a slot whose count it saw
+    /// at zero, which means empty; a worker found there all the same goes to `overflow`.
+    #[inline]
+    fn put(&self, worker: Arc<W>, overflow: impl FnOnce(Arc<W>)) {
+        let displaced = self.slot.put(worker);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if let Some(displaced) = displaced {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            overflow(displaced);
+        }
+    }
 }
 
 /// A view of a pool's state, from [`Pool::stats`]. The counts are exact when the pool is
@@ -107,10 +147,18 @@ impl<W: Worker> Pool<W> {
         );
         let first = roster.reload()?;
         // Room for the expected size, and for a supervisor that grows its set later.
-        let capacity = options.size.unwrap_or(0).max(first.total * 4);
+        let capacity = options.size.unwrap_or(0).max(first.total);
         let shared = Arc::new(Shared {
             free: FreeQueue::new(capacity),
-            waiters: WaitList::new(),
+            parked: (0..STRIPES)
+                .map(|_| {
+                    CachePadded::new(Parked {
+                        slot: SwapCell::new(),
+                        count: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+            waiters: WaitList::new(options.fifo_after),
             roster,
             closed: AtomicBool::new(false),
             checkout_timeout: options.checkout_timeout,
@@ -121,7 +169,7 @@ impl<W: Worker> Pool<W> {
             timeouts: AtomicU64::new(0),
         });
         for worker in first.added {
-            shared.give_back(worker);
+            shared.push_free(worker);
         }
         let upkeep = shared.clone();
         let reaper = Reaper::spawn(
@@ -142,26 +190,26 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Leases a worker, waiting up to `timeout` (`Duration::MAX`: no limit). Waiters are
-    /// served in arrival order; one that gives up takes nothing with it.
+    /// served in arrival order, and one that has waited the pool's `fifo_after` is handed the
+    /// next released worker ahead of any thread that did not wait. A waiter that gives up
+    /// takes nothing with it.
     pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.shared;
         shared.check_open()?;
-        // With a line formed, newcomers queue behind it instead of jumping ahead.
-        if !shared.waiters.has_waiters() {
-            if let Some(worker) = shared.pop_live() {
-                return Ok(self.lease(worker));
-            }
+        let stripe = Stripe::current();
+        if let Some(worker) = shared.pop_live(stripe) {
+            return Ok(self.lease(worker, stripe));
         }
         if !shared.roster.snapshot().is_connected() {
             return Err(Error::Disconnected);
         }
         let waited = shared.waiters.wait(
-            || shared.pop_live(),
+            || shared.pop_live(stripe),
             deadline_after(timeout),
             |worker| shared.push_free(worker),
         );
         match waited {
-            Ok(worker) => Ok(self.lease(worker)),
+            Ok(worker) => Ok(self.lease(worker, stripe)),
             Err(WaitError::Closed) => Err(Error::Closed),
             Err(WaitError::Timeout) => {
                 shared.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -175,8 +223,9 @@ impl<W: Worker> Pool<W> {
     pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.shared;
         shared.check_open()?;
-        if let Some(worker) = shared.pop_live() {
-            return Ok(self.lease(worker));
+        let stripe = Stripe::current();
+        if let Some(worker) = shared.pop_live(stripe) {
+            return Ok(self.lease(worker, stripe));
         }
         if shared.roster.snapshot().is_connected() {
             Err(Error::Overload)
@@ -198,7 +247,7 @@ impl<W: Worker> Pool<W> {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.waiters.close();
         self.reaper.lock().stop();
-        while self.shared.free.pop().is_some() {}
+        while self.shared.take_free(Stripe::current()).is_some() {}
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -214,7 +263,7 @@ impl<W: Worker> Pool<W> {
         let discards = shared.discards.sum();
         PoolStats {
             size: shared.roster.snapshot().members.len(),
-            free: shared.free.len(),
+            free: shared.free_count(),
             leased: checkouts.saturating_sub(releases + discards) as usize,
             waiters: shared.waiters.len(),
             restarts: shared.roster.restarts(),
@@ -234,8 +283,9 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    fn lease(&self, worker: Arc<W>) -> Lease<'_, W> {
-        self.shared.checkouts.add();
+    #[inline]
+    fn lease(&self, worker: Arc<W>, stripe: Stripe) -> Lease<'_, W> {
+        self.shared.checkouts.add(stripe);
         Lease {
             shared: &self.shared,
             worker: Some(worker),
@@ -251,15 +301,51 @@ impl<W: Worker> Shared<W> {
         Ok(())
     }
 
-    /// A live worker from the free queue; dead ones met on the way are retired.
-    fn pop_live(&self) -> Option<Arc<W>> {
+    /// A live worker: this thread's parked one, else the queue's, else one parked by another
+    /// thread. Dead ones met on the way are retired.
+    #[inline]
+    fn pop_live(&self, stripe: Stripe) -> Option<Arc<W>> {
         loop {
-            let worker = self.free.pop()?;
+            let worker = self.take_free(stripe)?;
             if worker.is_alive() {
                 return Some(worker);
             }
             self.roster.retire(worker);
         }
+    }
+
+    #[inline]
+    fn take_free(&self, stripe: Stripe) -> Option<Arc<W>> {
+        if let Some(own) = stripe.owned() {
+            if let Some(worker) = self.parked[own].take() {
+                return Some(worker);
+            }
+        }
+        self.free
+            .pop()
+            .or_else(|| self.parked.iter().find_map(|parked| parked.take()))
+    }
+
+    /// How many workers are free: queued or parked.
+    fn free_count(&self) -> usize {
+        let parked = self.parked.iter().fold(0usize, |sum, parked| {
+            sum.wrapping_add(parked.count.load(Ordering::Relaxed))
+        });
+        self.free.len().wrapping_add(parked)
+    }
+
+    /// Keeps a free worker: parked for this thread if its slot is empty, else queued. The
+    /// `SeqCst` read-modify-writes here (the queue's push on its tail, or the parked count's
+    /// increment) come before the caller's look for waiters.
+    #[inline]
+    fn keep_free(&self, worker: Arc<W>, stripe: Stripe) {
+        if let Some(own) = stripe.owned() {
+            let parked = &self.parked[own];
+            if parked.count.load(Ordering::Relaxed) == 0 {
+                return parked.put(worker, |worker| self.push_free(worker));
+            }
+        }
+        self.push_free(worker);
     }
 
     fn push_free(&self, worker: Arc<W>) {
@@ -272,31 +358,39 @@ impl<W: Worker> Shared<W> {
         }
     }
 
-    /// Returns a worker to service: to the longest waiter if there is one, else to the free
-    /// queue. Touches the waiters' lock only when someone waits.
-    fn give_back(&self, worker: Arc<W>) {
+    /// Returns a worker to service: to a waiter if there is one, else kept free. Touches the
+    /// waiters' lock only when someone waits.
+    #[inline]
+    fn give_back(&self, worker: Arc<W>, stripe: Stripe) {
         if self.waiters.has_waiters() {
             self.waiters.offer(worker, |worker| self.push_free(worker));
             return;
         }
-        self.push_free(worker);
-        // Pairs with the waiter's registration: if a waiter came in after our check, it either
-        // finds the worker itself or we see it here and hand the worker over.
-        fence(Ordering::SeqCst);
+        self.keep_free(worker, stripe);
+        // No fence needed before this re-check: `keep_free` ends in a `SeqCst`
+        // read-modify-write (the parked count's increment, or `ArrayQueue::push` claiming its
+        // tail), and a waiter registers with a `SeqCst` increment and fence before it looks
+        // for a worker (the parked count with a `SeqCst` load; the queue's empty check after
+        // the queue's own `SeqCst` fence). So either the waiter finds this worker, or this
+        // re-check sees the waiter and hands a worker over. The loom stand-ins keep those
+        // orderings (see loom-tests/README.md).
+        seqcst_point();
         if self.waiters.has_waiters() {
-            if let Some(worker) = self.free.pop() {
+            if let Some(worker) = self.take_free(stripe) {
                 self.waiters.offer(worker, |worker| self.push_free(worker));
             }
         }
     }
 
+    #[inline]
     fn release(&self, worker: Arc<W>, discard: bool) {
+        let stripe = Stripe::current();
         if discard || !worker.is_alive() {
-            self.discards.add();
+            self.discards.add(stripe);
             self.roster.retire(worker);
         } else {
-            self.releases.add();
-            self.give_back(worker);
+            self.releases.add(stripe);
+            self.give_back(worker, stripe);
         }
     }
 
@@ -310,26 +404,28 @@ impl<W: Worker> Shared<W> {
             if found.removed > 0 {
                 self.drop_non_members();
             }
+            let stripe = Stripe::current();
             for worker in &found.added {
-                self.give_back(worker.clone());
+                self.give_back(worker.clone(), stripe);
             }
         }
         self.roster.retry_after(&reload)
     }
 
-    /// Takes workers that left the set (dead, or no longer listed) out of the free queue.
+    /// Takes workers that left the set (dead, or no longer listed) out of the free ones.
     fn drop_non_members(&self) {
         let snapshot = self.roster.snapshot();
         let mut keep = Vec::new();
-        for _ in 0..self.free.len() {
-            match self.free.pop() {
+        let stripe = Stripe::current();
+        for _ in 0..self.free_count() {
+            match self.take_free(stripe) {
                 Some(worker) if snapshot.contains(&worker) => keep.push(worker),
                 Some(_) => {}
                 None => break,
             }
         }
         for worker in keep {
-            self.give_back(worker);
+            self.give_back(worker, stripe);
         }
     }
 }

@@ -1,30 +1,91 @@
 //! Per-thread stripes: state that each thread writes on the hot path lives on its own cache
 //! line, so threads never contend on one shared line.
+//!
+//! The first [`STRIPES`] live threads each own a stripe outright (handed back when the thread
+//! ends), so their writes are plain loads and stores with no read-modify-write. Threads beyond
+//! that share one extra stripe and use atomic read-modify-writes on it.
 
-use std::cell::Cell;
+use std::sync::Mutex as StdMutex;
 
 use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Ordering};
 
-/// How many stripes a cursor or counter has; threads beyond this share stripes.
+/// How many threads can own a stripe at once.
 pub(crate) const STRIPES: usize = 16;
 
-static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The stripe shared by every thread that owns none.
+const SHARED: usize = STRIPES;
 
-thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+static FREED: StdMutex<Vec<usize>> = StdMutex::new(Vec::new());
+#[cfg(not(loom))]
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A thread's claim on a stripe, handed back when the thread ends.
+struct Claim(usize);
+
+impl Claim {
+    #[cfg(not(loom))]
+    fn take() -> Claim {
+        let mut freed = FREED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(stripe) = freed.pop() {
+            return Claim(stripe);
+        }
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Claim(if next < STRIPES { next } else { SHARED })
+    }
+
+    /// Loom needs every execution to start alike: stripes are numbered afresh in each one.
+    #[cfg(loom)]
+    fn take() -> Claim {
+        loom::lazy_static! {
+            static ref NEXT_IN_EXECUTION: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+        }
+        let next = NEXT_IN_EXECUTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Claim(if next < STRIPES { next } else { SHARED })
+    }
 }
 
-/// This thread's stripe, handed out in turn to threads as they first ask.
-pub(crate) fn stripe() -> usize {
-    STRIPE.with(|cell| {
-        let stripe = cell.get();
-        if stripe != usize::MAX {
-            return stripe;
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.0 != SHARED && !cfg!(loom) {
+            FREED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(self.0);
         }
-        let stripe = NEXT_STRIPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES;
-        cell.set(stripe);
-        stripe
-    })
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static CLAIM: Claim = Claim::take();
+}
+
+// Loom runs its threads on one OS thread: its own thread-locals keep their claims apart.
+#[cfg(loom)]
+loom::thread_local! {
+    static CLAIM: Claim = Claim::take();
+}
+
+/// A thread's stripe, looked up once per operation and passed along.
+#[derive(Clone, Copy)]
+pub(crate) struct Stripe(usize);
+
+impl Stripe {
+    /// The calling thread's stripe: its own, or the shared one.
+    #[inline]
+    pub(crate) fn current() -> Stripe {
+        Stripe(CLAIM.try_with(|claim| claim.0).unwrap_or(SHARED))
+    }
+
+    /// The stripe's index if the calling thread owns it: per-thread state indexed by it has
+    /// this thread as its only writer.
+    #[inline]
+    pub(crate) fn owned(self) -> Option<usize> {
+        Some(self.0).filter(|&stripe| stripe != SHARED)
+    }
 }
 
 /// A round-robin position per stripe. Each stripe starts at a different offset, so that new
@@ -36,16 +97,20 @@ pub(crate) struct StripedCursor {
 impl StripedCursor {
     pub(crate) fn new() -> Self {
         StripedCursor {
-            positions: (0..STRIPES)
+            positions: (0..=STRIPES)
                 .map(|offset| CachePadded::new(AtomicUsize::new(offset)))
                 .collect(),
         }
     }
 
-    /// The calling thread's next position. A plain load and store, not a read-modify-write:
-    /// only threads that share a stripe can race here, and a lost step only repeats a worker.
-    pub(crate) fn next(&self) -> usize {
-        let position = &self.positions[stripe()];
+    /// The calling thread's next position.
+    #[inline]
+    pub(crate) fn next(&self, stripe: Stripe) -> usize {
+        let position = &self.positions[stripe.0];
+        if stripe.0 == SHARED {
+            return position.fetch_add(1, Ordering::Relaxed);
+        }
+        // This thread is the stripe's only writer.
         let at = position.load(Ordering::Relaxed);
         position.store(at.wrapping_add(1), Ordering::Relaxed);
         at
@@ -60,14 +125,21 @@ pub(crate) struct StripedCounter {
 impl StripedCounter {
     pub(crate) fn new() -> Self {
         StripedCounter {
-            cells: (0..STRIPES)
+            cells: (0..=STRIPES)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
         }
     }
 
-    pub(crate) fn add(&self) {
-        self.cells[stripe()].fetch_add(1, Ordering::Relaxed);
+    #[inline]
+    pub(crate) fn add(&self, stripe: Stripe) {
+        let cell = &self.cells[stripe.0];
+        if stripe.0 == SHARED {
+            cell.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // This thread is the stripe's only writer.
+            cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// The total; exact once the counting threads are quiet.

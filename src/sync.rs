@@ -82,6 +82,23 @@ mod imp {
 
     /// The free-slot queue: a bounded lock-free `ArrayQueue`.
     pub(crate) type FreeQueue<T> = crossbeam::queue::ArrayQueue<T>;
+
+    /// A cell holding at most one value, taken and put with single atomic swaps (crossbeam's
+    /// `AtomicCell`, lock-free for pointer-sized values such as `Option<Arc<W>>`).
+    pub(crate) struct SwapCell<T>(crossbeam::atomic::AtomicCell<Option<T>>);
+
+    impl<T> SwapCell<T> {
+        pub(crate) fn new() -> Self {
+            SwapCell(crossbeam::atomic::AtomicCell::new(None))
+        }
+        pub(crate) fn take(&self) -> Option<T> {
+            self.0.take()
+        }
+        /// Puts `value` in, returning what was there.
+        pub(crate) fn put(&self, value: T) -> Option<T> {
+            self.0.swap(Some(value))
+        }
+    }
 }
 
 #[cfg(loom)]
@@ -159,8 +176,27 @@ mod imp {
         }
     }
 
+    /// Stand-in for crossbeam's `AtomicCell<Option<T>>`: take and put are linearizable
+    /// swaps, as `AtomicCell::swap` is (with acquire-release ordering).
+    pub(crate) struct SwapCell<T>(loom::sync::Mutex<Option<T>>);
+
+    impl<T> SwapCell<T> {
+        pub(crate) fn new() -> Self {
+            SwapCell(loom::sync::Mutex::new(None))
+        }
+        pub(crate) fn take(&self) -> Option<T> {
+            self.0.lock().unwrap().take()
+        }
+        pub(crate) fn put(&self, value: T) -> Option<T> {
+            self.0.lock().unwrap().replace(value)
+        }
+    }
+
     /// Stand-in for crossbeam's `ArrayQueue`: a bounded FIFO whose push and pop are
-    /// linearizable, as `ArrayQueue`'s are.
+    /// linearizable, as `ArrayQueue`'s are. `ArrayQueue::push` claims its slot with a `SeqCst`
+    /// read-modify-write of the tail, and `pop` decides "empty" only after a `SeqCst` fence;
+    /// the pool relies on both (see `Shared::give_back`): the pop keeps its fence here, and
+    /// the push's place in the `SeqCst` order is given to loom by `seqcst_point`.
     pub(crate) struct FreeQueue<T> {
         items: loom::sync::Mutex<VecDeque<T>>,
         capacity: usize,
@@ -182,6 +218,7 @@ mod imp {
             Ok(())
         }
         pub(crate) fn pop(&self) -> Option<T> {
+            loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
             self.items.lock().unwrap().pop_front()
         }
         pub(crate) fn len(&self) -> usize {
@@ -190,7 +227,17 @@ mod imp {
     }
 }
 
-pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard};
+pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard, SwapCell};
+
+/// Marks a point where the real code relies on the total order of `SeqCst` operations. Loom
+/// treats `SeqCst` loads, stores and read-modify-writes as acquire-release (it models only
+/// `SeqCst` fences fully), so under loom this is a `SeqCst` fence that gives the model the
+/// same guarantee; in the real build it is nothing.
+#[inline(always)]
+pub(crate) fn seqcst_point() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
 
 /// `now + timeout`, or `None` (wait without limit) when that is past the end of time,
 /// as it is for `Duration::MAX`.

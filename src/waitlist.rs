@@ -1,15 +1,24 @@
-//! The line of blocked checkouts. A released worker is handed straight to the longest waiter
-//! (FIFO), so late arrivals cannot jump the line, and a waiter that gives up takes nothing.
+//! The line of blocked checkouts, with eventual fairness.
+//!
+//! A release while clients wait normally puts the worker back and wakes the longest waiter,
+//! which then competes for it with running threads: a thread that is already on a core may
+//! take it first, which keeps throughput up (no context switch per hand-off). Once the
+//! longest waiter has waited `fifo_after`, the next release hands the worker straight to it
+//! instead, so no waiter is passed over for longer than that. A waiter that gives up takes
+//! nothing with it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct Entry<T> {
     ticket: u64,
+    since: Instant,
     handed: Option<T>,
+    /// A wake-up was sent and the waiter has not run since: no need for another.
+    woken: bool,
     wake: Arc<Condvar>,
 }
 
@@ -30,11 +39,13 @@ pub(crate) struct WaitList<T> {
     /// Entries in the line; read without the lock by releasers deciding whether to hand off.
     waiting: AtomicUsize,
     line: Mutex<Line<T>>,
+    fifo_after: Duration,
 }
 
 impl<T> WaitList<T> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(fifo_after: Duration) -> Self {
         WaitList {
+            fifo_after,
             waiting: AtomicUsize::new(0),
             line: Mutex::new(Line {
                 entries: VecDeque::new(),
@@ -55,17 +66,24 @@ impl<T> WaitList<T> {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Hands `item` to the longest waiter not yet served. With no such waiter, `otherwise`
-    /// gets the item while the line is still locked, so that a waiter registering meanwhile
-    /// sees what `otherwise` did (put it back in the free queue).
-    pub(crate) fn offer(&self, item: T, otherwise: impl FnOnce(T)) {
+    /// Serves the line with `item`: handed straight to the longest waiter not yet served if it
+    /// has waited `fifo_after`, else given to `keep` (back to the free workers) with that
+    /// waiter woken to compete for it. With no waiter left unserved, `keep` gets the item.
+    /// `keep` runs with the line locked, so a waiter registering meanwhile sees its effect.
+    pub(crate) fn offer(&self, item: T, keep: impl FnOnce(T)) {
         let mut line = self.line.lock();
-        match line.entries.iter_mut().find(|e| e.handed.is_none()) {
-            Some(entry) => {
-                entry.handed = Some(item);
+        let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) else {
+            return keep(item);
+        };
+        if entry.since.elapsed() >= self.fifo_after {
+            entry.handed = Some(item);
+            entry.wake.notify_one();
+        } else {
+            keep(item);
+            if !entry.woken {
+                entry.woken = true;
                 entry.wake.notify_one();
             }
-            None => otherwise(item),
         }
     }
 
@@ -87,7 +105,9 @@ impl<T> WaitList<T> {
         let wake = Arc::new(Condvar::new());
         line.entries.push_back(Entry {
             ticket,
+            since: Instant::now(),
             handed: None,
+            woken: false,
             wake: wake.clone(),
         });
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -120,6 +140,9 @@ impl<T> WaitList<T> {
             let (guard, expired) = wake.wait_until(line, deadline);
             line = guard;
             timed_out = expired;
+            if let Some(entry) = line.entries.iter_mut().find(|e| e.ticket == ticket) {
+                entry.woken = false;
+            }
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         outcome

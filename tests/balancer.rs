@@ -306,3 +306,31 @@ fn reports_like_revolver() {
         [("died", lines.iter().filter(|l| l.contains("died")).count())].into();
     assert_eq!(counts["died"], 2);
 }
+
+#[test]
+fn get_during_swaps_returns_a_worker_of_some_published_set() {
+    let board = Switchboard::with(2);
+    let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let worker = balancer.get().unwrap();
+                    // Every published set holds ids 2k and 2k+1 of one generation.
+                    assert!(worker.is_alive());
+                    assert!(worker.id < 2_000);
+                }
+            });
+        }
+        for generation in 1..1_000 {
+            board.set(vec![
+                Arc::new(Probe::new(2 * generation)),
+                Arc::new(Probe::new(2 * generation + 1)),
+            ]);
+            let found = balancer.connect().unwrap();
+            assert_eq!((found.new, found.total), (2, 2));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

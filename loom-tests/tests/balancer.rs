@@ -88,7 +88,8 @@ fn reload_trigger_fires_once() {
         let other = balancer.clone();
         let t = thread::spawn(move || {
             for _ in 0..2 {
-                assert_eq!(other.get().unwrap().id, 1);
+                let w = other.get().unwrap();
+                assert_eq!(w.id, 1, "alive={}", w.is_alive());
             }
         });
         for _ in 0..2 {

@@ -39,11 +39,27 @@ impl Worker for Slot {
     }
 }
 
-fn pool(size: usize) -> Arc<Pool<Slot>> {
+/// How a release serves the line in a model: handed straight to the longest waiter, or put
+/// back with the waiter woken to compete for it. (Loom runs on real time only for this
+/// choice, so the models pin it at one end: with the default, it would depend on timing.)
+#[derive(Clone, Copy)]
+enum Serve {
+    Fifo,
+    Compete,
+}
+
+const BOTH: [Serve; 2] = [Serve::Fifo, Serve::Compete];
+
+fn pool_serving(size: usize, serve: Serve) -> Arc<Pool<Slot>> {
+    let patience = match serve {
+        Serve::Fifo => Duration::ZERO,
+        Serve::Compete => Duration::MAX,
+    };
     Arc::new(
         Pool::builder()
             .size(size)
             .checkout_timeout(Duration::MAX)
+            .fifo_after(patience)
             .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
             .unwrap(),
     )
@@ -55,20 +71,23 @@ fn use_once(pool: &Pool<Slot>) {
     lease.leave();
 }
 
-fn model(test: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
+/// Runs `test` under loom once for each way of serving the line.
+fn model(test: impl Fn(Serve) + Sync + Send + Copy + 'static) {
+    for serve in BOTH {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(move || test(serve));
     }
-    builder.check(test);
 }
 
 /// Two threads over one slot: mutual exclusion, and no lost wake-up (a lost one would leave
 /// a thread blocked forever, which loom reports as a deadlock).
 #[test]
 fn two_threads_one_slot() {
-    model(|| {
-        let pool = pool(1);
+    model(|serve| {
+        let pool = pool_serving(1, serve);
         let other = pool.clone();
         let t = thread::spawn(move || use_once(&other));
         use_once(&pool);
@@ -81,8 +100,8 @@ fn two_threads_one_slot() {
 /// Three threads over two slots.
 #[test]
 fn three_threads_two_slots() {
-    model(|| {
-        let pool = pool(2);
+    model(|serve| {
+        let pool = pool_serving(2, serve);
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let pool = pool.clone();
@@ -102,8 +121,8 @@ fn three_threads_two_slots() {
 /// nothing, and the worker ends up free either way.
 #[test]
 fn timeout_racing_a_release() {
-    model(|| {
-        let pool = pool(1);
+    model(|serve| {
+        let pool = pool_serving(1, serve);
         let lease = pool.checkout().unwrap();
         let waiter_pool = pool.clone();
         let waiter =
@@ -128,8 +147,8 @@ fn timeout_racing_a_release() {
 /// Close while a waiter is parked: the waiter wakes with `Closed`.
 #[test]
 fn close_with_a_waiter_parked() {
-    model(|| {
-        let pool = pool(1);
+    model(|serve| {
+        let pool = pool_serving(1, serve);
         let lease = pool.checkout().unwrap();
         let waiter_pool = pool.clone();
         let waiter = thread::spawn(move || waiter_pool.checkout().map(|_| ()));
@@ -143,8 +162,8 @@ fn close_with_a_waiter_parked() {
 /// replacement to the parked waiter.
 #[test]
 fn a_dead_workers_replacement_reaches_a_waiter() {
-    model(|| {
-        let pool = pool(1);
+    model(|serve| {
+        let pool = pool_serving(1, serve);
         let lease = pool.checkout().unwrap();
         let waiter_pool = pool.clone();
         let waiter = thread::spawn(move || use_once(&waiter_pool));

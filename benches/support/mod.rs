@@ -1,0 +1,175 @@
+//! The pools under comparison, set up alike (8 workers, no per-checkout validation), and a
+//! runner that starts N threads together. Shared by the criterion benches and by
+//! `examples/throughput.rs`.
+#![allow(dead_code)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
+use cylinder::{Actor, Balancer, Behaviour, BoxError, Pool, Worker};
+
+/// Workers in every pool of the uncontended groups.
+pub const WORKERS: usize = 8;
+
+/// The cylinder worker: a plain value, so only the pool's own cost is measured.
+pub struct Conn(pub usize);
+
+impl Worker for Conn {}
+
+pub fn cylinder_pool(size: usize) -> Pool<Conn> {
+    let next = AtomicUsize::new(0);
+    Pool::builder()
+        .size(size)
+        .build(move || Ok(Conn(next.fetch_add(1, Ordering::Relaxed))))
+        .expect("a pool of plain workers builds")
+}
+
+pub fn cylinder_balancer(size: usize) -> Balancer<Conn> {
+    let set: Vec<Arc<Conn>> = (0..size).map(|i| Arc::new(Conn(i))).collect();
+    Balancer::builder()
+        .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
+        .expect("a balancer over a fixed set builds")
+}
+
+/// r2d2's manager for a connection that is a number; validation on checkout is off, r2d2's
+/// fastest setting.
+pub struct Manager;
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = usize;
+    type Error = std::io::Error;
+    fn connect(&self) -> Result<usize, std::io::Error> {
+        Ok(0)
+    }
+    fn is_valid(&self, _: &mut usize) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn has_broken(&self, _: &mut usize) -> bool {
+        false
+    }
+}
+
+pub fn r2d2_pool(size: usize) -> r2d2::Pool<Manager> {
+    r2d2::Pool::builder()
+        .max_size(size as u32)
+        .min_idle(Some(size as u32))
+        .test_on_check_out(false)
+        .build(Manager)
+        .expect("an r2d2 pool of numbers builds")
+}
+
+pub fn deadpool_pool(size: usize) -> deadpool::unmanaged::Pool<usize> {
+    deadpool::unmanaged::Pool::from((0..size).collect::<Vec<_>>())
+}
+
+pub fn object_pool(size: usize) -> object_pool::Pool<usize> {
+    object_pool::Pool::new(size, || 0)
+}
+
+/// The floor: a bare bounded lock-free queue of worker numbers.
+pub fn array_queue(size: usize) -> ArrayQueue<usize> {
+    let queue = ArrayQueue::new(size);
+    for i in 0..size {
+        let _ = queue.push(i);
+    }
+    queue
+}
+
+/// The textbook balancer: an `ArcSwap` load, one shared `AtomicUsize`, an `Arc` clone.
+pub struct Textbook {
+    set: ArcSwap<Vec<Arc<Conn>>>,
+    next: AtomicUsize,
+}
+
+impl Textbook {
+    pub fn new(size: usize) -> Textbook {
+        Textbook {
+            set: ArcSwap::from_pointee((0..size).map(|i| Arc::new(Conn(i))).collect()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Conn> {
+        let set = self.set.load();
+        set[self.next.fetch_add(1, Ordering::Relaxed) % set.len()].clone()
+    }
+}
+
+/// A worker thread that echoes: the mailbox round trip of the `transaction` group.
+pub struct Echo;
+
+impl Behaviour for Echo {
+    type Request = u64;
+    type Reply = u64;
+    fn handle_call(&mut self, n: u64) -> u64 {
+        n
+    }
+}
+
+pub fn echo_pool(size: usize) -> Pool<Actor<Echo>> {
+    Pool::builder()
+        .size(size)
+        .build(|| Ok(Actor::spawn(Echo)?))
+        .expect("a pool of echo threads builds")
+}
+
+/// Holds a lease for a short while, as the `contended` group does.
+pub fn short_spin() {
+    for _ in 0..100 {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `op` `iters` times on each of `threads` threads, started together, and returns the
+/// mean time each thread spent in its loop: time / iters is the time per operation on each
+/// thread. Each thread times itself, so thread start-up and wake-up latency stay out.
+pub fn run_parallel(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Duration {
+    let start = Barrier::new(threads);
+    let total: Duration = thread::scope(|scope| {
+        let timers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    // Warm the thread's own state (stripe, arc-swap debt slot) before timing.
+                    op();
+                    start.wait();
+                    let began = Instant::now();
+                    for _ in 0..iters {
+                        op();
+                    }
+                    began.elapsed()
+                })
+            })
+            .collect();
+        timers
+            .into_iter()
+            .map(|t| t.join().expect("a bench thread panicked"))
+            .sum()
+    });
+    total / threads as u32
+}
+
+/// Like [`run_parallel`], also returning the longest time one `op` took on any thread.
+pub fn run_parallel_worst(
+    threads: usize,
+    iters: u64,
+    op: &(dyn Fn() + Sync),
+) -> (Duration, Duration) {
+    let worst = std::sync::Mutex::new(Duration::ZERO);
+    let mean = run_parallel(threads, iters, &|| {
+        let began = Instant::now();
+        op();
+        let took = began.elapsed();
+        let mut worst = worst.lock().unwrap();
+        *worst = (*worst).max(took);
+    });
+    (mean, worst.into_inner().unwrap())
+}
+
+pub fn keep<T>(value: T) {
+    black_box(value);
+}
