@@ -118,9 +118,10 @@ pub fn echo_pool(size: usize) -> Pool<Actor<Echo>> {
         .expect("a pool of echo threads builds")
 }
 
-/// Holds a lease for a short while, as the `contended` group does.
+/// Holds a lease for a short while, as the `contended` group does: ten spin-loop hints,
+/// about 0.26 µs on the 2-core machine of the README's table.
 pub fn short_spin() {
-    for _ in 0..100 {
+    for _ in 0..10 {
         std::hint::spin_loop();
     }
 }

@@ -1,0 +1,90 @@
+//! The hot paths allocate nothing: 10 000 `get()`s and 10 000 checkout/release pairs in
+//! steady state, counted by a global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cylinder::{Balancer, BoxError, Pool, Worker};
+
+/// Counts the allocations made by a thread while its `COUNTING` is on. Only the test's
+/// own thread counts: the pool's reaper threads start up (and allocate) on their own time.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if counting() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if counting() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+struct Conn(usize);
+impl Worker for Conn {}
+
+fn allocations_during(work: impl FnOnce()) -> usize {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    work();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn steady_state_hot_paths_allocate_nothing() {
+    let set: Vec<Arc<Conn>> = (0..8).map(|i| Arc::new(Conn(i))).collect();
+    let balancer = Balancer::builder()
+        .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
+        .unwrap();
+    let pool = Pool::builder().size(8).build(|| Ok(Conn(0))).unwrap();
+    // Warm up: this thread's stripe and arc-swap debt slot are claimed on first use.
+    for _ in 0..100 {
+        std::hint::black_box(balancer.get().unwrap().0);
+        std::hint::black_box(pool.checkout().unwrap().0);
+        std::hint::black_box(pool.try_checkout().unwrap().0);
+    }
+
+    let gets = allocations_during(|| {
+        for _ in 0..10_000 {
+            std::hint::black_box(balancer.get().unwrap().0);
+        }
+    });
+    assert_eq!(gets, 0, "Balancer::get allocated");
+
+    let leases = allocations_during(|| {
+        for _ in 0..5_000 {
+            std::hint::black_box(pool.checkout().unwrap().0);
+            std::hint::black_box(pool.try_checkout().unwrap().0);
+        }
+    });
+    assert_eq!(leases, 0, "checkout/release allocated");
+
+    // The counter does see allocations, so the zeros above mean something.
+    let boxed = allocations_during(|| {
+        std::hint::black_box(Box::new(7u64));
+    });
+    assert_eq!(boxed, 1);
+}
