@@ -107,7 +107,8 @@ impl<W> Parked<W> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Workers the pool has: its supervisor's live children.
+    /// Workers the pool has: its supervisor's live children when last asked (kept while the
+    /// supervisor is away).
     pub size: usize,
     /// Workers waiting in the pool to be leased.
     pub free: usize,
@@ -262,7 +263,7 @@ impl<W: Worker> Pool<W> {
         let releases = shared.releases.sum();
         let discards = shared.discards.sum();
         PoolStats {
-            size: shared.roster.snapshot().members.len(),
+            size: shared.roster.known_len(),
             free: shared.free_count(),
             leased: checkouts.saturating_sub(releases + discards) as usize,
             waiters: shared.waiters.len(),

@@ -50,9 +50,9 @@ fn contains<W>(set: &[Arc<W>], worker: &Arc<W>) -> bool {
 
 /// What a reload found.
 pub(crate) struct Reload<W> {
-    /// Live workers that were not in the previous set.
+    /// Live workers that were not in the last set found.
     pub(crate) added: Vec<Arc<W>>,
-    /// Workers that were in the previous set and are not any more.
+    /// Workers that were in the last set found and are not any more.
     pub(crate) removed: usize,
     /// The size of the new set.
     pub(crate) total: usize,
@@ -65,6 +65,13 @@ struct Retired<W> {
     told: Vec<Arc<W>>,
 }
 
+/// What the last successful reload found. Unlike the published set, it survives a disconnect:
+/// a pool keeps the workers it has while its supervisor is away, and must not take them in a
+/// second time when the supervisor lists them again.
+struct Known<W> {
+    members: Vec<Arc<W>>,
+}
+
 pub(crate) struct Roster<W> {
     name: String,
     supervisor: Box<dyn Supervisor<W>>,
@@ -73,7 +80,7 @@ pub(crate) struct Roster<W> {
     /// The size the set should have, when known (a factory's size); fewer means retry.
     expected: Option<usize>,
     reconnect_delay: Duration,
-    reload_lock: Mutex<()>,
+    reload_lock: Mutex<Known<W>>,
     retired: Mutex<Retired<W>>,
     pub(crate) signal: Arc<Signal>,
     connected_once: AtomicBool,
@@ -96,7 +103,9 @@ impl<W: Worker> Roster<W> {
             min_alive_ratio,
             expected,
             reconnect_delay,
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(Known {
+                members: Vec::new(),
+            }),
             retired: Mutex::new(Retired {
                 pending: Vec::new(),
                 told: Vec::new(),
@@ -156,11 +165,23 @@ impl<W: Worker> Roster<W> {
         self.signal.request();
     }
 
-    /// Asks the supervisor for its children and publishes the live ones.
+    /// How many workers the last successful reload found (kept through a disconnect).
+    pub(crate) fn known_len(&self) -> usize {
+        self.reload_lock.lock().members.len()
+    }
+
+    /// Asks the supervisor for its children and publishes the live ones. `added` and
+    /// `removed` compare with the last successful reload, not with the published set, which
+    /// is empty while disconnected.
     pub(crate) fn reload(&self) -> Result<Reload<W>, Error> {
-        let _serial = self.reload_lock.lock();
+        let mut known = self.reload_lock.lock();
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let pending = std::mem::take(&mut self.retired.lock().pending);
+        let pending = {
+            let mut retired = self.retired.lock();
+            let pending = std::mem::take(&mut retired.pending);
+            retired.told.extend(pending.iter().cloned());
+            pending
+        };
         for worker in &pending {
             if let Err(err) = contained(|| {
                 self.supervisor.retire(worker);
@@ -179,7 +200,6 @@ impl<W: Worker> Roster<W> {
         };
         let members = {
             let mut retired = self.retired.lock();
-            retired.told.extend(pending);
             retired.told.retain(|w| contains(&listed, w));
             let mut members: Vec<Arc<W>> = Vec::with_capacity(listed.len());
             for worker in listed {
@@ -198,10 +218,10 @@ impl<W: Worker> Roster<W> {
         }
         let added: Vec<Arc<W>> = members
             .iter()
-            .filter(|w| !old.contains(w))
+            .filter(|w| !contains(&known.members, w))
             .cloned()
             .collect();
-        let removed = old
+        let removed = known
             .members
             .iter()
             .filter(|w| !contains(&members, w))
@@ -211,6 +231,7 @@ impl<W: Worker> Roster<W> {
             self.restarts
                 .fetch_add(added.len() as u64, Ordering::Relaxed);
         }
+        known.members.clone_from(&members);
         self.current.store(Arc::new(Snapshot::new(members)));
         log::info!(
             "cylinder: {}: found {} new of {total} total, connected",

@@ -156,3 +156,41 @@ fn a_factory_that_cannot_start_anything_fails_the_build() {
     assert!(matches!(err, Error::Supervisor(_)), "{err}");
     assert!(err.to_string().contains("no database"), "{err}");
 }
+
+/// Regression: a reload that failed (supervisor away) published an empty set, and the next
+/// successful one took every listed worker in again, although the pool still held them: a
+/// worker could sit in the free queue twice and be leased to two holders.
+#[test]
+fn a_supervisor_coming_back_does_not_duplicate_workers() {
+    let board = Switchboard::with(2);
+    let pool = Pool::builder()
+        .reconnect_delay(Duration::from_millis(10))
+        .build_with(board.supervisor())
+        .unwrap();
+    let extra = Arc::new(Probe::new(9));
+    let mut children = board.current();
+    board.stop();
+    // A discard asks for a reload, which fails: the supervisor is away.
+    let discarded = pool.checkout().unwrap();
+    let discarded_id = discarded.id;
+    discarded.discard();
+    assert!(eventually(SLACK, || board.calls() >= 3));
+    // It comes back, listing the same workers plus a new one.
+    children.push(extra);
+    board.set(children);
+    assert!(eventually(SLACK, || pool.stats().size == 2 && pool.stats().free == 2));
+    let leases: Vec<_> = (0..2).map(|_| pool.try_checkout().unwrap()).collect();
+    assert!(
+        matches!(pool.try_checkout(), Err(Error::Overload)),
+        "{:?}",
+        pool.stats()
+    );
+    let mut ids: Vec<usize> = leases.iter().map(|l| l.id).collect();
+    ids.sort();
+    assert!(
+        !ids.contains(&discarded_id),
+        "the discarded worker came back"
+    );
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+}

@@ -1,0 +1,434 @@
+//! The chaos run: 16 client threads mix every pool and balancer call while a chaos thread
+//! kills worker threads, takes the supervisors away and brings them back; clients panic while
+//! holding leases and discard leases. A per-worker "in use" flag catches any double lease; a
+//! watchdog fails the run instead of hanging CI. At the end every invariant must hold and the
+//! counters must add up.
+//!
+//! `CYLINDER_CHAOS_SECS` (default 3) and `CYLINDER_CHAOS_SEED` run it longer or with another
+//! seed; the seed is printed, and is in the failure message.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cylinder::{Actor, Balancer, Behaviour, BoxError, Error, Factory, Pool, Supervisor, Worker};
+
+const CLIENTS: usize = 16;
+const POOL_SIZE: usize = 4;
+const BALANCED: usize = 4;
+
+/// splitmix64: a small seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+enum Request {
+    Echo(u64),
+    Crash,
+}
+
+struct Echo;
+
+impl Behaviour for Echo {
+    type Request = Request;
+    type Reply = u64;
+    fn handle_call(&mut self, request: Request) -> u64 {
+        match request {
+            Request::Echo(n) => n,
+            Request::Crash => panic!("chaos: worker thread killed"),
+        }
+    }
+}
+
+/// A worker thread with an "in use" flag that catches double leases.
+struct Member {
+    thread: Actor<Echo>,
+    in_use: AtomicBool,
+}
+
+impl Worker for Member {
+    fn is_alive(&self) -> bool {
+        self.thread.is_alive()
+    }
+    fn queue_len(&self) -> Option<usize> {
+        self.thread.queue_len()
+    }
+}
+
+/// A factory supervisor the chaos thread can take away and bring back.
+struct Switchable {
+    factory: Factory<Member>,
+    up: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Switchable>);
+
+impl Supervisor<Member> for Shared {
+    fn children(&self) -> Result<Vec<Arc<Member>>, BoxError> {
+        if !self.0.up.load(Ordering::SeqCst) {
+            return Err("chaos: supervisor is down".into());
+        }
+        self.0.factory.children()
+    }
+    fn retire(&self, worker: &Arc<Member>) {
+        self.0.factory.retire(worker)
+    }
+}
+
+fn supervisor(size: usize) -> Shared {
+    Shared(Arc::new(Switchable {
+        factory: Factory::new(size, || {
+            Ok(Member {
+                thread: Actor::spawn(Echo)?,
+                in_use: AtomicBool::new(false),
+            })
+        }),
+        up: AtomicBool::new(true),
+    }))
+}
+
+#[derive(Default)]
+struct Tally {
+    operations: AtomicU64,
+    double_leases: AtomicU64,
+    unexpected: AtomicU64,
+    client_panics: AtomicU64,
+    discards: AtomicU64,
+    kills: AtomicU64,
+    outages: AtomicU64,
+}
+
+struct World {
+    pool: Pool<Member>,
+    balancer: Balancer<Member>,
+    pool_sup: Shared,
+    balancer_sup: Shared,
+    tally: Tally,
+    stop: AtomicBool,
+    closing: AtomicBool,
+}
+
+fn expected(err: &Error, world: &World) -> bool {
+    match err {
+        Error::Timeout(_) | Error::Overload | Error::Disconnected | Error::WorkerDied => true,
+        Error::Closed => world.closing.load(Ordering::SeqCst),
+        _ => false,
+    }
+}
+
+/// Uses a leased worker: flags a double lease, sometimes calls it, sometimes panics or
+/// discards.
+fn use_lease(world: &World, lease: cylinder::Lease<'_, Member>, rng: &mut Rng) {
+    if lease.in_use.swap(true, Ordering::AcqRel) {
+        world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
+    }
+    if rng.below(4) == 0 {
+        let _ = lease
+            .thread
+            .call_timeout(Request::Echo(1), Duration::from_millis(100));
+    }
+    let fate = rng.below(100);
+    lease.in_use.store(false, Ordering::Release);
+    match fate {
+        0..=2 => {
+            world.tally.client_panics.fetch_add(1, Ordering::Relaxed);
+            panic!("chaos: client fails while holding a lease");
+        }
+        3..=4 => {
+            world.tally.discards.fetch_add(1, Ordering::Relaxed);
+            lease.discard();
+        }
+        _ => drop(lease),
+    }
+}
+
+fn client(world: &World, seed: u64) {
+    let mut rng = Rng(seed);
+    while !world.stop.load(Ordering::Relaxed) {
+        world.tally.operations.fetch_add(1, Ordering::Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), Error> {
+            match rng.below(8) {
+                0 => use_lease(world, world.pool.checkout()?, &mut rng),
+                1 => use_lease(
+                    world,
+                    world
+                        .pool
+                        .checkout_timeout(Duration::from_millis(rng.below(20) + 1))?,
+                    &mut rng,
+                ),
+                2 => use_lease(world, world.pool.try_checkout()?, &mut rng),
+                3 => world.pool.transaction(|member| {
+                    if member.in_use.swap(true, Ordering::AcqRel) {
+                        world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
+                    }
+                    member.in_use.store(false, Ordering::Release);
+                })?,
+                4 | 5 => {
+                    let member = world.balancer.get()?;
+                    member
+                        .thread
+                        .call_timeout(Request::Echo(2), Duration::from_millis(100))?;
+                }
+                6 => {
+                    world.balancer.map(|member| member.is_alive());
+                }
+                _ => match world.balancer.connect() {
+                    Ok(_) | Err(Error::Supervisor(_)) | Err(Error::Disconnected) => {}
+                    Err(other) => return Err(other),
+                },
+            }
+            Ok(())
+        }));
+        match outcome {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(err)) if expected(&err, world) => {}
+            Ok(Err(err)) => {
+                eprintln!("chaos: unexpected error {err:?}");
+                world.tally.unexpected.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if world.closing.load(Ordering::SeqCst) && world.pool.is_closed() && rng.below(4) == 0 {
+            break;
+        }
+    }
+}
+
+fn chaos(world: &World, seed: u64) {
+    let mut rng = Rng(seed);
+    while !world.stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(rng.below(5) + 1));
+        match rng.below(10) {
+            0..=5 => {
+                let sup = if rng.below(2) == 0 {
+                    &world.pool_sup
+                } else {
+                    &world.balancer_sup
+                };
+                if let Ok(children) = sup.0.factory.children() {
+                    let victim = &children[rng.below(children.len() as u64) as usize];
+                    let _ = victim.thread.cast(Request::Crash);
+                    world.tally.kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            6 => {
+                world.tally.outages.fetch_add(1, Ordering::Relaxed);
+                for sup in [&world.pool_sup, &world.balancer_sup] {
+                    sup.0.up.store(false, Ordering::SeqCst);
+                }
+                thread::sleep(Duration::from_millis(rng.below(30) + 1));
+                for sup in [&world.pool_sup, &world.balancer_sup] {
+                    sup.0.up.store(true, Ordering::SeqCst);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn settings() -> (Duration, u64) {
+    let secs = std::env::var("CYLINDER_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    let seed = std::env::var("CYLINDER_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0x00C0_FFEE);
+    (Duration::from_secs_f64(secs), seed)
+}
+
+fn build_world() -> Arc<World> {
+    let pool_sup = supervisor(POOL_SIZE);
+    let balancer_sup = supervisor(BALANCED);
+    Arc::new(World {
+        pool: Pool::builder()
+            .size(POOL_SIZE)
+            .name("chaos-pool")
+            .checkout_timeout(Duration::from_millis(50))
+            .reconnect_delay(Duration::from_millis(5))
+            .build_with(pool_sup.clone())
+            .unwrap(),
+        balancer: Balancer::builder()
+            .name("chaos-balancer")
+            .reconnect_delay(Duration::from_millis(5))
+            .min_alive_ratio(0.75)
+            .build_with(balancer_sup.clone())
+            .unwrap(),
+        pool_sup,
+        balancer_sup,
+        tally: Tally::default(),
+        stop: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+    })
+}
+
+/// Starts the clients and the chaos thread; returns a receiver that hears from each thread
+/// as it finishes.
+fn start(world: &Arc<World>, seed: u64) -> mpsc::Receiver<()> {
+    let (done, finished) = mpsc::channel();
+    for n in 0..CLIENTS {
+        let (world, done) = (world.clone(), done.clone());
+        thread::spawn(move || {
+            client(&world, seed.wrapping_add(n as u64 + 1));
+            let _ = done.send(());
+        });
+    }
+    let (world, done) = (world.clone(), done.clone());
+    thread::spawn(move || {
+        chaos(&world, seed);
+        let _ = done.send(());
+    });
+    finished
+}
+
+/// The watchdog: every thread must finish within `limit`.
+fn join_all(finished: &mpsc::Receiver<()>, seed: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    for n in 0..=CLIENTS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if finished.recv_timeout(left).is_err() {
+            panic!(
+                "chaos (seed {seed}): watchdog: {} of {} threads still running after {limit:?}",
+                CLIENTS + 1 - n,
+                CLIENTS + 1
+            );
+        }
+    }
+}
+
+fn report(world: &World, what: &str, seed: u64, secs: Duration) {
+    let t = &world.tally;
+    eprintln!(
+        "chaos {what} (seed {seed}, {secs:?}, {CLIENTS} clients): {} operations; faults: {} worker kills, {} supervisor outages, {} client panics, {} discards; pool {:?}",
+        t.operations.load(Ordering::Relaxed),
+        t.kills.load(Ordering::Relaxed),
+        t.outages.load(Ordering::Relaxed),
+        t.client_panics.load(Ordering::Relaxed),
+        t.discards.load(Ordering::Relaxed),
+        world.pool.stats(),
+    );
+}
+
+#[test]
+fn chaos_run_keeps_every_invariant() {
+    let (secs, seed) = settings();
+    eprintln!(
+        "chaos: CYLINDER_CHAOS_SEED={seed} CYLINDER_CHAOS_SECS={}",
+        secs.as_secs_f64()
+    );
+    let world = build_world();
+    let finished = start(&world, seed);
+    thread::sleep(secs);
+    world.stop.store(true, Ordering::SeqCst);
+    join_all(&finished, seed, Duration::from_secs(30));
+
+    // Faults over: the pool must come back to full size with every lease returned.
+    let back = Instant::now();
+    let pool = &world.pool;
+    while pool.stats().free != POOL_SIZE || pool.stats().size != POOL_SIZE {
+        // Checkouts find the dead workers that still sit free and retire them.
+        let leases: Vec<_> = (0..POOL_SIZE)
+            .filter_map(|_| pool.try_checkout().ok())
+            .collect();
+        drop(leases);
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "chaos (seed {seed}): pool not back to full size: {:?}",
+            pool.stats()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    report(&world, "run", seed, secs);
+    let stats = pool.stats();
+    let t = &world.tally;
+    assert_eq!(
+        t.double_leases.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): a worker was leased twice"
+    );
+    assert_eq!(
+        t.unexpected.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): unexpected errors"
+    );
+    assert_eq!(stats.leased, 0, "chaos (seed {seed}): {stats:?}");
+    assert_eq!(stats.waiters, 0, "chaos (seed {seed}): {stats:?}");
+    assert_eq!(
+        stats.checkouts,
+        stats.releases + stats.discards,
+        "chaos (seed {seed}): {stats:?}"
+    );
+    assert!(
+        stats.discards >= t.discards.load(Ordering::Relaxed),
+        "chaos (seed {seed}): {stats:?}"
+    );
+    assert!(
+        t.kills.load(Ordering::Relaxed) > 0 && t.client_panics.load(Ordering::Relaxed) > 0,
+        "chaos (seed {seed}): the run injected too few faults"
+    );
+    // Every pooled worker is alive and leasable, and the balancer serves live workers again.
+    let leases: Vec<_> = (0..POOL_SIZE)
+        .map(|_| pool.try_checkout().unwrap())
+        .collect();
+    assert!(leases.iter().all(|l| l.is_alive()));
+    drop(leases);
+    let until = Instant::now() + Duration::from_secs(10);
+    while world.balancer.get().is_err() {
+        assert!(
+            Instant::now() < until,
+            "chaos (seed {seed}): the balancer did not reconnect"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn chaos_run_ends_with_close_under_load() {
+    let (secs, seed) = settings();
+    let seed = seed.wrapping_add(1);
+    let world = build_world();
+    let finished = start(&world, seed);
+    thread::sleep(secs / 3);
+    world.closing.store(true, Ordering::SeqCst);
+    world.pool.close();
+    assert!(matches!(world.pool.checkout(), Err(Error::Closed)));
+    thread::sleep(Duration::from_millis(50));
+    world.stop.store(true, Ordering::SeqCst);
+    join_all(&finished, seed, Duration::from_secs(30));
+    report(&world, "closed under load", seed, secs / 3);
+    let stats = world.pool.stats();
+    assert_eq!(
+        world.tally.double_leases.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): a worker was leased twice"
+    );
+    assert_eq!(
+        world.tally.unexpected.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): unexpected errors"
+    );
+    assert_eq!(
+        (stats.leased, stats.waiters),
+        (0, 0),
+        "chaos (seed {seed}): {stats:?}"
+    );
+    assert_eq!(
+        stats.checkouts,
+        stats.releases + stats.discards,
+        "chaos (seed {seed}): {stats:?}"
+    );
+}
