@@ -31,14 +31,17 @@ fn pool_outcome(build: impl FnOnce() -> Result<Pool<Probe>, Error>) -> Result<()
     }
 }
 
+/// A named way to build a pool, and the outcome it should have.
+type Case = (
+    &'static str,
+    Box<dyn FnOnce() -> Result<Pool<Probe>, Error>>,
+    Result<(), &'static str>,
+);
+
 #[test]
 fn pool_options_at_their_edges() {
     let board = Switchboard::with(2);
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce() -> Result<Pool<Probe>, Error>>,
-        Result<(), &str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "size 0",
             Box::new(|| Pool::builder().size(0).build(probes())),
