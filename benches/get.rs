@@ -1,6 +1,7 @@
-//! `get`: handing out a balanced worker. cylinder's `Balancer::get()` against the textbook
-//! version (ArcSwap load + one shared AtomicUsize + Arc clone) and r2d2's `get()` + drop, at
-//! 1, 2 and 4 threads over 8 workers. Times are per operation on each thread.
+//! `get`: handing out a balanced worker. cylinder's `Balancer::get()` against the floor (a
+//! bare `ArcSwap` load), the textbook version (ArcSwap load + one shared AtomicUsize + Arc
+//! clone) and r2d2's `get()` + drop, at 1, 2 and 4 threads over 8 workers. Times are per
+//! operation on each thread.
 
 mod support;
 

@@ -94,6 +94,11 @@ impl Textbook {
         }
     }
 
+    /// The floor of any snapshot balancer: one `ArcSwap` load and a read through it.
+    pub fn load_first(&self) -> usize {
+        self.set.load()[0].0
+    }
+
     pub fn get(&self) -> Arc<Conn> {
         let set = self.set.load();
         set[self.next.fetch_add(1, Ordering::Relaxed) % set.len()].clone()
