@@ -23,6 +23,11 @@ fn get(c: &mut Criterion) {
             b.iter_custom(|iters| run_parallel(t, iters, &|| keep(balancer.get().unwrap().0)))
         });
         group.bench_with_input(
+            BenchmarkId::new("arcswap-load-floor", threads),
+            &threads,
+            |b, &t| b.iter_custom(|iters| run_parallel(t, iters, &|| keep(textbook.load_first()))),
+        );
+        group.bench_with_input(
             BenchmarkId::new("arcswap-textbook", threads),
             &threads,
             |b, &t| b.iter_custom(|iters| run_parallel(t, iters, &|| keep(textbook.get().0))),

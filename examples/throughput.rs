@@ -133,12 +133,20 @@ fn get_section() -> f64 {
         let ours = measure(threads, false, &|| keep(balancer.get().unwrap().0));
         best_get = best_get.max(ours.ops_per_sec);
         row("get", "cylinder Balancer::get", threads, &ours, Some(&ours));
-        let floor = measure(threads, false, &|| keep(textbook.get().0));
+        let floor = measure(threads, false, &|| keep(textbook.load_first()));
         row(
             "get",
-            "ArcSwap + shared AtomicUsize",
+            "bare ArcSwap load (floor)",
             threads,
             &floor,
+            Some(&ours),
+        );
+        let classic = measure(threads, false, &|| keep(textbook.get().0));
+        row(
+            "get",
+            "ArcSwap + AtomicUsize + Arc clone",
+            threads,
+            &classic,
             Some(&ours),
         );
         let peer = measure(threads, false, &|| keep(*r2d2.get().unwrap()));

@@ -164,10 +164,15 @@ impl<W: Worker> Balancer<W> {
         if count == 0 {
             return Err(Error::Disconnected);
         }
-        let start = shared.cursor.next(Stripe::current());
+        let start = shared.cursor.next(Stripe::current(), count);
         let mut overloaded = false;
         for step in 0..count {
-            let index = (start.wrapping_add(step)) % count;
+            // start < count and step < count: one subtraction wraps it, no division.
+            let index = if start + step < count {
+                start + step
+            } else {
+                start + step - count
+            };
             if snapshot.is_marked_dead(index) {
                 continue;
             }

@@ -103,17 +103,22 @@ impl StripedCursor {
         }
     }
 
-    /// The calling thread's next position.
+    /// The calling thread's next index into a set of `len` (at least 1) workers.
     #[inline]
-    pub(crate) fn next(&self, stripe: Stripe) -> usize {
+    pub(crate) fn next(&self, stripe: Stripe, len: usize) -> usize {
         let position = &self.positions[stripe.0];
         if stripe.0 == SHARED {
-            return position.fetch_add(1, Ordering::Relaxed);
+            return position.fetch_add(1, Ordering::Relaxed) % len;
         }
-        // This thread is the stripe's only writer.
+        // This thread is the stripe's only writer, so it keeps the position within the set
+        // and divides only when the set has shrunk under it.
         let at = position.load(Ordering::Relaxed);
-        position.store(at.wrapping_add(1), Ordering::Relaxed);
-        at
+        let index = if at < len { at } else { at % len };
+        position.store(
+            if index + 1 == len { 0 } else { index + 1 },
+            Ordering::Relaxed,
+        );
+        index
     }
 }
 
