@@ -1,12 +1,15 @@
 //! The round-robin balancer over a supervisor's children: revolver's semantics.
 
+use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::config::BalancerBuilder;
 use crate::error::Error;
+use crate::event::{emit, Event};
 use crate::reaper::Reaper;
 use crate::roster::{Roster, Snapshot};
+use crate::select::{self, Strategy};
 use crate::stripe::{Stripe, StripedCursor};
 use crate::supervisor::Supervisor;
 use crate::sync::{Mutex, SnapshotGuard};
@@ -47,6 +50,7 @@ struct Shared<W: Worker> {
     roster: Roster<W>,
     cursor: StripedCursor,
     max_queue_len: Option<usize>,
+    strategy: Strategy,
 }
 
 /// A worker handed out by [`Balancer::get`]. Derefs to the worker; it borrows the published
@@ -122,9 +126,11 @@ impl<W: Worker> Balancer<W> {
                 options.min_alive_ratio,
                 None,
                 options.reconnect_delay,
+                options.events.clone(),
             ),
             cursor: StripedCursor::new(),
             max_queue_len: options.max_queue_len,
+            strategy: options.strategy,
         });
         // A supervisor that is down at start is retried by the reaper, as revolver does.
         let retry = if options.connect_at_start {
@@ -137,7 +143,8 @@ impl<W: Worker> Balancer<W> {
         let reaper = Reaper::spawn(
             &options.name,
             shared.roster.signal.clone(),
-            Box::new(move || {
+            None,
+            Box::new(move |_asked| {
                 let reload = upkeep.roster.reload();
                 upkeep.roster.retry_after(&reload)
             }),
@@ -159,12 +166,56 @@ impl<W: Worker> Balancer<W> {
     /// [`Error::Overload`] when every live worker is over `max_queue_len`.
     pub fn get(&self) -> Result<WorkerRef<W>, Error> {
         let shared = &*self.shared;
+        self.pick(|snapshot, count| match shared.strategy {
+            Strategy::RoundRobin => shared.cursor.next(Stripe::current(), count),
+            Strategy::Random => select::random_below(count),
+            Strategy::LeastLoaded => {
+                let (a, b) = (select::random_below(count), select::random_below(count));
+                let load = |i: usize| snapshot.members[i].queue_len().unwrap_or(0);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        })
+    }
+
+    /// The worker for `key`: the same live worker for the same key while the set is stable
+    /// (hash affinity, e.g. to keep a session's requests in order on one worker). If that
+    /// worker is dead or overloaded, the next usable one in order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Shard(u32);
+    /// impl Worker for Shard {}
+    ///
+    /// let shards: Vec<Arc<Shard>> = (0..4).map(|i| Arc::new(Shard(i))).collect();
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(shards.clone()) })
+    ///     .unwrap();
+    /// let first = balancer.get_for("user-42").unwrap().0;
+    /// assert!((0..10).all(|_| balancer.get_for("user-42").unwrap().0 == first));
+    /// ```
+    pub fn get_for<K: Hash + ?Sized>(&self, key: &K) -> Result<WorkerRef<W>, Error> {
+        self.pick(|_, count| select::index_for(key, count))
+    }
+
+    /// Looks for a usable worker starting at the index `first` picks, in order from there.
+    #[inline]
+    fn pick(
+        &self,
+        first: impl FnOnce(&Snapshot<W>, usize) -> usize,
+    ) -> Result<WorkerRef<W>, Error> {
+        let shared = &*self.shared;
         let snapshot = shared.roster.snapshot();
         let count = snapshot.members.len();
         if count == 0 {
             return Err(Error::Disconnected);
         }
-        let start = shared.cursor.next(Stripe::current(), count);
+        let start = first(&snapshot, count);
         let mut overloaded = false;
         for step in 0..count {
             // start < count and step < count: one subtraction wraps it, no division.
@@ -190,6 +241,7 @@ impl<W: Worker> Balancer<W> {
             return Ok(WorkerRef { snapshot, index });
         }
         if overloaded {
+            emit(&shared.roster.events, Event::Overload);
             Err(Error::Overload)
         } else {
             shared.roster.ask_reload(&snapshot);

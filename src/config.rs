@@ -5,12 +5,17 @@ use std::time::Duration;
 
 use crate::balancer::Balancer;
 use crate::error::{BoxError, Error};
+use crate::event::{Event, EventHook};
 use crate::pool::Pool;
+use crate::select::Strategy;
 use crate::supervisor::{Factory, Supervisor};
 use crate::worker::Worker;
 
 /// The largest pool [`PoolBuilder::size`] accepts: its free queue is allocated up front.
 pub const MAX_POOL_SIZE: usize = 1 << 20;
+
+/// A check run on a worker before it is leased.
+pub(crate) type HealthCheck<W> = std::sync::Arc<dyn Fn(&W) -> bool + Send + Sync>;
 
 /// What happens to a lease whose client panics while holding it.
 ///
@@ -52,6 +57,10 @@ fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
 /// | `reconnect_delay` | 1 s |
 /// | `on_client_panic` | [`OnClientPanic::Release`] |
 /// | `fifo_after` | 1 ms: a waiter that waited this long gets the next released worker first |
+/// | `max_overflow` | 0: no temporary workers |
+/// | `warn_after` | off: no slow-lease reports |
+/// | `test_on_checkout` | none |
+/// | `on_event` | none |
 /// | `name` | `"pool"` (in log lines and the reaper thread's name) |
 ///
 /// ```
@@ -79,6 +88,10 @@ pub struct PoolBuilder<W> {
     pub(crate) reconnect_delay: Duration,
     pub(crate) on_client_panic: OnClientPanic,
     pub(crate) fifo_after: Duration,
+    pub(crate) max_overflow: usize,
+    pub(crate) warn_after: Option<Duration>,
+    pub(crate) health_check: Option<HealthCheck<W>>,
+    pub(crate) events: Option<EventHook>,
     pub(crate) name: String,
     worker: PhantomData<fn() -> W>,
 }
@@ -92,6 +105,10 @@ impl<W> Default for PoolBuilder<W> {
             reconnect_delay: Duration::from_secs(1),
             on_client_panic: OnClientPanic::Release,
             fifo_after: Duration::from_millis(1),
+            max_overflow: 0,
+            warn_after: None,
+            health_check: None,
+            events: None,
             name: "pool".to_string(),
         }
     }
@@ -132,6 +149,38 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
+    /// How many temporary workers the pool may start, beyond `size`, when every worker is
+    /// leased (poolboy's `max_overflow`). An overflow worker is started by the same closure
+    /// as the others, goes to a waiter when it comes back if one waits, and is otherwise
+    /// retired. Needs a pool built with [`build`](Self::build). Default 0.
+    pub fn max_overflow(mut self, extra: usize) -> Self {
+        self.max_overflow = extra;
+        self
+    }
+
+    /// Reports a lease held longer than `limit`, once, through `log` (with how long it has
+    /// been held) and as [`Event::SlowLease`]. The reaper looks every `limit / 2`. Default:
+    /// off, and then a checkout does not read the clock.
+    pub fn warn_after(mut self, limit: Duration) -> Self {
+        self.warn_after = Some(limit);
+        self
+    }
+
+    /// A check run on a worker before it is leased (r2d2's `test_on_check_out`). A worker
+    /// that fails it (returns `false` or panics) is retired and replaced through the
+    /// supervisor, and the next worker is tried, within the caller's timeout. Default: none.
+    pub fn test_on_checkout(mut self, check: impl Fn(&W) -> bool + Send + Sync + 'static) -> Self {
+        self.health_check = Some(std::sync::Arc::new(check));
+        self
+    }
+
+    /// A callback for lifecycle [`Event`]s, e.g. to feed metrics. It runs on the thread where
+    /// the event happens and must be quick; a panic in it is contained and logged.
+    pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.events = Some(std::sync::Arc::new(callback));
+        self
+    }
+
     /// The pool's name in log lines and thread names.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -148,14 +197,21 @@ impl<W: Worker> PoolBuilder<W> {
             .size
             .ok_or_else(|| Error::invalid("size", "must be set to build from a closure"))?;
         self.validate()?;
-        Pool::start(self, Box::new(Factory::new(size, start)))
+        let factory = std::sync::Arc::new(Factory::new(size, start));
+        Pool::start(self, Box::new(factory.clone()), Some(factory))
     }
 
     /// Leases the children of an existing supervisor. `size`, if set, is how many children
     /// the supervisor should keep: fewer makes the reaper retry every `reconnect_delay`.
     pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Pool<W>, Error> {
         self.validate()?;
-        Pool::start(self, Box::new(supervisor))
+        if self.max_overflow > 0 {
+            return Err(Error::invalid(
+                "max_overflow",
+                "needs a pool built from a start closure (PoolBuilder::build)",
+            ));
+        }
+        Pool::start(self, Box::new(supervisor), None)
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -170,6 +226,15 @@ impl<W: Worker> PoolBuilder<W> {
             _ => {}
         }
         positive("checkout_timeout", self.checkout_timeout)?;
+        if let Some(limit) = self.warn_after {
+            positive("warn_after", limit)?;
+        }
+        if self.max_overflow > MAX_POOL_SIZE {
+            return Err(Error::invalid(
+                "max_overflow",
+                format!("must be at most {MAX_POOL_SIZE}, got {}", self.max_overflow),
+            ));
+        }
         positive("reconnect_delay", self.reconnect_delay)?;
         Ok(())
     }
@@ -183,6 +248,8 @@ impl<W: Worker> PoolBuilder<W> {
 /// | `reconnect_delay` | 1 s |
 /// | `max_queue_len` | none: queue lengths are not looked at |
 /// | `connect_at_start` | true |
+/// | `strategy` | [`Strategy::RoundRobin`] |
+/// | `on_event` | none |
 /// | `name` | `"balancer"` |
 ///
 /// ```
@@ -212,6 +279,8 @@ pub struct BalancerBuilder<W> {
     pub(crate) reconnect_delay: Duration,
     pub(crate) max_queue_len: Option<usize>,
     pub(crate) connect_at_start: bool,
+    pub(crate) strategy: Strategy,
+    pub(crate) events: Option<EventHook>,
     pub(crate) name: String,
     worker: PhantomData<fn() -> W>,
 }
@@ -224,6 +293,8 @@ impl<W> Default for BalancerBuilder<W> {
             reconnect_delay: Duration::from_secs(1),
             max_queue_len: None,
             connect_at_start: true,
+            strategy: Strategy::RoundRobin,
+            events: None,
             name: "balancer".to_string(),
         }
     }
@@ -256,6 +327,19 @@ impl<W: Worker> BalancerBuilder<W> {
         self
     }
 
+    /// How [`Balancer::get`] picks among the live workers. Default: round-robin.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// A callback for lifecycle [`Event`]s, e.g. to feed metrics. It runs on the thread where
+    /// the event happens and must be quick; a panic in it is contained and logged.
+    pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.events = Some(std::sync::Arc::new(callback));
+        self
+    }
+
     /// The balancer's name in log lines and thread names.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -284,6 +368,10 @@ impl<W> std::fmt::Debug for PoolBuilder<W> {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("on_client_panic", &self.on_client_panic)
             .field("fifo_after", &self.fifo_after)
+            .field("max_overflow", &self.max_overflow)
+            .field("warn_after", &self.warn_after)
+            .field("test_on_checkout", &self.health_check.is_some())
+            .field("on_event", &self.events.is_some())
             .field("name", &self.name)
             .finish()
     }
@@ -296,6 +384,8 @@ impl<W> std::fmt::Debug for BalancerBuilder<W> {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("max_queue_len", &self.max_queue_len)
             .field("connect_at_start", &self.connect_at_start)
+            .field("strategy", &self.strategy)
+            .field("on_event", &self.events.is_some())
             .field("name", &self.name)
             .finish()
     }

@@ -2,19 +2,22 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::config::{OnClientPanic, PoolBuilder};
+use crate::config::{HealthCheck, OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
 use crate::error::Error;
+use crate::event::{emit, Event};
+use crate::overflow::Overflow;
 use crate::reaper::Reaper;
 use crate::roster::Roster;
 use crate::stripe::{Stripe, StripedCounter, STRIPES};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{contained, Factory, Supervisor};
 use crate::sync::{
     deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, FreeQueue,
     Mutex, Ordering, SwapCell,
 };
 use crate::waitlist::{WaitError, WaitList};
+use crate::watch::{identity, LeaseWatch};
 use crate::worker::Worker;
 
 /// A fixed-size pool that leases each worker to one holder at a time.
@@ -63,6 +66,16 @@ struct Shared<W: Worker> {
     closed: AtomicBool,
     checkout_timeout: Duration,
     on_client_panic: OnClientPanic,
+    health_check: Option<HealthCheck<W>>,
+    overflow: Option<Overflow<W>>,
+    watch: Option<LeaseWatch>,
+    /// The factory the pool was built from, if any: `resize` changes its size.
+    factory: Option<Arc<Factory<W>>>,
+    /// Leased workers the supervisor let go (a shrink): dropped, not kept, when they return.
+    leaving: Mutex<Vec<Arc<W>>>,
+    /// How many are in `leaving`; read without the lock so releases skip it while empty.
+    leaving_count: AtomicUsize,
+    capacity: usize,
     checkouts: StripedCounter,
     releases: StripedCounter,
     discards: StripedCounter,
@@ -127,6 +140,8 @@ pub struct PoolStats {
     /// Leases that ended with the worker retired (discarded, found dead, or its client
     /// panicked under [`OnClientPanic::Discard`]).
     pub discards: u64,
+    /// Temporary workers alive now, beyond `size` (see `max_overflow`).
+    pub overflow: usize,
 }
 
 impl<W: Worker> Pool<W> {
@@ -138,6 +153,7 @@ impl<W: Worker> Pool<W> {
     pub(crate) fn start(
         options: PoolBuilder<W>,
         supervisor: Box<dyn Supervisor<W>>,
+        factory: Option<Arc<Factory<W>>>,
     ) -> Result<Self, Error> {
         let roster = Roster::new(
             options.name.clone(),
@@ -145,10 +161,11 @@ impl<W: Worker> Pool<W> {
             1.0,
             options.size,
             options.reconnect_delay,
+            options.events.clone(),
         );
         let first = roster.reload()?;
-        // Room for the expected size, and for a supervisor that grows its set later.
-        let capacity = options.size.unwrap_or(0).max(first.total);
+        // Room for the expected size, and to grow (a resize, or a supervisor that lists more).
+        let capacity = (options.size.unwrap_or(0).max(first.total) * 4).clamp(64, MAX_POOL_SIZE);
         let shared = Arc::new(Shared {
             free: FreeQueue::new(capacity),
             parked: (0..STRIPES)
@@ -164,6 +181,16 @@ impl<W: Worker> Pool<W> {
             closed: AtomicBool::new(false),
             checkout_timeout: options.checkout_timeout,
             on_client_panic: options.on_client_panic,
+            health_check: options.health_check.clone(),
+            overflow: factory
+                .clone()
+                .filter(|_| options.max_overflow > 0)
+                .map(|factory| Overflow::new(options.max_overflow, factory)),
+            watch: options.warn_after.map(LeaseWatch::new),
+            factory,
+            leaving: Mutex::new(Vec::new()),
+            leaving_count: AtomicUsize::new(0),
+            capacity,
             checkouts: StripedCounter::new(),
             releases: StripedCounter::new(),
             discards: StripedCounter::new(),
@@ -173,10 +200,12 @@ impl<W: Worker> Pool<W> {
             shared.push_free(worker);
         }
         let upkeep = shared.clone();
+        let mut retry_at = None;
         let reaper = Reaper::spawn(
             &options.name,
             shared.roster.signal.clone(),
-            Box::new(move || upkeep.reaper_round()),
+            options.warn_after.map(|limit| limit / 2),
+            Box::new(move |asked| upkeep.reaper_round(asked, &mut retry_at)),
         )
         .map_err(|err| Error::supervisor(Box::new(err)))?;
         Ok(Pool {
@@ -196,25 +225,16 @@ impl<W: Worker> Pool<W> {
     /// takes nothing with it.
     pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.shared;
-        shared.check_open()?;
         let stripe = Stripe::current();
-        if let Some(worker) = shared.pop_live(stripe) {
-            return Ok(self.lease(worker, stripe));
-        }
-        if !shared.roster.snapshot().is_connected() {
-            return Err(Error::Disconnected);
-        }
-        let waited = shared.waiters.wait(
-            || shared.pop_live(stripe),
-            deadline_after(timeout),
-            |worker| shared.push_free(worker),
-        );
-        match waited {
-            Ok(worker) => Ok(self.lease(worker, stripe)),
-            Err(WaitError::Closed) => Err(Error::Closed),
-            Err(WaitError::Timeout) => {
-                shared.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::Timeout(timeout))
+        let deadline = deadline_after(timeout);
+        loop {
+            shared.check_open()?;
+            let worker = match shared.take_now(stripe) {
+                Some(worker) => worker,
+                None => shared.wait_for(stripe, deadline, timeout)?,
+            };
+            if shared.passes_check(&worker) {
+                return Ok(self.lease(worker, stripe));
             }
         }
     }
@@ -225,14 +245,103 @@ impl<W: Worker> Pool<W> {
         let shared = &*self.shared;
         shared.check_open()?;
         let stripe = Stripe::current();
-        if let Some(worker) = shared.pop_live(stripe) {
-            return Ok(self.lease(worker, stripe));
+        while let Some(worker) = shared.take_now(stripe) {
+            if shared.passes_check(&worker) {
+                return Ok(self.lease(worker, stripe));
+            }
         }
         if shared.roster.snapshot().is_connected() {
+            emit(&shared.roster.events, Event::Overload);
             Err(Error::Overload)
         } else {
             Err(Error::Disconnected)
         }
+    }
+
+    /// Calls `f` on every worker that is not leased now, holding each exclusively meanwhile
+    /// (pooler's message to all unallocated members), and collects the results. Leased
+    /// workers are skipped; a checkout meanwhile waits or takes another worker.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use cylinder::{Pool, Worker};
+    ///
+    /// struct Conn(AtomicUsize);
+    /// impl Worker for Conn {}
+    ///
+    /// let pool = Pool::builder().size(3).build(|| Ok(Conn(AtomicUsize::new(0)))).unwrap();
+    /// let busy = pool.checkout().unwrap();
+    /// let pinged = pool.map(|conn| conn.0.fetch_add(1, Ordering::Relaxed));
+    /// assert_eq!(pinged.len(), 2); // the leased one is left alone
+    /// drop(busy);
+    /// assert_eq!(pool.stats().free, 3);
+    /// ```
+    pub fn map<R>(&self, mut f: impl FnMut(&W) -> R) -> Vec<R> {
+        let shared = &*self.shared;
+        let stripe = Stripe::current();
+        // Gives the workers back even if `f` panics.
+        struct Held<'a, W: Worker>(&'a Shared<W>, Vec<Arc<W>>, Stripe);
+        impl<W: Worker> Drop for Held<'_, W> {
+            fn drop(&mut self) {
+                for worker in self.1.drain(..) {
+                    self.0.give_back(worker, self.2);
+                }
+            }
+        }
+        let mut held = Held(shared, Vec::new(), stripe);
+        for _ in 0..shared.roster.known_len() {
+            match shared.pop_live(stripe) {
+                Some(worker) => held.1.push(worker),
+                None => break,
+            }
+        }
+        held.1.iter().map(|worker| f(worker)).collect()
+    }
+
+    /// Changes the pool's size at run time (a pool built with
+    /// [`build`](PoolBuilder::build)): growing starts the new workers at once; shrinking
+    /// retires free workers at once and leased ones as their leases end, never revoking a
+    /// lease. At most four times the size the pool was built with (and at least 64).
+    ///
+    /// ```
+    /// use cylinder::{Pool, Worker};
+    ///
+    /// struct Conn;
+    /// impl Worker for Conn {}
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(Conn)).unwrap();
+    /// pool.resize(5).unwrap();
+    /// assert_eq!(pool.stats().size, 5);
+    /// let held = pool.checkout().unwrap();
+    /// pool.resize(1).unwrap();
+    /// assert_eq!(pool.stats().size, 1);
+    /// assert_eq!(pool.stats().leased, 1); // the lease is never revoked
+    /// drop(held);
+    /// assert_eq!(pool.stats().free, 1); // one worker left, whichever it is
+    /// assert!(pool.resize(0).is_err());
+    /// ```
+    pub fn resize(&self, size: usize) -> Result<(), Error> {
+        let shared = &*self.shared;
+        shared.check_open()?;
+        let Some(factory) = &shared.factory else {
+            return Err(Error::invalid(
+                "resize",
+                "needs a pool built from a start closure (PoolBuilder::build)",
+            ));
+        };
+        if size == 0 || size > shared.capacity {
+            return Err(Error::invalid(
+                "resize",
+                format!("must be within 1..={}, got {size}", shared.capacity),
+            ));
+        }
+        factory.resize(size);
+        shared.roster.expect(size);
+        let reload = shared.refresh();
+        if shared.roster.retry_after(&reload).is_some() {
+            shared.roster.signal.request();
+        }
+        reload.map(|_| ())
     }
 
     /// Runs `f` with a leased worker (waiting as [`checkout`](Self::checkout) does) and gives
@@ -268,6 +377,7 @@ impl<W: Worker> Pool<W> {
             leased: checkouts.saturating_sub(releases + discards) as usize,
             waiters: shared.waiters.len(),
             restarts: shared.roster.restarts(),
+            overflow: shared.overflow.as_ref().map_or(0, Overflow::out),
             timeouts: shared.timeouts.load(Ordering::Relaxed),
             checkouts,
             releases,
@@ -280,13 +390,16 @@ impl<W: Worker> Pool<W> {
     #[doc(hidden)]
     pub fn run_reaper_round(&self) {
         if self.shared.roster.signal.take_request() {
-            self.shared.reaper_round();
+            let _ = self.shared.refresh();
         }
     }
 
     #[inline]
     fn lease(&self, worker: Arc<W>, stripe: Stripe) -> Lease<'_, W> {
         self.shared.checkouts.add(stripe);
+        if let Some(watch) = &self.shared.watch {
+            watch.begin(identity(&worker));
+        }
         Lease {
             shared: &self.shared,
             worker: Some(worker),
@@ -302,6 +415,68 @@ impl<W: Worker> Shared<W> {
         Ok(())
     }
 
+    /// A worker now, without waiting: a free one, else a new overflow worker.
+    #[inline]
+    fn take_now(&self, stripe: Stripe) -> Option<Arc<W>> {
+        self.pop_live(stripe).or_else(|| {
+            self.overflow
+                .as_ref()
+                .and_then(|overflow| overflow.start(self.roster.name()))
+        })
+    }
+
+    /// Waits in line for a worker until `deadline`.
+    fn wait_for(
+        &self,
+        stripe: Stripe,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Arc<W>, Error> {
+        if !self.roster.snapshot().is_connected() {
+            return Err(Error::Disconnected);
+        }
+        let waited = self.waiters.wait(
+            || self.pop_live(stripe),
+            deadline,
+            |worker| self.push_free(worker),
+        );
+        match waited {
+            Ok(worker) => Ok(worker),
+            Err(WaitError::Closed) => Err(Error::Closed),
+            Err(WaitError::Timeout) => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                emit(&self.roster.events, Event::CheckoutTimedOut(timeout));
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Runs the checkout health check, if any; a worker that fails it is retired.
+    #[inline]
+    fn passes_check(&self, worker: &Arc<W>) -> bool {
+        let Some(check) = &self.health_check else {
+            return true;
+        };
+        if contained(|| Ok(check(worker))).unwrap_or(false) {
+            return true;
+        }
+        log::warn!(
+            "cylinder: {}: a worker failed its checkout check; replacing it",
+            self.roster.name()
+        );
+        emit(&self.roster.events, Event::WorkerDiscarded);
+        self.let_go(worker.clone());
+        false
+    }
+
+    /// Takes a worker out of service: an overflow worker is dropped, a member retired.
+    fn let_go(&self, worker: Arc<W>) {
+        match &self.overflow {
+            Some(overflow) if overflow.holds(&worker) => overflow.retire(&worker),
+            _ => self.roster.retire(worker),
+        }
+    }
+
     /// A live worker: this thread's parked one, else the queue's, else one parked by another
     /// thread. Dead ones met on the way are retired.
     #[inline]
@@ -311,6 +486,7 @@ impl<W: Worker> Shared<W> {
             if worker.is_alive() {
                 return Some(worker);
             }
+            emit(&self.roster.events, Event::WorkerDied);
             self.roster.retire(worker);
         }
     }
@@ -386,47 +562,118 @@ impl<W: Worker> Shared<W> {
     #[inline]
     fn release(&self, worker: Arc<W>, discard: bool) {
         let stripe = Stripe::current();
+        if let Some(watch) = &self.watch {
+            watch.end(identity(&worker));
+        }
         if discard || !worker.is_alive() {
             self.discards.add(stripe);
-            self.roster.retire(worker);
-        } else {
-            self.releases.add(stripe);
-            self.give_back(worker, stripe);
+            let event = if discard {
+                Event::WorkerDiscarded
+            } else {
+                Event::WorkerDied
+            };
+            emit(&self.roster.events, event);
+            if self.leaving_count.load(Ordering::Acquire) != 0 {
+                self.departs(&worker);
+            }
+            return self.let_go(worker);
+        }
+        self.releases.add(stripe);
+        if let Some(overflow) = &self.overflow {
+            if overflow.holds(&worker) {
+                // A temporary worker serves a waiter directly, or goes.
+                if let Err(worker) = self.waiters.hand(worker) {
+                    overflow.retire(&worker);
+                }
+                return;
+            }
+        }
+        if self.leaving_count.load(Ordering::Acquire) != 0 && self.departs(&worker) {
+            return;
+        }
+        self.give_back(worker, stripe);
+        // A shrink may have marked this worker after the check above: sweep it out again.
+        seqcst_point();
+        if self.leaving_count.load(Ordering::SeqCst) != 0 {
+            self.sweep(|worker| self.leaving.lock().iter().any(|w| Arc::ptr_eq(w, worker)));
         }
     }
 
-    /// The reaper's work: tell the supervisor what was retired, take in what it lists.
-    fn reaper_round(&self) -> Option<Duration> {
-        if self.closed.load(Ordering::Acquire) {
-            return None;
-        }
+    /// Whether `worker` is one the supervisor let go while it was leased; if so it is
+    /// forgotten here, and its caller drops it.
+    fn departs(&self, worker: &Arc<W>) -> bool {
+        let mut leaving = self.leaving.lock();
+        let Some(at) = leaving.iter().position(|w| Arc::ptr_eq(w, worker)) else {
+            return false;
+        };
+        leaving.swap_remove(at);
+        self.leaving_count.store(leaving.len(), Ordering::Release);
+        true
+    }
+
+    /// Tells the supervisor what was retired and takes in what it lists now.
+    fn refresh(&self) -> Result<crate::roster::Reload<W>, Error> {
         let reload = self.roster.reload();
         if let Ok(found) = &reload {
             if found.removed > 0 {
-                self.drop_non_members();
+                // Mark the departures first, then sweep the free workers: a release racing
+                // this either finds its worker marked, or put it back before the sweep (or
+                // sees the mark after putting it back, and sweeps itself; see `release`).
+                if !found.departed.is_empty() {
+                    let mut leaving = self.leaving.lock();
+                    leaving.extend(found.departed.iter().cloned());
+                    self.leaving_count.store(leaving.len(), Ordering::SeqCst);
+                }
+                let snapshot = self.roster.snapshot();
+                self.sweep(|worker| !snapshot.contains(worker));
             }
             let stripe = Stripe::current();
             for worker in &found.added {
                 self.give_back(worker.clone(), stripe);
             }
         }
-        self.roster.retry_after(&reload)
+        reload
     }
 
-    /// Takes workers that left the set (dead, or no longer listed) out of the free ones.
-    fn drop_non_members(&self) {
-        let snapshot = self.roster.snapshot();
+    /// The reaper's work: a refresh when asked or due for a retry, and slow-lease reports.
+    fn reaper_round(&self, asked: bool, retry_at: &mut Option<Instant>) -> Option<Duration> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = Instant::now();
+        if asked || retry_at.is_some_and(|at| at <= now) {
+            let reload = self.refresh();
+            *retry_at = self.roster.retry_after(&reload).map(|delay| now + delay);
+        }
+        let mut next = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+        if let Some(watch) = &self.watch {
+            watch.report(self.roster.name(), &self.roster.events);
+            let tick = watch.limit / 2;
+            next = Some(next.map_or(tick, |n| n.min(tick)));
+        }
+        next
+    }
+
+    /// Takes the free workers that `doomed` picks out of service (they left the set: dead,
+    /// no longer listed, or let go by a shrink) and forgets them as departures.
+    fn sweep(&self, doomed: impl Fn(&Arc<W>) -> bool) {
         let mut keep = Vec::new();
+        let mut dropped = Vec::new();
         let stripe = Stripe::current();
         for _ in 0..self.free_count() {
             match self.take_free(stripe) {
-                Some(worker) if snapshot.contains(&worker) => keep.push(worker),
-                Some(_) => {}
+                Some(worker) if doomed(&worker) => dropped.push(worker),
+                Some(worker) => keep.push(worker),
                 None => break,
             }
         }
         for worker in keep {
             self.give_back(worker, stripe);
+        }
+        if !dropped.is_empty() && self.leaving_count.load(Ordering::Acquire) != 0 {
+            let mut leaving = self.leaving.lock();
+            leaving.retain(|w| !dropped.iter().any(|d| Arc::ptr_eq(d, w)));
+            self.leaving_count.store(leaving.len(), Ordering::SeqCst);
         }
     }
 }

@@ -41,8 +41,9 @@ impl Signal {
         std::mem::take(&mut self.state.lock().pending)
     }
 
-    /// Waits for a request, for close, or until `retry` passes. `false` once closed.
-    fn wait(&self, retry: Option<Duration>) -> bool {
+    /// Waits for a request, for close, or until `retry` passes. `None` once closed, else
+    /// whether a round was asked for (rather than the time having come).
+    fn wait(&self, retry: Option<Duration>) -> Option<bool> {
         let deadline = retry.and_then(deadline_after);
         let mut state = self.state.lock();
         while !state.pending && !state.closed {
@@ -52,14 +53,14 @@ impl Signal {
                 break;
             }
         }
-        state.pending = false;
-        !state.closed
+        let asked = std::mem::take(&mut state.pending);
+        (!state.closed).then_some(asked)
     }
 }
 
-/// One round of upkeep; returns when to run again if nothing asks sooner (`None`: only when
-/// asked).
-pub(crate) type Round = Box<dyn FnMut() -> Option<Duration> + Send>;
+/// One round of upkeep, told whether it was asked for (or woke on its timer); returns when to
+/// run again if nothing asks sooner (`None`: only when asked).
+pub(crate) type Round = Box<dyn FnMut(bool) -> Option<Duration> + Send>;
 
 /// The reaper thread. Under `--cfg loom` no thread is started: the models run rounds by hand.
 pub(crate) struct Reaper {
@@ -68,7 +69,13 @@ pub(crate) struct Reaper {
 }
 
 impl Reaper {
-    pub(crate) fn spawn(name: &str, signal: Arc<Signal>, round: Round) -> std::io::Result<Reaper> {
+    /// Starts the thread; its first round comes when asked, or after `first` if given.
+    pub(crate) fn spawn(
+        name: &str,
+        signal: Arc<Signal>,
+        first: Option<Duration>,
+        round: Round,
+    ) -> std::io::Result<Reaper> {
         let thread = if cfg!(loom) {
             drop(round);
             None
@@ -77,18 +84,18 @@ impl Reaper {
             Some(
                 std::thread::Builder::new()
                     .name(format!("cylinder-reaper-{name}"))
-                    .spawn(move || Self::run(&waits_on, round))?,
+                    .spawn(move || Self::run(&waits_on, first, round))?,
             )
         };
         Ok(Reaper { signal, thread })
     }
 
-    fn run(signal: &Signal, mut round: Round) {
-        let mut retry = None;
-        while signal.wait(retry) {
+    fn run(signal: &Signal, first: Option<Duration>, mut round: Round) {
+        let mut retry = first;
+        while let Some(asked) = signal.wait(retry) {
             // A round never panics by design (supervisor calls are contained); this keeps a
             // bug from silently ending upkeep for good.
-            retry = match catch_unwind(AssertUnwindSafe(&mut round)) {
+            retry = match catch_unwind(AssertUnwindSafe(|| round(asked))) {
                 Ok(next) => next,
                 Err(_) => {
                     log::error!("cylinder: reaper round panicked; retrying in 1s");

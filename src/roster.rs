@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
 use crate::supervisor::{contained, Supervisor};
 use crate::sync::{
@@ -54,6 +55,9 @@ pub(crate) struct Reload<W> {
     pub(crate) added: Vec<Arc<W>>,
     /// Workers that were in the last set found and are not any more.
     pub(crate) removed: usize,
+    /// Of those, the ones still alive and not retired: let go by the supervisor itself (a
+    /// shrink), so a pool must not take them back when their leases end.
+    pub(crate) departed: Vec<Arc<W>>,
     /// The size of the new set.
     pub(crate) total: usize,
 }
@@ -77,12 +81,14 @@ pub(crate) struct Roster<W> {
     supervisor: Box<dyn Supervisor<W>>,
     current: SnapshotCell<Snapshot<W>>,
     min_alive_ratio: f64,
-    /// The size the set should have, when known (a factory's size); fewer means retry.
-    expected: Option<usize>,
+    /// The size the set should have, when known (a factory's size; `usize::MAX`: unknown);
+    /// fewer means retry.
+    expected: AtomicUsize,
     reconnect_delay: Duration,
     reload_lock: Mutex<Known<W>>,
     retired: Mutex<Retired<W>>,
     pub(crate) signal: Arc<Signal>,
+    pub(crate) events: Option<EventHook>,
     connected_once: AtomicBool,
     restarts: AtomicU64,
     reloads: AtomicU64,
@@ -95,13 +101,14 @@ impl<W: Worker> Roster<W> {
         min_alive_ratio: f64,
         expected: Option<usize>,
         reconnect_delay: Duration,
+        events: Option<EventHook>,
     ) -> Self {
         Roster {
             name,
             supervisor,
             current: SnapshotCell::new(Arc::new(Snapshot::new(Vec::new()))),
             min_alive_ratio,
-            expected,
+            expected: AtomicUsize::new(expected.unwrap_or(usize::MAX)),
             reconnect_delay,
             reload_lock: Mutex::new(Known {
                 members: Vec::new(),
@@ -111,6 +118,7 @@ impl<W: Worker> Roster<W> {
                 told: Vec::new(),
             }),
             signal: Arc::new(Signal::default()),
+            events,
             connected_once: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
@@ -147,6 +155,7 @@ impl<W: Worker> Roster<W> {
             "cylinder: {}: worker {index} died ({alive} of {total} alive)",
             self.name
         );
+        emit(&self.events, Event::WorkerDied);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);
         }
@@ -165,6 +174,15 @@ impl<W: Worker> Roster<W> {
         self.signal.request();
     }
 
+    fn expected(&self) -> usize {
+        self.expected.load(Ordering::Relaxed)
+    }
+
+    /// Sets the size the set should have (after a resize).
+    pub(crate) fn expect(&self, size: usize) {
+        self.expected.store(size, Ordering::Relaxed);
+    }
+
     /// How many workers the last successful reload found (kept through a disconnect).
     pub(crate) fn known_len(&self) -> usize {
         self.reload_lock.lock().members.len()
@@ -176,11 +194,13 @@ impl<W: Worker> Roster<W> {
     pub(crate) fn reload(&self) -> Result<Reload<W>, Error> {
         let mut known = self.reload_lock.lock();
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let pending = {
+        // Every worker given up on so far and still listed, or given up on since the last
+        // reload: none of them is a departure.
+        let (pending, given_up) = {
             let mut retired = self.retired.lock();
             let pending = std::mem::take(&mut retired.pending);
             retired.told.extend(pending.iter().cloned());
-            pending
+            (pending, retired.told.clone())
         };
         for worker in &pending {
             if let Err(err) = contained(|| {
@@ -226,11 +246,20 @@ impl<W: Worker> Roster<W> {
             .iter()
             .filter(|w| !contains(&members, w))
             .count();
+        let departed = known
+            .members
+            .iter()
+            .filter(|w| !contains(&members, w) && w.is_alive() && !contains(&given_up, w))
+            .cloned()
+            .collect();
         let total = members.len();
-        if self.connected_once.swap(true, Ordering::AcqRel) {
+        let joined = if self.connected_once.swap(true, Ordering::AcqRel) {
             self.restarts
                 .fetch_add(added.len() as u64, Ordering::Relaxed);
-        }
+            Event::WorkerRestarted
+        } else {
+            Event::WorkerStarted
+        };
         known.members.clone_from(&members);
         self.current.store(Arc::new(Snapshot::new(members)));
         log::info!(
@@ -238,9 +267,20 @@ impl<W: Worker> Roster<W> {
             self.name,
             added.len()
         );
+        for _ in &added {
+            emit(&self.events, joined.clone());
+        }
+        emit(
+            &self.events,
+            Event::Connected {
+                new: added.len(),
+                total,
+            },
+        );
         Ok(Reload {
             added,
             removed,
+            departed,
             total,
         })
     }
@@ -250,13 +290,13 @@ impl<W: Worker> Roster<W> {
     pub(crate) fn retry_after(&self, reload: &Result<Reload<W>, Error>) -> Option<Duration> {
         let delay = self.reconnect_delay;
         match reload {
-            Ok(found) if self.expected.map_or(true, |size| found.total >= size) => None,
+            Ok(found) if self.expected() == usize::MAX || found.total >= self.expected() => None,
             Ok(found) => {
                 log::warn!(
                     "cylinder: {}: only {} of {} workers running, retrying in {delay:?}",
                     self.name,
                     found.total,
-                    self.expected.unwrap_or(found.total)
+                    self.expected()
                 );
                 Some(delay)
             }
@@ -278,6 +318,7 @@ impl<W: Worker> Roster<W> {
                 self.reconnect_delay
             );
             self.current.store(Arc::new(Snapshot::new(Vec::new())));
+            emit(&self.events, Event::Disconnected);
         }
     }
 }

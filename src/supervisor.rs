@@ -114,9 +114,57 @@ impl<W: Worker> Factory<W> {
         }
     }
 
+    /// Changes how many workers the factory keeps. Growing adds slots that start at the next
+    /// `children()`; shrinking drops empty or dead slots first, then the last ones.
+    ///
+    /// ```
+    /// use cylinder::{Factory, Supervisor, Worker};
+    ///
+    /// struct Adder;
+    /// impl Worker for Adder {}
+    ///
+    /// let factory = Factory::new(2, || Ok(Adder));
+    /// factory.resize(5);
+    /// assert_eq!(factory.children().unwrap().len(), 5);
+    /// factory.resize(1);
+    /// assert_eq!(factory.children().unwrap().len(), 1);
+    /// ```
+    pub fn resize(&self, size: usize) {
+        let mut slots = self.slots.lock();
+        while slots.len() > size {
+            let idle = slots
+                .iter()
+                .rposition(|s| !s.worker.as_ref().is_some_and(|w| w.is_alive()));
+            let last = slots.len() - 1;
+            slots.remove(idle.unwrap_or(last));
+        }
+        while slots.len() < size {
+            slots.push(Slot {
+                worker: None,
+                started_before: false,
+            });
+        }
+    }
+
+    /// Starts one worker outside the factory's slots (a pool's overflow worker).
+    pub(crate) fn start_one(&self) -> Result<W, Error> {
+        contained(|| (self.start)())
+    }
+
     /// How many workers were started in place of a dead or retired one.
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// A factory shared with the pool that owns it (for `resize` and overflow).
+impl<W: Worker> Supervisor<W> for Arc<Factory<W>> {
+    fn children(&self) -> Result<Vec<Arc<W>>, BoxError> {
+        Factory::children(self)
+    }
+
+    fn retire(&self, worker: &Arc<W>) {
+        Factory::retire(self, worker)
     }
 }
 

@@ -87,6 +87,22 @@ impl<T> WaitList<T> {
         }
     }
 
+    /// Hands `item` straight to the longest waiter not yet served, or gives it back.
+    pub(crate) fn hand(&self, item: T) -> Result<(), T> {
+        if !self.has_waiters() {
+            return Err(item);
+        }
+        let mut line = self.line.lock();
+        match line.entries.iter_mut().find(|e| e.handed.is_none()) {
+            Some(entry) => {
+                entry.handed = Some(item);
+                entry.wake.notify_one();
+                Ok(())
+            }
+            None => Err(item),
+        }
+    }
+
     /// Waits in line until an item is handed over or `take` finds one, until `deadline`
     /// (`None`: no limit), or until the line is closed. An item handed over at the moment of
     /// closing goes to `on_closed`.

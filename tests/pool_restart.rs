@@ -194,3 +194,62 @@ fn a_supervisor_coming_back_does_not_duplicate_workers() {
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
 }
+
+/// A supervisor whose children the test can take away, with a retire that restarts.
+struct Outage {
+    factory: cylinder::Factory<Probe>,
+    up: std::sync::atomic::AtomicBool,
+}
+
+impl cylinder::Supervisor<Probe> for Arc<Outage> {
+    fn children(&self) -> Result<Vec<Arc<Probe>>, cylinder::BoxError> {
+        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("down".into());
+        }
+        self.factory.children()
+    }
+    fn retire(&self, worker: &Arc<Probe>) {
+        self.factory.retire(worker)
+    }
+}
+
+/// Regression (found by the chaos run): a discarded worker that its supervisor stopped
+/// listing was taken for one that left the set while leased, and the next release of any
+/// worker during a supervisor outage (when the published set is empty) dropped that worker
+/// for good.
+#[test]
+fn a_release_during_an_outage_after_a_discard_keeps_its_worker() {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let outage = Arc::new(Outage {
+        factory: cylinder::Factory::new(2, move || {
+            Ok(Probe::new(
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            ))
+        }),
+        up: std::sync::atomic::AtomicBool::new(true),
+    });
+    let pool = Pool::builder()
+        .size(2)
+        .reconnect_delay(Duration::from_millis(10))
+        .build_with(outage.clone())
+        .unwrap();
+    pool.checkout().unwrap().discard();
+    assert!(eventually(SLACK, || pool.stats().restarts == 1
+        && pool.stats().free == 2));
+    let held = pool.checkout().unwrap();
+    outage.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    pool.checkout().unwrap().discard();
+    assert!(eventually(SLACK, || matches!(
+        pool.try_checkout(),
+        Err(Error::Disconnected | Error::Overload)
+    )));
+    drop(held);
+    outage.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(SLACK, || pool.stats().free == 2 && pool.stats().size == 2),
+        "{:?}",
+        pool.stats()
+    );
+    let both: Vec<_> = (0..2).map(|_| pool.try_checkout().unwrap()).collect();
+    assert!(!Arc::ptr_eq(both[0].worker(), both[1].worker()));
+}

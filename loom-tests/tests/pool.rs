@@ -178,3 +178,52 @@ fn a_dead_workers_replacement_reaches_a_waiter() {
         );
     });
 }
+
+/// Overflow: one worker and one temporary one, three threads. No double lease, and every
+/// temporary worker is gone at the end (handed to a waiter or retired).
+#[test]
+fn overflow_with_three_threads() {
+    model(|serve| {
+        let patience = match serve {
+            Serve::Fifo => Duration::ZERO,
+            Serve::Compete => Duration::MAX,
+        };
+        let pool = Arc::new(
+            Pool::builder()
+                .size(1)
+                .max_overflow(1)
+                .checkout_timeout(Duration::MAX)
+                .fifo_after(patience)
+                .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
+                .unwrap(),
+        );
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || use_once(&pool))
+            })
+            .collect();
+        use_once(&pool);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.overflow), (1, 0, 0));
+    });
+}
+
+/// A shrink racing the release of a worker it lets go: the lease is never revoked, the
+/// released worker is dropped or kept but never lost or doubled, and the pool ends at its
+/// new size.
+#[test]
+fn shrink_racing_a_release() {
+    model(|serve| {
+        let pool = pool_serving(2, serve);
+        let user = pool.clone();
+        let holder = thread::spawn(move || use_once(&user));
+        pool.resize(1).unwrap();
+        holder.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
+    });
+}

@@ -1,0 +1,71 @@
+//! Lifecycle events, for wiring metrics: an optional callback on either builder.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something that happened to a pool or balancer, passed to the `on_event` callback.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use cylinder::{Event, Pool, Worker};
+///
+/// struct Conn;
+/// impl Worker for Conn {}
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let pool = Pool::builder()
+///     .size(2)
+///     .on_event(move |event| log.lock().unwrap().push(event.clone()))
+///     .build(|| Ok(Conn))
+///     .unwrap();
+/// let _a = pool.try_checkout().unwrap();
+/// let _b = pool.try_checkout().unwrap();
+/// assert!(pool.try_checkout().is_err());
+/// let seen = seen.lock().unwrap();
+/// assert_eq!(seen[0], Event::WorkerStarted);
+/// assert_eq!(seen[2], Event::Connected { new: 2, total: 2 });
+/// assert_eq!(seen.last(), Some(&Event::Overload));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker joined at the first connect.
+    WorkerStarted,
+    /// A worker joined in place of one that died or was discarded (or was new to a reload).
+    WorkerRestarted,
+    /// A worker was found dead.
+    WorkerDied,
+    /// A client discarded its lease's worker (or panicked under `OnClientPanic::Discard`), or
+    /// the worker failed the checkout health check.
+    WorkerDiscarded,
+    /// The supervisor listed its children: `new` of `total` were new.
+    Connected {
+        /// Workers not in the set before.
+        new: usize,
+        /// Workers in the set now.
+        total: usize,
+    },
+    /// The supervisor is gone or has no live children.
+    Disconnected,
+    /// A blocking checkout gave up after waiting this long.
+    CheckoutTimedOut(Duration),
+    /// A non-blocking checkout or a `get()` found every worker busy.
+    Overload,
+    /// A lease has been held this long, past the pool's `warn_after`.
+    SlowLease(Duration),
+}
+
+/// The user's callback, shared by the pool or balancer and its reaper.
+pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Calls the hook if there is one. A panicking hook is contained and logged: metrics must not
+/// take the pool down.
+pub(crate) fn emit(hook: &Option<EventHook>, event: Event) {
+    if let Some(hook) = hook {
+        if catch_unwind(AssertUnwindSafe(|| hook(&event))).is_err() {
+            log::error!("cylinder: the on_event callback panicked on {event:?}");
+        }
+    }
+}
