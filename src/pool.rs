@@ -129,7 +129,8 @@ pub struct PoolStats {
     pub leased: usize,
     /// Clients blocked in a checkout.
     pub waiters: usize,
-    /// Workers started in place of a dead or discarded one.
+    /// Workers that joined after the pool started: replacements of dead or discarded ones,
+    /// and growth by [`Pool::resize`].
     pub restarts: u64,
     /// Blocking checkouts that gave up.
     pub timeouts: u64,
@@ -226,12 +227,16 @@ impl<W: Worker> Pool<W> {
     pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.shared;
         let stripe = Stripe::current();
-        let deadline = deadline_after(timeout);
+        // Read the clock only if this checkout has to wait.
+        let mut deadline = None;
         loop {
             shared.check_open()?;
             let worker = match shared.take_now(stripe) {
                 Some(worker) => worker,
-                None => shared.wait_for(stripe, deadline, timeout)?,
+                None => {
+                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
+                    shared.wait_for(stripe, deadline, timeout)?
+                }
             };
             if shared.passes_check(&worker) {
                 return Ok(self.lease(worker, stripe));
