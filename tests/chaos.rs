@@ -1,6 +1,7 @@
-//! The chaos run: 16 client threads mix every pool and balancer call while a chaos thread
-//! kills worker threads, takes the supervisors away and brings them back; clients panic while
-//! holding leases and discard leases. A per-worker "in use" flag catches any double lease; a
+//! The chaos run: 16 client threads mix every pool and balancer call (and the optional
+//! features: overflow, checkout checks, slow-lease reports, broadcast) while a chaos thread
+//! kills worker threads, resizes a pool, takes the supervisors away and brings them back;
+//! clients panic while holding leases and discard leases. A per-worker "in use" flag catches any double lease; a
 //! watchdog fails the run instead of hanging CI. At the end every invariant must hold and the
 //! counters must add up.
 //!
@@ -109,11 +110,15 @@ struct Tally {
     client_panics: AtomicU64,
     discards: AtomicU64,
     kills: AtomicU64,
+    resizes: AtomicU64,
     outages: AtomicU64,
 }
 
 struct World {
     pool: Pool<Member>,
+    /// A pool built from a start closure with every extra option: overflow, a checkout check
+    /// that fails now and then, slow-lease reports; the chaos thread resizes it.
+    elastic: Pool<Member>,
     balancer: Balancer<Member>,
     pool_sup: Shared,
     balancer_sup: Shared,
@@ -161,7 +166,7 @@ fn client(world: &World, seed: u64) {
     while !world.stop.load(Ordering::Relaxed) {
         world.tally.operations.fetch_add(1, Ordering::Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), Error> {
-            match rng.below(8) {
+            match rng.below(11) {
                 0 => use_lease(world, world.pool.checkout()?, &mut rng),
                 1 => use_lease(
                     world,
@@ -185,6 +190,20 @@ fn client(world: &World, seed: u64) {
                 }
                 6 => {
                     world.balancer.map(|member| member.is_alive());
+                }
+                8 => use_lease(
+                    world,
+                    world.elastic.checkout_timeout(Duration::from_millis(20))?,
+                    &mut rng,
+                ),
+                9 => use_lease(world, world.elastic.try_checkout()?, &mut rng),
+                10 => {
+                    world.elastic.map(|member| {
+                        if member.in_use.swap(true, Ordering::AcqRel) {
+                            world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
+                        }
+                        member.in_use.store(false, Ordering::Release);
+                    });
                 }
                 _ => match world.balancer.connect() {
                     Ok(_) | Err(Error::Supervisor(_)) | Err(Error::Disconnected) => {}
@@ -234,6 +253,21 @@ fn chaos(world: &World, seed: u64) {
                     sup.0.up.store(true, Ordering::SeqCst);
                 }
             }
+            7 => {
+                let _ = world.elastic.resize(1 + rng.below(6) as usize);
+                world.tally.resizes.fetch_add(1, Ordering::Relaxed);
+            }
+            8 => {
+                let victim = rng.below(4) as usize;
+                let mut n = 0;
+                world.elastic.map(|member| {
+                    if n == victim {
+                        let _ = member.thread.cast(Request::Crash);
+                        world.tally.kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                });
+            }
             _ => {}
         }
     }
@@ -274,7 +308,23 @@ fn settings() -> (Duration, u64) {
 fn build_world() -> Arc<World> {
     let pool_sup = supervisor(POOL_SIZE);
     let balancer_sup = supervisor(BALANCED);
+    let checks = AtomicU64::new(0);
     Arc::new(World {
+        elastic: Pool::builder()
+            .size(3)
+            .name("chaos-elastic")
+            .max_overflow(2)
+            .warn_after(Duration::from_millis(20))
+            .test_on_checkout(move |_| checks.fetch_add(1, Ordering::Relaxed) % 50 != 0)
+            .checkout_timeout(Duration::from_millis(50))
+            .reconnect_delay(Duration::from_millis(5))
+            .build(|| {
+                Ok(Member {
+                    thread: Actor::spawn(Echo)?,
+                    in_use: AtomicBool::new(false),
+                })
+            })
+            .unwrap(),
         pool: Pool::builder()
             .size(POOL_SIZE)
             .name("chaos-pool")
@@ -333,13 +383,15 @@ fn join_all(finished: &mpsc::Receiver<()>, seed: u64, limit: Duration) {
 fn report(world: &World, what: &str, seed: u64, secs: Duration) {
     let t = &world.tally;
     eprintln!(
-        "chaos {what} (seed {seed}, {secs:?}, {CLIENTS} clients): {} operations; faults: {} worker kills, {} supervisor outages, {} client panics, {} discards; pool {:?}",
+        "chaos {what} (seed {seed}, {secs:?}, {CLIENTS} clients): {} operations; faults: {} worker kills, {} supervisor outages, {} client panics, {} discards, {} resizes; pool {:?}; elastic pool {:?}",
         t.operations.load(Ordering::Relaxed),
         t.kills.load(Ordering::Relaxed),
         t.outages.load(Ordering::Relaxed),
         t.client_panics.load(Ordering::Relaxed),
         t.discards.load(Ordering::Relaxed),
+        t.resizes.load(Ordering::Relaxed),
         world.pool.stats(),
+        world.elastic.stats(),
     );
 }
 
@@ -397,13 +449,40 @@ fn chaos_run_keeps_every_invariant() {
         stats.releases + stats.discards,
         "chaos (seed {seed}): {stats:?}"
     );
+    // Client discards went to both pools; each pool also counts dead workers it met.
+    let both = stats.discards + world.elastic.stats().discards;
     assert!(
-        stats.discards >= t.discards.load(Ordering::Relaxed),
+        both >= t.discards.load(Ordering::Relaxed),
         "chaos (seed {seed}): {stats:?}"
     );
     assert!(
         t.kills.load(Ordering::Relaxed) > 0 && t.client_panics.load(Ordering::Relaxed) > 0,
         "chaos (seed {seed}): the run injected too few faults"
+    );
+    // The elastic pool settles at its final size with nothing leased and no overflow left.
+    let elastic = &world.elastic;
+    elastic.resize(3).unwrap();
+    let back = Instant::now();
+    loop {
+        let leases: Vec<_> = (0..3).filter_map(|_| elastic.try_checkout().ok()).collect();
+        let full = leases.len() == 3 && leases.iter().all(|l| l.is_alive());
+        drop(leases);
+        let stats = elastic.stats();
+        if full && (stats.size, stats.free, stats.overflow) == (3, 3, 0) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "chaos (seed {seed}): elastic pool not settled: {stats:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let stats = elastic.stats();
+    assert_eq!(stats.leased, 0, "chaos (seed {seed}): {stats:?}");
+    assert_eq!(
+        stats.checkouts,
+        stats.releases + stats.discards,
+        "chaos (seed {seed}): {stats:?}"
     );
     // The balancer serves live workers again.
     let until = Instant::now() + Duration::from_secs(10);
