@@ -227,3 +227,22 @@ fn shrink_racing_a_release() {
         assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
     });
 }
+
+/// Broadcast racing a checkout: `map` holds the free workers exclusively while it runs, and
+/// gives every one back.
+#[test]
+fn map_racing_a_checkout() {
+    model(|serve| {
+        let pool = pool_serving(2, serve);
+        let user = pool.clone();
+        let t = thread::spawn(move || use_once(&user));
+        let visited = pool.map(|slot| {
+            slot.enter();
+            slot.leave();
+        });
+        assert!(visited.len() <= 2);
+        t.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (2, 0, 0));
+    });
+}
