@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use support::{
-    array_queue, cylinder_pool, deadpool_pool, keep, object_pool, r2d2_pool, run_parallel, WORKERS,
+    array_queue, cylinder_pool, deadpool_pool, floor_cycle, keep, object_pool, r2d2_pool,
+    run_parallel, WORKERS,
 };
 
 fn lease(c: &mut Criterion) {
@@ -62,16 +63,7 @@ fn lease(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("arrayqueue-floor", threads),
             &threads,
-            |b, &t| {
-                b.iter_custom(|iters| {
-                    run_parallel(t, iters, &|| {
-                        if let Some(slot) = floor.pop() {
-                            keep(slot);
-                            let _ = floor.push(slot);
-                        }
-                    })
-                })
-            },
+            |b, &t| b.iter_custom(|iters| run_parallel(t, iters, &|| floor_cycle(&floor))),
         );
     }
     group.finish();

@@ -174,12 +174,7 @@ fn lease_section() {
             &ours,
             Some(&ours),
         );
-        let cell = measure(threads, false, &|| {
-            if let Some(slot) = floor.pop() {
-                keep(slot);
-                let _ = floor.push(slot);
-            }
-        });
+        let cell = measure(threads, false, &|| floor_cycle(&floor));
         row(
             "lease",
             "ArrayQueue pop+push (floor)",

@@ -80,6 +80,14 @@ pub fn array_queue(size: usize) -> ArrayQueue<usize> {
     queue
 }
 
+/// One turn of the floor: pop a worker number and push it back.
+pub fn floor_cycle(queue: &ArrayQueue<usize>) {
+    if let Some(slot) = queue.pop() {
+        keep(slot);
+        let _ = queue.push(slot);
+    }
+}
+
 /// The textbook balancer: an `ArcSwap` load, one shared `AtomicUsize`, an `Arc` clone.
 pub struct Textbook {
     set: ArcSwap<Vec<Arc<Conn>>>,

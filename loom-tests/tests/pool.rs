@@ -51,6 +51,10 @@ enum Serve {
 const BOTH: [Serve; 2] = [Serve::Fifo, Serve::Compete];
 
 fn pool_serving(size: usize, serve: Serve) -> Arc<Pool<Slot>> {
+    pool_with(size, 0, serve)
+}
+
+fn pool_with(size: usize, max_overflow: usize, serve: Serve) -> Arc<Pool<Slot>> {
     let patience = match serve {
         Serve::Fifo => Duration::ZERO,
         Serve::Compete => Duration::MAX,
@@ -58,11 +62,26 @@ fn pool_serving(size: usize, serve: Serve) -> Arc<Pool<Slot>> {
     Arc::new(
         Pool::builder()
             .size(size)
+            .max_overflow(max_overflow)
             .checkout_timeout(Duration::MAX)
             .fifo_after(patience)
             .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
             .unwrap(),
     )
+}
+
+/// Three threads (this one and two more) each lease a worker once.
+fn three_users(pool: &Arc<Pool<Slot>>) {
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            thread::spawn(move || use_once(&pool))
+        })
+        .collect();
+    use_once(pool);
+    for t in threads {
+        t.join().unwrap();
+    }
 }
 
 fn use_once(pool: &Pool<Slot>) {
@@ -102,16 +121,7 @@ fn two_threads_one_slot() {
 fn three_threads_two_slots() {
     model(|serve| {
         let pool = pool_serving(2, serve);
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                thread::spawn(move || use_once(&pool))
-            })
-            .collect();
-        use_once(&pool);
-        for t in threads {
-            t.join().unwrap();
-        }
+        three_users(&pool);
         let stats = pool.stats();
         assert_eq!((stats.free, stats.leased, stats.waiters), (2, 0, 0));
     });
@@ -184,29 +194,8 @@ fn a_dead_workers_replacement_reaches_a_waiter() {
 #[test]
 fn overflow_with_three_threads() {
     model(|serve| {
-        let patience = match serve {
-            Serve::Fifo => Duration::ZERO,
-            Serve::Compete => Duration::MAX,
-        };
-        let pool = Arc::new(
-            Pool::builder()
-                .size(1)
-                .max_overflow(1)
-                .checkout_timeout(Duration::MAX)
-                .fifo_after(patience)
-                .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
-                .unwrap(),
-        );
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                thread::spawn(move || use_once(&pool))
-            })
-            .collect();
-        use_once(&pool);
-        for t in threads {
-            t.join().unwrap();
-        }
+        let pool = pool_with(1, 1, serve);
+        three_users(&pool);
         let stats = pool.stats();
         assert_eq!((stats.free, stats.leased, stats.overflow), (1, 0, 0));
     });
