@@ -187,7 +187,7 @@ fn main() -> Result<(), BoxError> {
     wait_until(Duration::from_secs(5), || pool.is_empty());
     let pid = pool.get().map(|p| p.to_string());
     println!("5> revolver:pid(sasl_pool).\n{}", show(&pid));
-    assert!(matches!(pid, Err(Error::Disconnected)));
+    assert!(matches!(pid, Err(Error::Disconnected(_))));
 
     println!("6> application:start(sasl).");
     sasl.start()?;

@@ -1,33 +1,107 @@
+//! One error type for the whole crate. Convention: a variant that has a cause carries it, and
+//! the cause is reachable through [`source()`](std::error::Error::source) only; the variant's
+//! own `Display` never repeats it, so a chain printed link by link names each cause once.
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A boxed error, as a [`Supervisor`](crate::Supervisor) or a worker factory returns it.
+/// A boxed error, as a start closure, a [`Manager`](crate::Manager) or a
+/// [`Supervisor`](crate::Supervisor) returns it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why something failed, as the user's code reported it: a start closure's or supervisor's
+/// error, a panic's message, or a plain reason. Cheap to clone; `Display` and `source()` are
+/// those of the error inside.
+///
+/// ```
+/// use cylinder::Cause;
+///
+/// let cause = Cause::message("connection refused");
+/// assert_eq!(cause.to_string(), "connection refused");
+/// let io = Cause::new(std::io::Error::other("disk full"));
+/// assert_eq!(io.to_string(), "disk full");
+/// ```
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps an error.
+    pub fn new(error: impl Into<BoxError>) -> Cause {
+        Cause(Arc::from(error.into()))
+    }
+
+    /// A cause that is only a message.
+    pub fn message(message: impl Into<String>) -> Cause {
+        Cause::new(message.into())
+    }
+
+    /// The cause of a caught panic, from its payload.
+    pub(crate) fn panic(payload: &(dyn std::any::Any + Send)) -> Cause {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+        Cause::message(format!("panicked: {message}"))
+    }
+
+    /// The error inside.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// Everything that can go wrong in `cylinder`, each variant naming its cause.
 ///
+/// A variant with a cause ([`Disconnected`](Error::Disconnected)) gives it through
+/// [`source()`](std::error::Error::source), never in its own message:
+///
 /// ```
-/// use cylinder::{Error, Pool, Worker};
+/// use std::error::Error as _;
+/// use cylinder::{Error, Pool};
 ///
-/// struct Conn;
-/// impl Worker for Conn {}
-///
-/// let err = Pool::builder().size(0).build(|| Ok(Conn)).unwrap_err();
+/// let err = Pool::<u32>::builder().size(0).build(|| Ok(1)).unwrap_err();
 /// assert!(matches!(err, Error::InvalidConfig { option: "size", .. }));
 /// assert_eq!(err.to_string(), "invalid configuration: size: must be at least 1, got 0");
+///
+/// let down = Pool::<u32>::builder().size(2).build(|| Err("connection refused".into())).unwrap_err();
+/// assert!(matches!(down, Error::Disconnected(_)));
+/// assert_eq!(down.to_string(), "disconnected: no worker is running");
+/// assert_eq!(down.source().unwrap().to_string(), "connection refused");
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// A blocking checkout waited this long and no worker came free.
     Timeout(Duration),
-    /// Every worker is busy: all are leased (pool), or all are over `max_queue_len` (balancer).
+    /// Every worker is busy: all are leased (pool), or all are over `max_queue_len` or leased
+    /// (balancer).
     Overload,
     /// The pool or balancer was closed or dropped.
     Closed,
-    /// The supervisor is gone or has no live children; the reaper is reconnecting.
-    Disconnected,
+    /// No worker can be had: the supervisor is gone or has no live children (balancer), or no
+    /// worker could be started (pool). The cause is the last error met (the supervisor's or
+    /// start's error or panic, or why the set is empty); the reaper keeps retrying.
+    Disconnected(Cause),
     /// A builder option is out of range; `option` is its name.
     InvalidConfig {
         /// The builder method that was given the bad value.
@@ -35,8 +109,6 @@ pub enum Error {
         /// What is wrong with the value.
         reason: String,
     },
-    /// The supervisor's own error (or panic), carried as it was.
-    Supervisor(Arc<dyn std::error::Error + Send + Sync + 'static>),
     /// The worker thread stopped (it panicked or was stopped) before it replied.
     WorkerDied,
 }
@@ -49,8 +121,12 @@ impl Error {
         }
     }
 
-    pub(crate) fn supervisor(cause: BoxError) -> Error {
-        Error::Supervisor(Arc::from(cause))
+    /// The cause carried, if any.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            Error::Disconnected(cause) => Some(cause),
+            _ => None,
+        }
     }
 }
 
@@ -60,11 +136,10 @@ impl fmt::Display for Error {
             Error::Timeout(waited) => write!(f, "no worker came free within {waited:?}"),
             Error::Overload => f.write_str("overload: every worker is busy"),
             Error::Closed => f.write_str("closed"),
-            Error::Disconnected => f.write_str("disconnected: the supervisor has no live workers"),
+            Error::Disconnected(_) => f.write_str("disconnected: no worker is running"),
             Error::InvalidConfig { option, reason } => {
                 write!(f, "invalid configuration: {option}: {reason}")
             }
-            Error::Supervisor(cause) => write!(f, "supervisor failed: {cause}"),
             Error::WorkerDied => f.write_str("the worker died before it replied"),
         }
     }
@@ -72,9 +147,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Supervisor(cause) => Some(&**cause),
-            _ => None,
-        }
+        self.cause()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
     }
+}
+
+/// Rejects a zero duration for `option`.
+pub(crate) fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
+    if value.is_zero() {
+        return Err(Error::invalid(option, "must be greater than zero"));
+    }
+    Ok(value)
 }

@@ -4,27 +4,19 @@
 
 mod actor;
 mod balancer;
-mod config;
 mod error;
 mod event;
-mod overflow;
 mod pool;
 mod reaper;
-mod roster;
-mod select;
 mod stripe;
-mod supervisor;
 mod sync;
-mod waitlist;
-mod watch;
 mod worker;
 
 pub use actor::{Actor, Behaviour};
-pub use balancer::{Balancer, Connected, WorkerRef};
-pub use config::{BalancerBuilder, OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
-pub use error::{BoxError, Error};
+pub use balancer::{
+    Balancer, BalancerBuilder, Connected, Factory, Strategy, Supervisor, WorkerRef,
+};
+pub use error::{BoxError, Cause, Error};
 pub use event::Event;
-pub use pool::{Lease, Pool, PoolStats};
-pub use select::Strategy;
-pub use supervisor::{Factory, Supervisor};
+pub use pool::{Lease, OnClientPanic, Pool, PoolBuilder, PoolStats, MAX_POOL_SIZE};
 pub use worker::Worker;

@@ -129,7 +129,7 @@ struct World {
 
 fn expected(err: &Error, world: &World) -> bool {
     match err {
-        Error::Timeout(_) | Error::Overload | Error::Disconnected | Error::WorkerDied => true,
+        Error::Timeout(_) | Error::Overload | Error::Disconnected(_) | Error::WorkerDied => true,
         Error::Closed => world.closing.load(Ordering::SeqCst),
         _ => false,
     }
@@ -206,7 +206,7 @@ fn client(world: &World, seed: u64) {
                     });
                 }
                 _ => match world.balancer.connect() {
-                    Ok(_) | Err(Error::Supervisor(_)) | Err(Error::Disconnected) => {}
+                    Ok(_) | Err(Error::Disconnected(_)) => {}
                     Err(other) => return Err(other),
                 },
             }

@@ -44,7 +44,7 @@ fn a_check_that_always_fails_ends_in_the_callers_timeout() {
     let began = Instant::now();
     let result = pool.checkout_timeout(Duration::from_millis(100));
     assert!(
-        matches!(result, Err(Error::Timeout(_)) | Err(Error::Disconnected)),
+        matches!(result, Err(Error::Timeout(_)) | Err(Error::Disconnected(_))),
         "{result:?}"
     );
     assert!(began.elapsed() < Duration::from_secs(5));

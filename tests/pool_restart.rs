@@ -140,9 +140,9 @@ fn a_supervisor_gone_makes_checkout_fail_fast() {
     pool.checkout().unwrap().kill();
     assert!(eventually(SLACK, || matches!(
         pool.try_checkout(),
-        Err(Error::Disconnected)
+        Err(Error::Disconnected(_))
     )));
-    assert!(matches!(pool.checkout(), Err(Error::Disconnected)));
+    assert!(matches!(pool.checkout(), Err(Error::Disconnected(_))));
     board.set(vec![Arc::new(Probe::new(7))]);
     assert!(eventually(SLACK, || pool.try_checkout().is_ok()));
 }
@@ -153,8 +153,14 @@ fn a_factory_that_cannot_start_anything_fails_the_build() {
         .size(2)
         .build(|| -> Result<Probe, BoxError> { Err("no database".into()) })
         .unwrap_err();
-    assert!(matches!(err, Error::Supervisor(_)), "{err}");
-    assert!(err.to_string().contains("no database"), "{err}");
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert!(
+        std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .contains("no database"),
+        "{err}"
+    );
 }
 
 /// Regression: a reload that failed (supervisor away) published an empty set, and the next
@@ -241,7 +247,7 @@ fn a_release_during_an_outage_after_a_discard_keeps_its_worker() {
     pool.checkout().unwrap().discard();
     assert!(eventually(SLACK, || matches!(
         pool.try_checkout(),
-        Err(Error::Disconnected | Error::Overload)
+        Err(Error::Disconnected(_) | Error::Overload)
     )));
     drop(held);
     outage.up.store(true, std::sync::atomic::Ordering::SeqCst);

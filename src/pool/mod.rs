@@ -4,21 +4,29 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{HealthCheck, OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
-use crate::error::Error;
+mod builder;
+mod overflow;
+mod waitlist;
+mod watch;
+
+pub use builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
+
+use crate::balancer::roster::Roster;
+use crate::balancer::supervisor::contained;
+use crate::balancer::{Factory, Supervisor};
+use crate::error::{Cause, Error};
 use crate::event::{emit, Event};
-use crate::overflow::Overflow;
 use crate::reaper::Reaper;
-use crate::roster::Roster;
 use crate::stripe::{Stripe, StripedCounter, STRIPES};
-use crate::supervisor::{contained, Factory, Supervisor};
 use crate::sync::{
     deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, FreeQueue,
     Mutex, Ordering, SwapCell,
 };
-use crate::waitlist::{WaitError, WaitList};
-use crate::watch::{identity, LeaseWatch};
 use crate::worker::Worker;
+use builder::HealthCheck;
+use overflow::Overflow;
+use waitlist::{WaitError, WaitList};
+use watch::{identity, LeaseWatch};
 
 /// A fixed-size pool that leases each worker to one holder at a time.
 ///
@@ -208,7 +216,7 @@ impl<W: Worker> Pool<W> {
             options.warn_after.map(|limit| limit / 2),
             Box::new(move |asked| upkeep.reaper_round(asked, &mut retry_at)),
         )
-        .map_err(|err| Error::supervisor(Box::new(err)))?;
+        .map_err(|err| Error::Disconnected(Cause::new(err)))?;
         Ok(Pool {
             shared,
             reaper: Mutex::new(reaper),
@@ -259,7 +267,7 @@ impl<W: Worker> Pool<W> {
             emit(&shared.roster.events, Event::Overload);
             Err(Error::Overload)
         } else {
-            Err(Error::Disconnected)
+            Err(Error::Disconnected(Cause::message("no live children")))
         }
     }
 
@@ -438,7 +446,7 @@ impl<W: Worker> Shared<W> {
         timeout: Duration,
     ) -> Result<Arc<W>, Error> {
         if !self.roster.snapshot().is_connected() {
-            return Err(Error::Disconnected);
+            return Err(Error::Disconnected(Cause::message("no live children")));
         }
         let waited = self.waiters.wait(
             || self.pop_live(stripe),
@@ -617,7 +625,7 @@ impl<W: Worker> Shared<W> {
     }
 
     /// Tells the supervisor what was retired and takes in what it lists now.
-    fn refresh(&self) -> Result<crate::roster::Reload<W>, Error> {
+    fn refresh(&self) -> Result<crate::balancer::roster::Reload<W>, Error> {
         let reload = self.roster.reload();
         if let Ok(found) = &reload {
             if found.removed > 0 {

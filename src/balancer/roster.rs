@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::supervisor::{contained, Supervisor};
+use crate::error::Cause;
 use crate::error::Error;
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
-use crate::supervisor::{contained, Supervisor};
 use crate::sync::{
     AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SnapshotCell, SnapshotGuard,
 };
@@ -214,7 +215,10 @@ impl<W: Worker> Roster<W> {
         let listed = match contained(|| self.supervisor.children()) {
             Ok(listed) => listed,
             Err(err) => {
-                self.disconnect(&old, &err.to_string());
+                let reason = err
+                    .cause()
+                    .map_or_else(|| err.to_string(), Cause::to_string);
+                self.disconnect(&old, &reason);
                 return Err(err);
             }
         };
@@ -234,7 +238,7 @@ impl<W: Worker> Roster<W> {
         };
         if members.is_empty() {
             self.disconnect(&old, "no live children");
-            return Err(Error::Disconnected);
+            return Err(Error::Disconnected(Cause::message("no live children")));
         }
         let added: Vec<Arc<W>> = members
             .iter()

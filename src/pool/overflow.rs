@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::supervisor::Factory;
+use crate::balancer::Factory;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 use crate::worker::Worker;
 

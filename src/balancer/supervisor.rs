@@ -1,7 +1,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Cause, Error};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::worker::Worker;
 
@@ -53,15 +53,8 @@ where
 pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Error> {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(cause)) => Err(Error::supervisor(cause)),
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".to_string());
-            Err(Error::supervisor(format!("panicked: {message}").into()))
-        }
+        Ok(Err(cause)) => Err(Error::Disconnected(Cause::new(cause))),
+        Err(payload) => Err(Error::Disconnected(Cause::panic(&*payload))),
     }
 }
 

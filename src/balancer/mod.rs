@@ -4,16 +4,22 @@ use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::config::BalancerBuilder;
-use crate::error::Error;
+mod builder;
+pub(crate) mod roster;
+mod select;
+pub(crate) mod supervisor;
+
+pub use builder::BalancerBuilder;
+pub use select::Strategy;
+pub use supervisor::{Factory, Supervisor};
+
+use crate::error::{Cause, Error};
 use crate::event::{emit, Event};
 use crate::reaper::Reaper;
-use crate::roster::{Roster, Snapshot};
-use crate::select::{self, Strategy};
 use crate::stripe::{Stripe, StripedCursor};
-use crate::supervisor::Supervisor;
 use crate::sync::{Mutex, SnapshotGuard};
 use crate::worker::Worker;
+use roster::{Roster, Snapshot};
 
 /// Hands out the next live worker of a supervisor's set, round-robin, without locks or
 /// allocation.
@@ -149,7 +155,7 @@ impl<W: Worker> Balancer<W> {
                 upkeep.roster.retry_after(&reload)
             }),
         )
-        .map_err(|err| Error::supervisor(Box::new(err)))?;
+        .map_err(|err| Error::Disconnected(Cause::new(err)))?;
         if retry.is_some() {
             shared.roster.signal.request();
         }
@@ -213,7 +219,7 @@ impl<W: Worker> Balancer<W> {
         let snapshot = shared.roster.snapshot();
         let count = snapshot.members.len();
         if count == 0 {
-            return Err(Error::Disconnected);
+            return Err(Error::Disconnected(Cause::message("no live children")));
         }
         let start = first(&snapshot, count);
         let mut overloaded = false;
@@ -245,7 +251,7 @@ impl<W: Worker> Balancer<W> {
             Err(Error::Overload)
         } else {
             shared.roster.ask_reload(&snapshot);
-            Err(Error::Disconnected)
+            Err(Error::Disconnected(Cause::message("no live children")))
         }
     }
 
