@@ -66,7 +66,7 @@ fn main() -> Result<(), cylinder::Error> {
     println!("\n## checkout health check (r2d2's test_on_check_out)");
     let checked = Pool::builder()
         .size(2)
-        .test_on_checkout(|conn: &Conn| conn.id != 0) // connection 0 is "broken"
+        .test_on_checkout(|conn: &mut Conn| conn.id != 0) // connection 0 is "broken"
         .build(connections())?;
     let lease = checked.checkout()?;
     println!(

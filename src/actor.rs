@@ -98,6 +98,8 @@ impl Drop for DeadOnPanic<'_> {
 impl<B: Behaviour> Actor<B> {
     /// Starts the worker thread. Fails only if the operating system refuses a new thread.
     pub fn spawn(behaviour: B) -> std::io::Result<Self> {
+        // Pools of actors retire dead ones with no configuration.
+        crate::worker::liveness::register::<Self>();
         let (mailbox, inbox) = channel::unbounded();
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();

@@ -152,6 +152,16 @@ impl std::error::Error for Error {
     }
 }
 
+/// Runs a user callback (a start, check, reset, supervisor), turning an error or a panic into
+/// its [`Cause`] instead of letting the panic unwind through the crate.
+pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Cause> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Cause::new(error)),
+        Err(payload) => Err(Cause::panic(&*payload)),
+    }
+}
+
 /// Rejects a zero duration for `option`.
 pub(crate) fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
     if value.is_zero() {

@@ -18,5 +18,8 @@ pub use balancer::{
 };
 pub use error::{BoxError, Cause, Error};
 pub use event::Event;
-pub use pool::{Lease, OnClientPanic, Pool, PoolBuilder, PoolStats, MAX_POOL_SIZE};
+pub use pool::{
+    CheckOutcome, Lease, Manager, OnClientPanic, OwnedLease, Pool, PoolBuilder, PoolStats,
+    MAX_POOL_SIZE,
+};
 pub use worker::Worker;

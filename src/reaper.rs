@@ -84,7 +84,10 @@ impl Reaper {
             Some(
                 std::thread::Builder::new()
                     .name(format!("cylinder-reaper-{name}"))
-                    .spawn(move || Self::run(&waits_on, first, round))?,
+                    .spawn(move || {
+                        crate::stripe::opt_out();
+                        Self::run(&waits_on, first, round)
+                    })?,
             )
         };
         Ok(Reaper { signal, thread })
@@ -105,11 +108,15 @@ impl Reaper {
         }
     }
 
-    /// Stops the thread and waits for it. Idempotent.
+    /// Stops the thread and waits for it, unless called on the reaper's own thread (the last
+    /// handle dropped from an event callback): that thread ends by itself once its round
+    /// returns. Idempotent.
     pub(crate) fn stop(&mut self) {
         self.signal.close();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -16,6 +16,18 @@ pub(crate) const STRIPES: usize = 16;
 const SHARED: usize = STRIPES;
 
 static FREED: StdMutex<Vec<usize>> = StdMutex::new(Vec::new());
+
+std::thread_local! {
+    /// Set on the crate's own background threads (reaper, starters) before their first
+    /// stripe lookup: they use the shared stripe and never take one from the clients.
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the crate's background threads: it will never own a
+/// stripe. Call before the thread touches a pool.
+pub(crate) fn opt_out() {
+    BACKGROUND.with(|background| background.set(true));
+}
 #[cfg(not(loom))]
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -25,6 +37,9 @@ struct Claim(usize);
 impl Claim {
     #[cfg(not(loom))]
     fn take() -> Claim {
+        if BACKGROUND.with(std::cell::Cell::get) {
+            return Claim(SHARED);
+        }
         let mut freed = FREED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

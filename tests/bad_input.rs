@@ -40,7 +40,6 @@ type Case = (
 
 #[test]
 fn pool_options_at_their_edges() {
-    let board = Switchboard::with(2);
     let cases: Vec<Case> = vec![
         (
             "size 0",
@@ -53,14 +52,64 @@ fn pool_options_at_their_edges() {
             Ok(()),
         ),
         (
-            "size max, listed by a supervisor",
-            Box::new({
-                let b = board.clone();
-                move || {
-                    Pool::builder()
-                        .size(MAX_POOL_SIZE)
-                        .build_with(b.supervisor())
-                }
+            "size max, one kept open",
+            Box::new(|| {
+                Pool::builder()
+                    .size(MAX_POOL_SIZE)
+                    .min_idle(1)
+                    .build(probes())
+            }),
+            Ok(()),
+        ),
+        (
+            "size max with overflow",
+            Box::new(|| {
+                Pool::builder()
+                    .size(MAX_POOL_SIZE)
+                    .min_idle(1)
+                    .max_overflow(1)
+                    .build(probes())
+            }),
+            Err("max_overflow"),
+        ),
+        (
+            "min_idle 0",
+            Box::new(|| Pool::builder().size(2).min_idle(0).build(probes())),
+            Ok(()),
+        ),
+        (
+            "min_idle over size",
+            Box::new(|| Pool::builder().size(2).min_idle(3).build(probes())),
+            Err("min_idle"),
+        ),
+        (
+            "max_lifetime 1ns",
+            Box::new(|| {
+                Pool::builder()
+                    .size(1)
+                    .max_lifetime(Duration::from_nanos(1))
+                    .build(probes())
+            }),
+            Ok(()),
+        ),
+        (
+            "idle_timeout max",
+            Box::new(|| {
+                Pool::builder()
+                    .size(2)
+                    .min_idle(1)
+                    .idle_timeout(Duration::MAX)
+                    .build(probes())
+            }),
+            Ok(()),
+        ),
+        (
+            "warn_after 1ns",
+            Box::new(|| {
+                Pool::builder()
+                    .size(1)
+                    .warn_after(Duration::from_nanos(1))
+                    .build(probes())
             }),
             Ok(()),
         ),
@@ -222,9 +271,10 @@ fn balancer_options_at_their_edges() {
 }
 
 #[test]
-fn a_supervisor_that_errs() {
+fn a_supervisor_or_start_that_errs() {
     let err = Pool::builder()
-        .build_with(|| -> Result<Vec<Arc<Probe>>, BoxError> { Err("connection refused".into()) })
+        .size(2)
+        .build(|| -> Result<Probe, BoxError> { Err("connection refused".into()) })
         .unwrap_err();
     assert!(
         matches!(&err, Error::Disconnected(cause) if cause.to_string() == "connection refused"),
@@ -240,40 +290,40 @@ fn a_supervisor_that_errs() {
 }
 
 #[test]
-fn a_supervisor_that_panics() {
+fn a_start_that_panics() {
     let err = Pool::builder()
-        .build_with(|| -> Result<Vec<Arc<Probe>>, BoxError> { panic!("supervisor bug") })
+        .size(2)
+        .build(|| -> Result<Probe, BoxError> { panic!("start bug") })
         .unwrap_err();
     assert_eq!(
         std::error::Error::source(&err).unwrap().to_string(),
-        "panicked: supervisor bug"
+        "panicked: start bug"
     );
-    // Panicking later, on a reload, is contained: the pool keeps serving what it has.
+    // Panicking later, on a restart, is contained: the pool keeps serving what it has.
     let fail = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
-    let children: Vec<Arc<Probe>> = (0..2).map(|i| Arc::new(Probe::new(i))).collect();
-    let (f, c, kids) = (fail.clone(), calls.clone(), children.clone());
+    let (f, c) = (fail.clone(), calls.clone());
     let pool = Pool::builder()
+        .size(2)
         .reconnect_delay(Duration::from_millis(10))
-        .build_with(move || -> Result<Vec<Arc<Probe>>, BoxError> {
-            c.fetch_add(1, Ordering::SeqCst);
+        .build(move || -> Result<Probe, BoxError> {
+            let n = c.fetch_add(1, Ordering::SeqCst);
             if f.load(Ordering::SeqCst) {
-                panic!("supervisor bug on reload");
+                panic!("start bug on restart");
             }
-            Ok(kids.clone())
+            Ok(Probe::new(n))
         })
         .unwrap();
     fail.store(true, Ordering::SeqCst);
-    pool.checkout().unwrap().discard();
+    cylinder::Lease::discard(pool.checkout().unwrap());
     assert!(eventually(Duration::from_secs(5), || calls
         .load(Ordering::SeqCst)
-        >= 3));
+        >= 5));
     for _ in 0..10 {
         pool.checkout().unwrap();
     }
     fail.store(false, Ordering::SeqCst);
-    // The discarded worker stays retired while the supervisor still lists it: size 1.
-    assert!(eventually(Duration::from_secs(5), || pool.stats().size == 1));
+    assert!(eventually(Duration::from_secs(5), || pool.stats().size == 2));
     assert!(pool.checkout().is_ok());
 }
 
@@ -281,18 +331,7 @@ fn a_supervisor_that_panics() {
 fn a_supervisor_that_lists_duplicates() {
     let one = Arc::new(Probe::new(0));
     let two = Arc::new(Probe::new(1));
-    let listed = vec![one.clone(), one.clone(), two.clone(), one.clone()];
-    let pool = Pool::builder()
-        .build_with(move || -> Result<_, BoxError> { Ok(listed.clone()) })
-        .unwrap();
-    assert_eq!(pool.stats().size, 2);
-    let a = pool.try_checkout().unwrap();
-    let b = pool.try_checkout().unwrap();
-    assert!(
-        !Arc::ptr_eq(a.worker(), b.worker()),
-        "one worker leased twice"
-    );
-    assert!(matches!(pool.try_checkout(), Err(Error::Overload)));
+    let _ = one;
     let board = vec![two.clone(), two.clone()];
     let balancer = Balancer::builder()
         .build_with(move || -> Result<_, BoxError> { Ok(board.clone()) })
@@ -305,18 +344,8 @@ fn a_supervisor_that_lists_dead_workers() {
     let dead = Arc::new(Probe::new(0));
     dead.kill();
     let alive = Arc::new(Probe::new(1));
-    let listed = vec![dead.clone(), alive.clone()];
-    let pool = Pool::builder()
-        .build_with(move || -> Result<_, BoxError> { Ok(listed.clone()) })
-        .unwrap();
-    assert_eq!(pool.stats().size, 1);
-    assert_eq!(pool.checkout().unwrap().id, 1);
-    // Only dead workers: nothing to lease, which is "disconnected".
-    let all_dead = vec![dead.clone()];
-    let err = Pool::builder()
-        .build_with(move || -> Result<_, BoxError> { Ok(all_dead.clone()) })
-        .unwrap_err();
-    assert!(matches!(err, Error::Disconnected(_)));
+    let _ = alive;
+    // Only dead workers: nothing to hand out, which is "disconnected".
     let all_dead = vec![dead];
     let balancer = Balancer::builder()
         .build_with(move || -> Result<_, BoxError> { Ok(all_dead.clone()) })
@@ -325,34 +354,37 @@ fn a_supervisor_that_lists_dead_workers() {
 }
 
 #[test]
-fn a_supervisor_that_blocks_in_its_callback() {
+fn a_start_that_blocks() {
     let slow = Arc::new(AtomicBool::new(false));
-    let children: Vec<Arc<Probe>> = (0..2).map(|i| Arc::new(Probe::new(i))).collect();
-    let (s, kids) = (slow.clone(), children.clone());
+    let s2 = slow.clone();
+    let n = AtomicUsize::new(0);
     let pool = Pool::builder()
-        .build_with(move || -> Result<_, BoxError> {
-            if s.load(Ordering::SeqCst) {
+        .size(2)
+        .build(move || -> Result<_, BoxError> {
+            if s2.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(400));
             }
-            Ok(kids.clone())
+            Ok(Probe::new(n.fetch_add(1, Ordering::SeqCst)))
         })
         .unwrap();
     slow.store(true, Ordering::SeqCst);
-    // The discard asks the reaper for a reload, which blocks in the supervisor...
-    pool.checkout().unwrap().discard();
+    // The discard starts a replacement, which blocks in the start closure...
+    cylinder::Lease::discard(pool.checkout().unwrap());
     thread::sleep(Duration::from_millis(20));
-    // ...while checkouts of the remaining worker go on at full speed.
+    // ...while checkouts of the remaining worker and stats go on at full speed.
     let began = Instant::now();
     for _ in 0..1_000 {
         pool.checkout().unwrap();
+        let _ = pool.stats();
+        let _ = format!("{pool:?}");
     }
     assert!(
         began.elapsed() < Duration::from_millis(300),
-        "checkouts waited on the supervisor"
+        "checkouts waited on a start"
     );
-    // Closing waits for the callback to return, then joins the reaper.
+    // Closing does not wait for the start either; its worker is dropped when it comes.
     let began = Instant::now();
     pool.close();
-    assert!(began.elapsed() < Duration::from_secs(2));
+    assert!(began.elapsed() < Duration::from_millis(300));
     assert!(matches!(pool.checkout(), Err(Error::Closed)));
 }

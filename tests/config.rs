@@ -49,30 +49,50 @@ fn pool_durations_must_be_positive() {
         err.to_string(),
         "invalid configuration: checkout_timeout: must be greater than zero"
     );
-    let board = Switchboard::with(1);
+    let (start, _) = numbered_probes();
     assert_eq!(
         option_of(
             Pool::builder()
+                .size(1)
                 .reconnect_delay(Duration::ZERO)
-                .build_with(board.supervisor())
+                .build(start)
         ),
         "reconnect_delay"
     );
-    // The largest timeout means "no limit", not an overflow.
+    // The largest timeouts mean "no limit", not an overflow.
+    let (start, _) = numbered_probes();
     let pool = Pool::builder()
+        .size(1)
         .checkout_timeout(Duration::MAX)
-        .build_with(board.supervisor())
+        .reconnect_delay(Duration::MAX)
+        .max_lifetime(Duration::MAX)
+        .idle_timeout(Duration::MAX)
+        .start_timeout(Duration::MAX)
+        .warn_after(Duration::MAX)
+        .build(start)
         .unwrap();
     assert!(pool.checkout().is_ok());
 }
 
 #[test]
-fn pool_build_with_checks_size_when_given() {
-    let board = Switchboard::with(1);
-    assert_eq!(
-        option_of(Pool::builder().size(0).build_with(board.supervisor())),
-        "size"
-    );
+fn pool_options_name_themselves_when_out_of_range() {
+    let build = |builder: cylinder::PoolBuilder<common::Probe>| {
+        let (start, _) = numbered_probes();
+        option_of(builder.build(start))
+    };
+    assert_eq!(build(Pool::builder()), "size");
+    assert_eq!(build(Pool::builder().size(0)), "size");
+    assert_eq!(build(Pool::builder().size(usize::MAX)), "size");
+    assert_eq!(build(Pool::builder().size(2).min_idle(3)), "min_idle");
+    assert_eq!(build(Pool::builder().size(2).max_overflow(usize::MAX)), "max_overflow");
+    for (option, builder) in [
+        ("max_lifetime", Pool::builder().size(1).max_lifetime(Duration::ZERO)),
+        ("idle_timeout", Pool::builder().size(1).idle_timeout(Duration::ZERO)),
+        ("start_timeout", Pool::builder().size(1).start_timeout(Duration::ZERO)),
+        ("warn_after", Pool::builder().size(1).warn_after(Duration::ZERO)),
+    ] {
+        assert_eq!(build(builder), option);
+    }
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, numbered_probes, Switchboard};
-use cylinder::{Balancer, Error, Event, Pool};
+use common::{eventually, numbered_probes, probe_pool, Switchboard};
+use cylinder::{Balancer, Error, Event, Lease, Pool};
 
 fn recorder() -> (
     Arc<Mutex<Vec<Event>>>,
@@ -28,14 +28,13 @@ fn count(seen: &Mutex<Vec<Event>>, wanted: &Event) -> usize {
 fn pool_events() {
     let (seen, record) = recorder();
     let (start, _) = numbered_probes();
-    let pool = Pool::builder()
+    let pool = probe_pool()
         .size(2)
         .on_event(record)
         .build(start)
         .unwrap();
     assert_eq!(count(&seen, &Event::WorkerStarted), 2);
-    assert_eq!(count(&seen, &Event::Connected { new: 2, total: 2 }), 1);
-    pool.checkout().unwrap().discard();
+    Lease::discard(pool.checkout().unwrap());
     let lease = pool.checkout().unwrap();
     lease.kill();
     drop(lease);
@@ -44,7 +43,7 @@ fn pool_events() {
         &Event::WorkerRestarted
     ) == 2));
     assert_eq!(count(&seen, &Event::WorkerDiscarded), 1);
-    assert_eq!(count(&seen, &Event::WorkerDied), 1);
+    assert_eq!(count(&seen, &Event::WorkerBroken), 1);
     let _a = pool.checkout().unwrap();
     let _b = pool.checkout().unwrap();
     assert!(matches!(pool.try_checkout(), Err(Error::Overload)));
@@ -91,6 +90,6 @@ fn a_panicking_callback_is_contained() {
         .on_event(|_| panic!("metrics backend down"))
         .build(start)
         .unwrap();
-    pool.checkout().unwrap().discard();
+    Lease::discard(pool.checkout().unwrap());
     assert!(eventually(Duration::from_secs(5), || pool.stats().free == 1));
 }

@@ -35,14 +35,32 @@ fn close_wakes_every_waiter_with_closed() {
 
 #[test]
 fn dropping_the_pool_stops_its_reaper_and_its_workers() {
-    let (start, _) = numbered_probes();
+    let token = std::sync::Arc::new(());
+    let handed = token.clone();
     let pool = Pool::builder()
         .size(2)
         .name("short-lived")
-        .build(start)
+        .build(move || Ok(handed.clone()))
         .unwrap();
-    let worker = pool.checkout().unwrap().worker().clone();
+    assert_eq!(std::sync::Arc::strong_count(&token), 4);
     drop(pool);
-    // The reaper held the pool's state; after the join only our handle is left.
-    assert_eq!(std::sync::Arc::strong_count(&worker), 1);
+    // The reaper held the pool's state; after the join the workers and the start closure
+    // are dropped, and only our handle is left.
+    assert_eq!(std::sync::Arc::strong_count(&token), 1);
+}
+
+#[test]
+fn the_last_handle_and_owned_lease_close_the_pool() {
+    let token = std::sync::Arc::new(());
+    let handed = token.clone();
+    let pool = Pool::builder().size(2).build(move || Ok(handed.clone())).unwrap();
+    let copy = pool.clone();
+    let lease = pool.checkout_owned().unwrap();
+    drop(pool);
+    assert!(!copy.is_closed());
+    drop(copy);
+    // The owned lease still holds a handle: the pool is open until it goes.
+    assert_eq!(std::sync::Arc::strong_count(&token), 4);
+    drop(lease);
+    assert_eq!(std::sync::Arc::strong_count(&token), 1);
 }

@@ -15,7 +15,7 @@ fn a_worker_failing_the_check_is_replaced_and_the_next_one_leased() {
     // Worker 0 is "broken": its check fails (once with a panic); the others pass.
     let pool = Pool::builder()
         .size(3)
-        .test_on_checkout(|w: &common::Probe| {
+        .test_on_checkout(|w: &mut common::Probe| {
             if w.id == 0 && w.uses.fetch_add(1, Ordering::SeqCst) == 0 {
                 panic!("check crashed");
             }
@@ -38,7 +38,7 @@ fn a_check_that_always_fails_ends_in_the_callers_timeout() {
     let (start, _) = numbered_probes();
     let pool = Pool::builder()
         .size(2)
-        .test_on_checkout(|_| false)
+        .test_on_checkout(|_: &mut common::Probe| false)
         .build(start)
         .unwrap();
     let began = Instant::now();

@@ -6,7 +6,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{eventually, numbered_probes, Probe, Switchboard};
+use common::{eventually, numbered_probes};
 use cylinder::{Error, Pool};
 
 #[test]
@@ -81,20 +81,4 @@ fn exclusive_under_threads_with_overflow() {
     });
     let stats = pool.stats();
     assert_eq!((stats.overflow, stats.leased, stats.free), (0, 0, 2));
-}
-
-#[test]
-fn overflow_needs_a_start_closure() {
-    let board = Switchboard::with(1);
-    let err = Pool::<Probe>::builder()
-        .max_overflow(1)
-        .build_with(board.supervisor())
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        Error::InvalidConfig {
-            option: "max_overflow",
-            ..
-        }
-    ));
 }

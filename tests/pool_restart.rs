@@ -1,21 +1,23 @@
-//! gruff's "worker fails → restarted": dead or discarded workers are replaced through the
-//! supervisor and the pool returns to full size; a failing supervisor never takes it down.
+//! gruff's "worker fails → restarted", by counting: a dropped, broken, detached or dead
+//! worker is replaced from the start closure and the pool returns to its size; failing
+//! starts never take it down.
 
 mod common;
 
+use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{eventually, numbered_probes, Probe, Switchboard};
-use cylinder::{BoxError, Error, Pool};
+use common::{eventually, numbered_probes, probe_pool, Probe};
+use cylinder::{Actor, Behaviour, BoxError, Error, Lease, Pool};
 
 const SLACK: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_worker_dying_while_leased_is_replaced() {
     let (start, started) = numbered_probes();
-    let pool = Pool::builder().size(4).build(start).unwrap();
+    let pool = probe_pool().size(4).build(start).unwrap();
     let lease = pool.checkout().unwrap();
     lease.kill();
     drop(lease);
@@ -28,13 +30,19 @@ fn a_worker_dying_while_leased_is_replaced() {
 #[test]
 fn a_worker_dying_while_free_is_skipped_and_replaced() {
     let (start, _) = numbered_probes();
-    let pool = Pool::builder().size(2).build(start).unwrap();
-    let victim = pool.checkout().unwrap().worker().clone();
-    victim.kill();
-    // Checkouts never hand out the dead worker.
+    let pool = probe_pool().size(2).build(start).unwrap();
+    let victim = {
+        let lease = pool.checkout().unwrap();
+        lease.id
+    };
+    // Kill it where it lies: take both, kill the victim, give both back.
+    {
+        let both: Vec<_> = (0..2).map(|_| pool.checkout().unwrap()).collect();
+        both.iter().filter(|l| l.id == victim).for_each(|l| l.kill());
+    }
     for _ in 0..10 {
         let lease = pool.checkout().unwrap();
-        assert!(!Arc::ptr_eq(lease.worker(), &victim));
+        assert_ne!(lease.id, victim, "a dead worker was handed out");
     }
     assert!(eventually(SLACK, || pool.stats().free == 2
         && pool.stats().restarts == 1));
@@ -45,7 +53,7 @@ fn discarded_workers_are_replaced_and_size_restored() {
     let (start, _) = numbered_probes();
     let pool = Pool::builder().size(3).build(start).unwrap();
     for _ in 0..3 {
-        pool.checkout().unwrap().discard();
+        Lease::discard(pool.checkout().unwrap());
     }
     assert!(eventually(SLACK, || pool.stats().free == 3
         && pool.stats().restarts == 3));
@@ -55,9 +63,22 @@ fn discarded_workers_are_replaced_and_size_restored() {
 }
 
 #[test]
+fn a_taken_worker_leaves_the_pool_and_is_replaced() {
+    let (start, _) = numbered_probes();
+    let pool = Pool::builder().size(2).build(start).unwrap();
+    let taken: Probe = Lease::take(pool.checkout().unwrap());
+    let owned: Probe = cylinder::OwnedLease::take(pool.checkout_owned().unwrap());
+    assert!(eventually(SLACK, || pool.stats().free == 2));
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.takes, stats.restarts), (2, 2, 2));
+    let ids: Vec<usize> = (0..2).map(|_| pool.checkout().unwrap().id).collect();
+    assert!(!ids.contains(&taken.id) && !ids.contains(&owned.id));
+}
+
+#[test]
 fn a_waiter_gets_the_replacement_of_a_dead_worker() {
     let (start, _) = numbered_probes();
-    let pool = Pool::builder().size(1).build(start).unwrap();
+    let pool = probe_pool().size(1).build(start).unwrap();
     let lease = pool.checkout().unwrap();
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| pool.checkout_timeout(SLACK).map(|l| l.id));
@@ -73,7 +94,7 @@ fn a_waiter_gets_the_replacement_of_a_dead_worker() {
 }
 
 #[test]
-fn a_supervisor_that_fails_to_restart_is_contained_and_retried() {
+fn failing_starts_are_contained_and_retried() {
     let failing = Arc::new(AtomicBool::new(false));
     let starts = Arc::new(AtomicUsize::new(0));
     let (fail, count) = (failing.clone(), starts.clone());
@@ -84,178 +105,120 @@ fn a_supervisor_that_fails_to_restart_is_contained_and_retried() {
             let n = count.fetch_add(1, Ordering::SeqCst);
             if fail.load(Ordering::SeqCst) {
                 if n % 2 == 0 {
-                    panic!("factory panics");
+                    panic!("start panics");
                 }
-                return Err("factory refuses".into());
+                return Err("start refuses".into());
             }
             Ok(Probe::new(n))
         })
         .unwrap();
     failing.store(true, Ordering::SeqCst);
-    pool.checkout().unwrap().discard();
-    // The pool keeps serving the worker it still has while the factory fails.
+    Lease::discard(pool.checkout().unwrap());
+    // The pool keeps serving the worker it still has while the starts fail, retrying every
+    // reconnect_delay (not in a tight loop).
     assert!(eventually(SLACK, || starts.load(Ordering::SeqCst) >= 5));
     for _ in 0..10 {
         assert!(pool.checkout_timeout(Duration::from_secs(1)).is_ok());
     }
     assert_eq!(pool.stats().size, 1);
+    let tries = starts.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        starts.load(Ordering::SeqCst) - tries < 20,
+        "retries follow reconnect_delay"
+    );
     failing.store(false, Ordering::SeqCst);
     assert!(eventually(SLACK, || pool.stats().size == 2 && pool.stats().free == 2));
 }
 
 #[test]
-fn a_pool_over_an_external_supervisor_follows_its_children() {
-    let board = Switchboard::with(2);
-    let pool = Pool::builder()
-        .reconnect_delay(Duration::from_millis(20))
-        .build_with(board.supervisor())
-        .unwrap();
-    assert_eq!(pool.stats().size, 2);
-    // The supervisor restarts a dead child by itself: a new probe in its place.
-    let mut children = board.current();
-    children[0].kill();
-    children[0] = Arc::new(Probe::new(10));
-    board.set(children);
-    // Checkouts meet the dead child, retire it, and the reaper takes in its replacement.
-    assert!(eventually(SLACK, || {
-        let leases: Vec<_> = (0..2).filter_map(|_| pool.try_checkout().ok()).collect();
-        let mut ids: Vec<usize> = leases.iter().map(|l| l.id).collect();
-        ids.sort();
-        ids == [1, 10]
-    }));
-    assert_eq!(
-        (pool.stats().size, pool.stats().free, pool.stats().restarts),
-        (2, 2, 1)
-    );
-}
-
-#[test]
-fn a_supervisor_gone_makes_checkout_fail_fast() {
-    let board = Switchboard::with(1);
-    let pool = Pool::builder()
-        .reconnect_delay(Duration::from_millis(20))
-        .build_with(board.supervisor())
-        .unwrap();
-    board.stop();
-    pool.checkout().unwrap().kill();
-    assert!(eventually(SLACK, || matches!(
-        pool.try_checkout(),
-        Err(Error::Disconnected(_))
-    )));
-    assert!(matches!(pool.checkout(), Err(Error::Disconnected(_))));
-    board.set(vec![Arc::new(Probe::new(7))]);
-    assert!(eventually(SLACK, || pool.try_checkout().is_ok()));
-}
-
-#[test]
-fn a_factory_that_cannot_start_anything_fails_the_build() {
+fn a_start_that_cannot_start_anything_fails_the_build_with_its_cause() {
     let err = Pool::builder()
         .size(2)
         .build(|| -> Result<Probe, BoxError> { Err("no database".into()) })
         .unwrap_err();
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert_eq!(err.source().unwrap().to_string(), "no database");
+}
+
+#[test]
+fn nothing_running_and_starts_failing_fails_fast_with_the_cause() {
+    let up = Arc::new(AtomicBool::new(true));
+    let switch = up.clone();
+    let pool = Pool::builder()
+        .size(1)
+        .reconnect_delay(Duration::from_secs(60))
+        .build(move || -> Result<u32, BoxError> {
+            if switch.load(Ordering::SeqCst) {
+                Ok(1)
+            } else {
+                Err("connection refused".into())
+            }
+        })
+        .unwrap();
+    up.store(false, Ordering::SeqCst);
+    Lease::discard(pool.checkout().unwrap());
+    assert!(eventually(SLACK, || pool.stats().starting == 0));
+    let began = Instant::now();
+    let err = pool.checkout_timeout(Duration::from_secs(30)).unwrap_err();
+    assert!(began.elapsed() < Duration::from_secs(5), "the fuse fails fast");
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    let err = pool.try_checkout().unwrap_err();
+    assert_eq!(err.source().unwrap().to_string(), "connection refused");
+}
+
+#[test]
+fn a_start_over_its_timeout_counts_as_failed() {
+    let slow = Arc::new(AtomicBool::new(false));
+    let switch = slow.clone();
+    let pool = Pool::builder()
+        .size(1)
+        .start_timeout(Duration::from_millis(50))
+        .reconnect_delay(Duration::from_millis(10))
+        .build(move || -> Result<u32, BoxError> {
+            if switch.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            Ok(1)
+        })
+        .unwrap();
+    slow.store(true, Ordering::SeqCst);
+    Lease::discard(pool.checkout().unwrap());
+    let err = pool.checkout_timeout(Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
     assert!(
-        std::error::Error::source(&err)
-            .unwrap()
-            .to_string()
-            .contains("no database"),
+        err.source().unwrap().to_string().contains("did not finish within"),
         "{err}"
     );
+    slow.store(false, Ordering::SeqCst);
+    assert!(pool.checkout_timeout(SLACK).is_ok());
 }
 
-/// Regression: a reload that failed (supervisor away) published an empty set, and the next
-/// successful one took every listed worker in again, although the pool still held them: a
-/// worker could sit in the free queue twice and be leased to two holders.
-#[test]
-fn a_supervisor_coming_back_does_not_duplicate_workers() {
-    let board = Switchboard::with(2);
-    let pool = Pool::builder()
-        .reconnect_delay(Duration::from_millis(10))
-        .build_with(board.supervisor())
-        .unwrap();
-    let extra = Arc::new(Probe::new(9));
-    let mut children = board.current();
-    board.stop();
-    // A discard asks for a reload, which fails: the supervisor is away.
-    let discarded = pool.checkout().unwrap();
-    let discarded_id = discarded.id;
-    discarded.discard();
-    assert!(eventually(SLACK, || board.calls() >= 3));
-    // It comes back, listing the same workers plus a new one.
-    children.push(extra);
-    board.set(children);
-    assert!(eventually(SLACK, || pool.stats().size == 2 && pool.stats().free == 2));
-    let leases: Vec<_> = (0..2).map(|_| pool.try_checkout().unwrap()).collect();
-    assert!(
-        matches!(pool.try_checkout(), Err(Error::Overload)),
-        "{:?}",
-        pool.stats()
-    );
-    let mut ids: Vec<usize> = leases.iter().map(|l| l.id).collect();
-    ids.sort();
-    assert!(
-        !ids.contains(&discarded_id),
-        "the discarded worker came back"
-    );
-    assert_eq!(ids.len(), 2);
-    assert_ne!(ids[0], ids[1]);
-}
+struct Fragile;
 
-/// A supervisor whose children the test can take away, with a retire that restarts.
-struct Outage {
-    factory: cylinder::Factory<Probe>,
-    up: std::sync::atomic::AtomicBool,
-}
-
-impl cylinder::Supervisor<Probe> for Arc<Outage> {
-    fn children(&self) -> Result<Vec<Arc<Probe>>, cylinder::BoxError> {
-        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("down".into());
+impl Behaviour for Fragile {
+    type Request = bool;
+    type Reply = ();
+    fn handle_call(&mut self, crash: bool) {
+        if crash {
+            panic!("handler crashed (on purpose)");
         }
-        self.factory.children()
-    }
-    fn retire(&self, worker: &Arc<Probe>) {
-        self.factory.retire(worker)
     }
 }
 
-/// Regression (found by the chaos run): a discarded worker that its supervisor stopped
-/// listing was taken for one that left the set while leased, and the next release of any
-/// worker during a supervisor outage (when the published set is empty) dropped that worker
-/// for good.
 #[test]
-fn a_release_during_an_outage_after_a_discard_keeps_its_worker() {
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let outage = Arc::new(Outage {
-        factory: cylinder::Factory::new(2, move || {
-            Ok(Probe::new(
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-            ))
-        }),
-        up: std::sync::atomic::AtomicBool::new(true),
-    });
+fn a_pool_of_actors_replaces_a_dead_actor_with_no_configuration() {
     let pool = Pool::builder()
         .size(2)
-        .reconnect_delay(Duration::from_millis(10))
-        .build_with(outage.clone())
+        .build(|| Ok(Actor::spawn(Fragile)?))
         .unwrap();
-    pool.checkout().unwrap().discard();
+    let crashed = pool.transaction(|actor| actor.call(true)).unwrap();
+    assert!(matches!(crashed, Err(Error::WorkerDied)));
     assert!(eventually(SLACK, || pool.stats().restarts == 1
         && pool.stats().free == 2));
-    let held = pool.checkout().unwrap();
-    outage.up.store(false, std::sync::atomic::Ordering::SeqCst);
-    pool.checkout().unwrap().discard();
-    assert!(eventually(SLACK, || matches!(
-        pool.try_checkout(),
-        Err(Error::Disconnected(_) | Error::Overload)
-    )));
-    drop(held);
-    outage.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        eventually(SLACK, || pool.stats().free == 2 && pool.stats().size == 2),
-        "{:?}",
-        pool.stats()
-    );
-    let both: Vec<_> = (0..2).map(|_| pool.try_checkout().unwrap()).collect();
-    assert!(!Arc::ptr_eq(both[0].worker(), both[1].worker()));
+    for _ in 0..4 {
+        assert!(pool.transaction(|actor| actor.call(false)).unwrap().is_ok());
+    }
+    assert_eq!(pool.stats().discards, 1);
 }

@@ -1,42 +1,34 @@
 //! The pool's builder: every option with its default, validated when the pool is built.
 
-use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::balancer::{Factory, Supervisor};
-use crate::error::positive;
-use crate::error::{BoxError, Error};
+use super::manager::{CheckOutcome, Hooks, Manager, Uses};
+use super::Pool;
+use crate::error::{positive, BoxError, Error};
 use crate::event::{Event, EventHook};
-use crate::pool::Pool;
-use crate::worker::Worker;
 
-/// The largest pool [`PoolBuilder::size`] accepts: its free queue is allocated up front.
+/// The largest pool [`PoolBuilder::size`] accepts (with its overflow): the free queue is
+/// allocated up front.
 pub const MAX_POOL_SIZE: usize = 1 << 20;
-
-/// A check run on a worker before it is leased.
-pub(crate) type HealthCheck<W> = std::sync::Arc<dyn Fn(&W) -> bool + Send + Sync>;
 
 /// What happens to a lease whose client panics while holding it.
 ///
 /// ```
-/// use cylinder::{OnClientPanic, Pool, Worker};
-///
-/// struct Conn;
-/// impl Worker for Conn {}
+/// use cylinder::{OnClientPanic, Pool};
 ///
 /// let pool = Pool::builder()
 ///     .size(2)
 ///     .on_client_panic(OnClientPanic::Discard)
-///     .build(|| Ok(Conn))
+///     .build(|| Ok(String::from("conn")))
 ///     .unwrap();
 /// assert_eq!(pool.stats().size, 2);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnClientPanic {
-    /// The worker goes back to the pool (gruff's choice).
+    /// The worker goes back to the pool (gruff's choice), through the `reset` hook if any.
     #[default]
     Release,
-    /// The worker may hold broken state: it is retired and replaced through the supervisor.
+    /// The worker may hold broken state: it is dropped and the pool starts another.
     Discard,
 }
 
@@ -44,72 +36,146 @@ pub enum OnClientPanic {
 ///
 /// | option | default |
 /// |---|---|
-/// | `size` | required for [`build`](Self::build); for [`build_with`](Self::build_with), the size the supervisor should keep |
+/// | `size` | required: the most workers the pool opens (1 to [`MAX_POOL_SIZE`]) |
+/// | `min_idle` | `size`: how many workers the pool keeps open |
+/// | `max_lifetime` | none: a worker older than this is closed when next idle or returned |
+/// | `idle_timeout` | none: idle workers beyond `min_idle` are closed after this |
 /// | `checkout_timeout` | 30 s (`Duration::MAX`: wait without limit) |
-/// | `reconnect_delay` | 1 s |
+/// | `reconnect_delay` | 1 s: retry period while starts fail |
+/// | `start_timeout` | none: a start taking longer counts as failed |
 /// | `on_client_panic` | [`OnClientPanic::Release`] |
 /// | `fifo_after` | 1 ms: a waiter that waited this long gets the next released worker first |
-/// | `max_overflow` | 0: no temporary workers |
+/// | `max_overflow` | 0: no temporary workers beyond `size` |
 /// | `warn_after` | off: no slow-lease reports |
-/// | `test_on_checkout` | none |
+/// | `test_on_checkout` | none (a [`Manager`]'s `check` for [`build_with`](Self::build_with)) |
+/// | `check_on_checkout` | true: run the check before each lease, if there is one |
+/// | `is_broken`, `reset` | none (a [`Manager`]'s for [`build_with`](Self::build_with)) |
 /// | `on_event` | none |
-/// | `name` | `"pool"` (in log lines and the reaper thread's name) |
+/// | `name` | `"pool"` (in log lines and thread names) |
 ///
 /// ```
 /// use std::time::Duration;
-/// use cylinder::{Error, Pool, Worker};
-///
-/// struct Conn;
-/// impl Worker for Conn {}
+/// use cylinder::{Error, Pool};
 ///
 /// let pool = Pool::builder()
 ///     .size(4)
 ///     .checkout_timeout(Duration::from_millis(500))
 ///     .name("db")
-///     .build(|| Ok(Conn))
+///     .build(|| Ok(Vec::<u8>::new()))
 ///     .unwrap();
 /// assert_eq!(pool.stats().free, 4);
 ///
-/// let bad = Pool::builder().size(4).checkout_timeout(Duration::ZERO).build(|| Ok(Conn));
+/// let bad = Pool::builder().size(4).checkout_timeout(Duration::ZERO).build(|| Ok(0));
 /// assert!(matches!(bad, Err(Error::InvalidConfig { option: "checkout_timeout", .. })));
 /// ```
 #[must_use]
 pub struct PoolBuilder<W> {
     pub(crate) size: Option<usize>,
+    pub(crate) min_idle: Option<usize>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) checkout_timeout: Duration,
     pub(crate) reconnect_delay: Duration,
+    pub(crate) start_timeout: Option<Duration>,
     pub(crate) on_client_panic: OnClientPanic,
     pub(crate) fifo_after: Duration,
     pub(crate) max_overflow: usize,
     pub(crate) warn_after: Option<Duration>,
-    pub(crate) health_check: Option<HealthCheck<W>>,
+    pub(crate) check_on_checkout: bool,
     pub(crate) events: Option<EventHook>,
     pub(crate) name: String,
-    worker: PhantomData<fn() -> W>,
+    check: Option<super::manager::CheckFn<W>>,
+    is_broken: Option<super::manager::BrokenFn<W>>,
+    reset: Option<super::manager::CheckFn<W>>,
 }
 
 impl<W> Default for PoolBuilder<W> {
     fn default() -> Self {
         PoolBuilder {
-            worker: PhantomData,
             size: None,
+            min_idle: None,
+            max_lifetime: None,
+            idle_timeout: None,
             checkout_timeout: Duration::from_secs(30),
             reconnect_delay: Duration::from_secs(1),
+            start_timeout: None,
             on_client_panic: OnClientPanic::Release,
             fifo_after: Duration::from_millis(1),
             max_overflow: 0,
             warn_after: None,
-            health_check: None,
+            check_on_checkout: true,
             events: None,
             name: "pool".to_string(),
+            check: None,
+            is_broken: None,
+            reset: None,
         }
     }
 }
 
-impl<W: Worker> PoolBuilder<W> {
-    /// How many workers the pool keeps (1 to [`MAX_POOL_SIZE`]).
+impl<W: Send + 'static> PoolBuilder<W> {
+    /// The most workers the pool opens (1 to [`MAX_POOL_SIZE`]), overflow aside.
     pub fn size(mut self, size: usize) -> Self {
         self.size = Some(size);
+        self
+    }
+
+    /// How many workers the pool keeps open, even when idle (at most `size`; default `size`).
+    /// Below `size`, the pool opens more on demand, and closes those beyond `min_idle` that
+    /// stayed idle for `idle_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(8).min_idle(2).build(|| Ok(())).unwrap();
+    /// assert_eq!(pool.stats().size, 2);
+    /// let leases: Vec<_> = (0..5).map(|_| pool.checkout().unwrap()).collect();
+    /// assert_eq!(pool.stats().leased, 5); // opened on demand, up to 8
+    /// # drop(leases);
+    /// ```
+    pub fn min_idle(mut self, min_idle: usize) -> Self {
+        self.min_idle = Some(min_idle);
+        self
+    }
+
+    /// Closes a worker older than `lifetime` when it is next idle or returned (never while
+    /// leased), and starts another in its place. Set it a little under the server's own
+    /// connection timeout. Default: none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .max_lifetime(Duration::from_secs(30 * 60))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().size, 2);
+    /// ```
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Closes idle workers beyond `min_idle` once they have been idle this long. Default:
+    /// none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(4)
+    ///     .min_idle(1)
+    ///     .idle_timeout(Duration::from_secs(600))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().size, 1);
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -119,9 +185,28 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    /// How long the reaper waits between attempts while the supervisor fails.
+    /// How long the pool waits before it tries again after a start failed.
     pub fn reconnect_delay(mut self, delay: Duration) -> Self {
         self.reconnect_delay = delay;
+        self
+    }
+
+    /// A start that has not finished after `timeout` counts as failed (its worker, if it
+    /// comes later, is dropped). Default: none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .start_timeout(Duration::from_secs(5))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().size, 1);
+    /// ```
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = Some(timeout);
         self
     }
 
@@ -132,42 +217,111 @@ impl<W: Worker> PoolBuilder<W> {
     }
 
     /// How long a blocked checkout may be passed over. Until a waiter has waited this long, a
-    /// released worker goes back to the pool and the longest waiter is woken to compete for
-    /// it with running threads (fast: no context switch per lease); after that, the next
-    /// release hands the worker straight to the longest waiter. `Duration::ZERO` makes every
-    /// hand-off strictly first come, first served.
+    /// released worker goes back to the pool and a waiter is woken to compete for it with
+    /// running threads (fast: no context switch per lease); after that, the next release
+    /// hands the worker straight to the longest waiter. `Duration::ZERO` makes every hand-off
+    /// strictly first come, first served.
     pub fn fifo_after(mut self, patience: Duration) -> Self {
         self.fifo_after = patience;
         self
     }
 
-    /// How many temporary workers the pool may start, beyond `size`, when every worker is
-    /// leased (poolboy's `max_overflow`). An overflow worker is started by the same closure
-    /// as the others, goes to a waiter when it comes back if one waits, and is otherwise
-    /// retired. Needs a pool built with [`build`](Self::build). Default 0.
+    /// How many temporary workers the pool may open beyond `size` when every worker is
+    /// leased (poolboy's `max_overflow`). While more than `size` are open, a returning worker
+    /// goes to a waiter if one waits, and is otherwise closed. Default 0.
     pub fn max_overflow(mut self, extra: usize) -> Self {
         self.max_overflow = extra;
         self
     }
 
     /// Reports a lease held longer than `limit`, once, through `log` (with how long it has
-    /// been held) and as [`Event::SlowLease`]. The reaper looks every `limit / 2`. Default:
-    /// off, and then a checkout does not read the clock.
+    /// been held) and as [`Event::SlowLease`]. Default: off, and then a checkout does not read
+    /// the clock.
     pub fn warn_after(mut self, limit: Duration) -> Self {
         self.warn_after = Some(limit);
         self
     }
 
-    /// A check run on a worker before it is leased (r2d2's `test_on_check_out`). A worker
-    /// that fails it (returns `false` or panics) is retired and replaced through the
-    /// supervisor, and the next worker is tried, within the caller's timeout. Default: none.
-    pub fn test_on_checkout(mut self, check: impl Fn(&W) -> bool + Send + Sync + 'static) -> Self {
-        self.health_check = Some(std::sync::Arc::new(check));
+    /// A check run on a worker before it is leased (r2d2's `test_on_check_out` with
+    /// `is_valid`): it returns `bool` or a `Result` whose error is the cause. A worker that
+    /// fails it (or whose check panics) is dropped and replaced, and the next worker is tried
+    /// within the caller's timeout. Default: none.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .test_on_checkout(|conn: &mut Vec<u8>| conn.len() < 1024)
+    ///     .build(|| Ok(Vec::new()))
+    ///     .unwrap();
+    /// pool.checkout().unwrap().extend_from_slice(&[0; 4096]); // now fails its check
+    /// assert!(pool.checkout().unwrap().is_empty());
+    /// ```
+    pub fn test_on_checkout<R: CheckOutcome>(
+        mut self,
+        check: impl Fn(&mut W) -> R + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Box::new(move |worker| check(worker).into_result()));
+        self
+    }
+
+    /// Whether the check (a `test_on_checkout` closure, or a [`Manager`]'s `check`) runs
+    /// before each lease. Default: true, as r2d2 does; the cost is one check per checkout (a
+    /// round trip to the server for a database), so a pool whose connections rarely die may
+    /// turn it off and rely on `is_broken` and the errors its clients see.
+    pub fn check_on_checkout(mut self, on: bool) -> Self {
+        self.check_on_checkout = on;
+        self
+    }
+
+    /// A quick test run on a worker when its lease ends (r2d2's `has_broken`): `true` drops
+    /// it and the pool starts another. Default: none.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .is_broken(|conn: &mut Option<u32>| conn.is_none())
+    ///     .build(|| Ok(Some(7)))
+    ///     .unwrap();
+    /// pool.checkout().unwrap().take(); // breaks it
+    /// assert_eq!(*pool.checkout().unwrap(), Some(7)); // a fresh one
+    /// ```
+    pub fn is_broken(mut self, test: impl Fn(&mut W) -> bool + Send + Sync + 'static) -> Self {
+        self.is_broken = Some(Box::new(test));
+        self
+    }
+
+    /// Makes a returned worker fit for its next holder (deadpool's `recycle`), e.g. rolls back
+    /// a transaction its client left open. An error (or panic) drops the worker and the pool
+    /// starts another. Default: none.
+    ///
+    /// ```
+    /// use cylinder::{BoxError, Pool};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .reset(|buffer: &mut Vec<u8>| -> Result<(), BoxError> {
+    ///         buffer.clear();
+    ///         Ok(())
+    ///     })
+    ///     .build(|| Ok(Vec::new()))
+    ///     .unwrap();
+    /// pool.checkout().unwrap().push(1);
+    /// assert!(pool.checkout().unwrap().is_empty());
+    /// ```
+    pub fn reset<E: Into<BoxError>>(
+        mut self,
+        reset: impl Fn(&mut W) -> Result<(), E> + Send + Sync + 'static,
+    ) -> Self {
+        self.reset = Some(Box::new(move |worker| reset(worker).map_err(Into::into)));
         self
     }
 
     /// A callback for lifecycle [`Event`]s, e.g. to feed metrics. It runs on the thread where
-    /// the event happens and must be quick; a panic in it is contained and logged.
+    /// the event happens, with no pool lock held; a panic in it is contained and logged.
     pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.events = Some(std::sync::Arc::new(callback));
         self
@@ -179,70 +333,144 @@ impl<W: Worker> PoolBuilder<W> {
         self
     }
 
-    /// Starts `size` workers from `start` under a [`Factory`] supervisor, which restarts the
-    /// ones that die. Fails if the options are bad or no worker could be started.
+    /// Starts `min_idle` workers from `start` (in parallel, a few at a time) and returns the
+    /// pool. A worker that is dropped, broken or detached is replaced from `start`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad option; [`Error::Disconnected`] with the last
+    /// start's error as its cause when no worker at all could be started (fail fast: use
+    /// [`build_unchecked`](Self::build_unchecked) for a database that may still be down).
     pub fn build(
         self,
         start: impl Fn() -> Result<W, BoxError> + Send + Sync + 'static,
     ) -> Result<Pool<W>, Error> {
+        let (options, hooks) = self.hooks(start);
+        let uses = Uses::of(&hooks);
+        Pool::start(options, Box::new(hooks), uses, true)
+    }
+
+    /// Returns the pool at once, whatever the state of what `start` connects to: workers start
+    /// in the background and are retried every `reconnect_delay` until they do. Checkouts
+    /// meanwhile wait (up to their timeout) or fail fast with the start's error as the cause.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad option.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use std::time::Duration;
+    /// use cylinder::{BoxError, Error, Pool};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .build_unchecked(|| -> Result<u32, BoxError> { Err("database is down".into()) })
+    ///     .unwrap();
+    /// let err = pool.checkout_timeout(Duration::from_secs(5)).unwrap_err();
+    /// assert!(matches!(err, Error::Disconnected(_)));
+    /// assert_eq!(err.source().unwrap().to_string(), "database is down");
+    /// ```
+    pub fn build_unchecked(
+        self,
+        start: impl Fn() -> Result<W, BoxError> + Send + Sync + 'static,
+    ) -> Result<Pool<W>, Error> {
+        let (options, hooks) = self.hooks(start);
+        let uses = Uses::of(&hooks);
+        Pool::start(options, Box::new(hooks), uses, false)
+    }
+
+    /// Starts the pool's workers from `manager`, as [`build`](Self::build) does from a
+    /// closure; the manager's `check`, `is_broken` and `reset` are its hooks (builder hooks
+    /// are not used).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
+        Pool::start(self, Box::new(manager), Uses::ALL, true)
+    }
+
+    /// [`build_unchecked`](Self::build_unchecked) with a [`Manager`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad option.
+    pub fn build_unchecked_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
+        Pool::start(self, Box::new(manager), Uses::ALL, false)
+    }
+
+    fn hooks(
+        mut self,
+        start: impl Fn() -> Result<W, BoxError> + Send + Sync + 'static,
+    ) -> (Self, Hooks<W>) {
+        let hooks = Hooks {
+            start: Box::new(start),
+            check: self.check.take(),
+            is_broken: self.is_broken.take(),
+            reset: self.reset.take(),
+        };
+        (self, hooks)
+    }
+
+    /// Checks every option; returns `(size, min_idle)`.
+    pub(crate) fn validate(&self) -> Result<(usize, usize), Error> {
         let size = self
             .size
-            .ok_or_else(|| Error::invalid("size", "must be set to build from a closure"))?;
-        self.validate()?;
-        let factory = std::sync::Arc::new(Factory::new(size, start));
-        Pool::start(self, Box::new(factory.clone()), Some(factory))
-    }
-
-    /// Leases the children of an existing supervisor. `size`, if set, is how many children
-    /// the supervisor should keep: fewer makes the reaper retry every `reconnect_delay`.
-    pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Pool<W>, Error> {
-        self.validate()?;
-        if self.max_overflow > 0 {
-            return Err(Error::invalid(
-                "max_overflow",
-                "needs a pool built from a start closure (PoolBuilder::build)",
-            ));
-        }
-        Pool::start(self, Box::new(supervisor), None)
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        match self.size {
-            Some(0) => return Err(Error::invalid("size", "must be at least 1, got 0")),
-            Some(size) if size > MAX_POOL_SIZE => {
-                return Err(Error::invalid(
-                    "size",
-                    format!("must be at most {MAX_POOL_SIZE}, got {size}"),
-                ))
-            }
-            _ => {}
-        }
+            .ok_or_else(|| Error::invalid("size", "must be set"))?;
+        within("size", size, 1, MAX_POOL_SIZE)?;
+        within("max_overflow", self.max_overflow, 0, MAX_POOL_SIZE - size)?;
+        let min_idle = self.min_idle.unwrap_or(size);
+        within("min_idle", min_idle, 0, size)?;
         positive("checkout_timeout", self.checkout_timeout)?;
-        if let Some(limit) = self.warn_after {
-            positive("warn_after", limit)?;
-        }
-        if self.max_overflow > MAX_POOL_SIZE {
-            return Err(Error::invalid(
-                "max_overflow",
-                format!("must be at most {MAX_POOL_SIZE}, got {}", self.max_overflow),
-            ));
-        }
         positive("reconnect_delay", self.reconnect_delay)?;
-        Ok(())
+        for (option, value) in [
+            ("max_lifetime", self.max_lifetime),
+            ("idle_timeout", self.idle_timeout),
+            ("start_timeout", self.start_timeout),
+            ("warn_after", self.warn_after),
+        ] {
+            if let Some(value) = value {
+                positive(option, value)?;
+            }
+        }
+        if self.idle_timeout.is_some() && min_idle == size && self.max_overflow == 0 {
+            log::debug!(
+                "cylinder: {}: idle_timeout has no effect while min_idle equals size",
+                self.name
+            );
+        }
+        Ok((size, min_idle))
     }
+}
+
+/// Rejects `value` outside `low..=high` for `option`.
+pub(crate) fn within(option: &'static str, value: usize, low: usize, high: usize) -> Result<(), Error> {
+    if value < low || value > high {
+        let reason = if value < low {
+            format!("must be at least {low}, got {value}")
+        } else {
+            format!("must be at most {high}, got {value}")
+        };
+        return Err(Error::invalid(option, reason));
+    }
+    Ok(())
 }
 
 impl<W> std::fmt::Debug for PoolBuilder<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolBuilder")
             .field("size", &self.size)
+            .field("min_idle", &self.min_idle)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
             .field("checkout_timeout", &self.checkout_timeout)
             .field("reconnect_delay", &self.reconnect_delay)
+            .field("start_timeout", &self.start_timeout)
             .field("on_client_panic", &self.on_client_panic)
             .field("fifo_after", &self.fifo_after)
             .field("max_overflow", &self.max_overflow)
             .field("warn_after", &self.warn_after)
-            .field("test_on_checkout", &self.health_check.is_some())
+            .field("test_on_checkout", &self.check.is_some())
+            .field("check_on_checkout", &self.check_on_checkout)
+            .field("is_broken", &self.is_broken.is_some())
+            .field("reset", &self.reset.is_some())
             .field("on_event", &self.events.is_some())
             .field("name", &self.name)
             .finish()

@@ -1,159 +1,197 @@
-//! The leased pool: exclusive checkout of workers, gruff's semantics.
-
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! The pool: it owns a set of workers and leases each to one holder at a time (gruff's
+//! semantics), and keeps its size by counting (poolboy's and r2d2's way): a worker that is
+//! dropped, broken or detached is replaced from the start closure or [`Manager`].
+//!
+//! Where a worker is, at any moment: in the free list (`free`), handed to a waiter
+//! (`waiters`), in exactly one lease, or in the hands of the pool's own code between those
+//! (a check, a reset, a sweep). Nothing else refers to it.
 
 mod builder;
-mod overflow;
+mod free;
+mod lease;
+mod manager;
+mod start;
+mod upkeep;
 mod waitlist;
 mod watch;
 
 pub use builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
+pub use lease::{Lease, OwnedLease};
+pub use manager::{CheckOutcome, Manager};
 
-use crate::balancer::roster::Roster;
-use crate::balancer::supervisor::contained;
-use crate::balancer::{Factory, Supervisor};
-use crate::error::{Cause, Error};
-use crate::event::{emit, Event};
-use crate::reaper::Reaper;
-use crate::stripe::{Stripe, StripedCounter, STRIPES};
-use crate::sync::{
-    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, FreeQueue,
-    Mutex, Ordering, SwapCell,
-};
-use crate::worker::Worker;
-use builder::HealthCheck;
-use overflow::Overflow;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::error::{contained, Cause, Error};
+use crate::event::{emit, Event, EventHook};
+use crate::reaper::{Reaper, Signal};
+use crate::stripe::{Stripe, StripedCounter};
+use crate::sync::{deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::worker::liveness;
+use free::FreeList;
+use manager::Uses;
+use start::Counts;
 use waitlist::{WaitError, WaitList};
-use watch::{identity, LeaseWatch};
+use watch::LeaseWatch;
 
-/// A fixed-size pool that leases each worker to one holder at a time.
+/// A pool of workers — database connections, clients, worker threads — each leased to one
+/// holder at a time.
 ///
-/// A lease is a [`Lease`] guard: it derefs to the worker and gives it back when dropped, also
-/// while its thread's panic unwinds. A worker found dead, or [discarded](Lease::discard), is
-/// replaced through the supervisor by the pool's reaper thread, which brings the pool back to
-/// full size. Dropping or [closing](Pool::close) the pool wakes every waiter with
-/// [`Error::Closed`] and joins the reaper.
+/// `W` is any `Send + 'static` type: the pool owns each worker, and a lease gives `&mut W`.
+/// A [`Lease`] borrows the pool (no reference count touched per checkout); an
+/// [`OwnedLease`] holds a handle and may go anywhere. `Pool` is a cheap [`Clone`]able handle:
+/// the pool closes on [`close`](Pool::close) or when the last handle and the last owned
+/// lease are gone, and then every waiter wakes with [`Error::Closed`] and the reaper thread
+/// is joined.
 ///
 /// ```
-/// use cylinder::{Actor, Behaviour, Pool};
+/// use cylinder::{Lease, Pool};
 ///
-/// struct Add;
-/// impl Behaviour for Add {
-///     type Request = (i64, i64);
-///     type Reply = i64;
-///     fn handle_call(&mut self, (a, b): (i64, i64)) -> i64 {
-///         a + b
-///     }
-/// }
+/// // A pool of (pretend) connections: any type will do, no trait to implement.
+/// struct Conn { queries: u32 }
 ///
-/// let pool = Pool::builder().size(8).build(|| Ok(Actor::spawn(Add)?)).unwrap();
-/// let sum = pool.transaction(|worker| worker.call((1, 2))).unwrap();
-/// assert_eq!(sum.unwrap(), 3);
+/// let pool = Pool::builder().size(4).build(|| Ok(Conn { queries: 0 })).unwrap();
 ///
-/// let lease = pool.checkout().unwrap();
-/// assert_eq!(lease.call((2, 2)).unwrap(), 4);
-/// assert_eq!(pool.stats().leased, 1);
-/// drop(lease);
-/// assert_eq!(pool.stats().free, 8);
+/// let mut conn = pool.checkout().unwrap();
+/// conn.queries += 1; // `&mut` access through the lease
+/// drop(conn); // back to the pool
+///
+/// let total = pool.transaction(|conn| { conn.queries += 1; conn.queries }).unwrap();
+/// assert!(total >= 1);
+///
+/// // A clone of the handle moves into a thread; an owned lease can too.
+/// let handle = pool.clone();
+/// std::thread::spawn(move || handle.checkout().unwrap().queries += 1).join().unwrap();
+///
+/// let stats = pool.stats();
+/// assert_eq!((stats.size, stats.free, stats.leased), (4, 4, 0));
 /// ```
-pub struct Pool<W: Worker> {
+pub struct Pool<W: Send + 'static> {
+    handle: Arc<Handle<W>>,
+}
+
+/// What the handles share: the pool's state, and its reaper thread. Dropping the last one
+/// closes the pool.
+struct Handle<W: Send + 'static> {
     shared: Arc<Shared<W>>,
     reaper: Mutex<Reaper>,
 }
 
-struct Shared<W: Worker> {
-    free: FreeQueue<Arc<W>>,
-    /// One free worker per thread stripe, parked by the thread that released it for its own
-    /// next checkout: that thread stays off the shared queue's cache lines and gets back a
-    /// worker that is hot in its cache. Other threads steal from here when the queue is dry.
-    parked: Box<[CachePadded<Parked<W>>]>,
-    waiters: WaitList<Arc<W>>,
-    roster: Roster<W>,
+/// A worker and what the pool knows of it. Boxed once at start, so that moving it between
+/// the free list, the line and a lease moves one pointer and allocates nothing.
+pub(crate) struct Entry<W> {
+    pub(crate) worker: W,
+    /// A number for log lines and slow-lease reports.
+    pub(crate) id: u64,
+    born: Instant,
+    /// When its last lease ended (kept only when the pool has an `idle_timeout`).
+    idle_since: Option<Instant>,
+    /// Whether it was ever leased: a fresh worker that fails its check counts as a failed
+    /// start (and waits `reconnect_delay`), so a check that always fails cannot make the
+    /// pool start workers in a tight loop.
+    leased_before: bool,
+}
+
+/// How a lease ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Return {
+    Release,
+    Panicking,
+    Discard,
+}
+
+/// Why a worker is taken out of service and replaced.
+enum Retire {
+    Discarded,
+    Died,
+    CheckFailed(Cause),
+    Broken(Cause),
+    Expired,
+}
+
+pub(crate) struct Shared<W: Send + 'static> {
+    name: String,
+    /// This pool, for the start threads it launches.
+    me: Weak<Shared<W>>,
+    manager: Box<dyn Manager<Worker = W>>,
+    uses: Uses,
+    free: FreeList<Box<Entry<W>>>,
+    waiters: WaitList<Box<Entry<W>>>,
     closed: AtomicBool,
-    checkout_timeout: Duration,
-    on_client_panic: OnClientPanic,
-    health_check: Option<HealthCheck<W>>,
-    overflow: Option<Overflow<W>>,
-    watch: Option<LeaseWatch>,
-    /// The factory the pool was built from, if any: `resize` changes its size.
-    factory: Option<Arc<Factory<W>>>,
-    /// Leased workers the supervisor let go (a shrink): dropped, not kept, when they return.
-    leaving: Mutex<Vec<Arc<W>>>,
-    /// How many are in `leaving`; read without the lock so releases skip it while empty.
-    leaving_count: AtomicUsize,
+    counts: Counts,
+    /// The most workers open, overflow aside (changed by `resize`).
+    size: AtomicUsize,
+    /// How many workers are kept open.
+    min_idle: AtomicUsize,
+    /// Whether `min_idle` was left to follow `size`.
+    min_idle_is_size: bool,
+    max_overflow: usize,
     capacity: usize,
+    checkout_timeout: Duration,
+    reconnect_delay: Duration,
+    start_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    on_client_panic: OnClientPanic,
+    events: Option<EventHook>,
+    watch: Option<LeaseWatch>,
+    /// How to tell a dead worker, for types that know (see `worker::liveness`).
+    liveness: OnceLock<liveness::IsAlive>,
+    /// The last start (or fresh worker's check) that failed, and when.
+    failure: Mutex<Option<(Cause, Instant)>>,
+    /// Whether starts are failing: set by a failure, cleared by a successful start.
+    failing: AtomicBool,
+    signal: Arc<Signal>,
+    next_id: AtomicU64,
+    /// Starts before this many are the first fill; later ones count as restarts.
+    first_fill: usize,
+    started: AtomicU64,
     checkouts: StripedCounter,
     releases: StripedCounter,
-    discards: StripedCounter,
+    discards: AtomicU64,
+    takes: AtomicU64,
+    failed_checks: AtomicU64,
     timeouts: AtomicU64,
 }
 
-struct Parked<W> {
-    slot: SwapCell<Arc<W>>,
-    /// Puts minus takes (wrapping: a thief's take may be counted before the owner's put).
-    /// Readers skip a slot whose count is zero without touching the slot; the `SeqCst`
-    /// increment after a put is also what orders the put before the releaser's look for
-    /// waiters (see `Shared::give_back`).
-    count: AtomicUsize,
-}
-
-impl<W> Parked<W> {
-    #[inline]
-    fn take(&self) -> Option<Arc<W>> {
-        if self.count.load(Ordering::SeqCst) == 0 {
-            return None;
-        }
-        let worker = self.slot.take()?;
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        Some(worker)
-    }
-
-    /// Parks `worker`. Only the stripe's owner puts, and only into a slot whose count it saw
-    /// at zero, which means empty; a worker found there all the same goes to `overflow`.
-    #[inline]
-    fn put(&self, worker: Arc<W>, overflow: impl FnOnce(Arc<W>)) {
-        let displaced = self.slot.put(worker);
-        self.count.fetch_add(1, Ordering::SeqCst);
-        if let Some(displaced) = displaced {
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            overflow(displaced);
-        }
-    }
-}
-
 /// A view of a pool's state, from [`Pool::stats`]. The counts are exact when the pool is
-/// quiet; under load each is a recent value.
+/// quiet (then `free + leased == size`); under load each is a recent value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Workers the pool has: its supervisor's live children when last asked (kept while the
-    /// supervisor is away).
+    /// Workers open now: free or leased (overflow included).
     pub size: usize,
+    /// The most workers the pool opens, overflow aside (its `size` option).
+    pub max_size: usize,
     /// Workers waiting in the pool to be leased.
     pub free: usize,
     /// Workers leased now.
     pub leased: usize,
     /// Clients blocked in a checkout.
     pub waiters: usize,
-    /// Workers that joined after the pool started: replacements of dead or discarded ones,
-    /// and growth by [`Pool::resize`].
+    /// Workers being started now.
+    pub starting: usize,
+    /// Workers started after the pool's first `min_idle`: replacements of dropped ones, and
+    /// growth on demand.
     pub restarts: u64,
     /// Blocking checkouts that gave up.
     pub timeouts: u64,
     /// Leases handed out since the start.
     pub checkouts: u64,
-    /// Leases given back to the pool.
+    /// Leases that gave their worker back to the pool.
     pub releases: u64,
-    /// Leases that ended with the worker retired (discarded, found dead, or its client
-    /// panicked under [`OnClientPanic::Discard`]).
+    /// Leases that ended with the worker dropped (discarded, found broken or dead, reset
+    /// failed, past `max_lifetime`, or its client panicked under [`OnClientPanic::Discard`]).
     pub discards: u64,
-    /// Temporary workers alive now, beyond `size` (see `max_overflow`).
+    /// Leases whose worker was detached with [`Lease::take`].
+    pub takes: u64,
+    /// Workers dropped because they failed the check before a lease.
+    pub failed_checks: u64,
+    /// Temporary workers open now beyond `max_size` (see `max_overflow`).
     pub overflow: usize,
 }
 
-impl<W: Worker> Pool<W> {
+impl<W: Send + 'static> Pool<W> {
     /// The options, with their defaults.
     pub fn builder() -> PoolBuilder<W> {
         PoolBuilder::default()
@@ -161,266 +199,310 @@ impl<W: Worker> Pool<W> {
 
     pub(crate) fn start(
         options: PoolBuilder<W>,
-        supervisor: Box<dyn Supervisor<W>>,
-        factory: Option<Arc<Factory<W>>>,
+        manager: Box<dyn Manager<Worker = W>>,
+        mut uses: Uses,
+        checked: bool,
     ) -> Result<Self, Error> {
-        let roster = Roster::new(
-            options.name.clone(),
-            supervisor,
-            1.0,
-            options.size,
-            options.reconnect_delay,
-            options.events.clone(),
-        );
-        let first = roster.reload()?;
-        // Room for the expected size, and to grow (a resize, or a supervisor that lists more).
-        let capacity = (options.size.unwrap_or(0).max(first.total) * 4).clamp(64, MAX_POOL_SIZE);
-        let shared = Arc::new(Shared {
-            free: FreeQueue::new(capacity),
-            parked: (0..STRIPES)
-                .map(|_| {
-                    CachePadded::new(Parked {
-                        slot: SwapCell::new(),
-                        count: AtomicUsize::new(0),
-                    })
-                })
-                .collect(),
+        let (size, min_idle) = options.validate()?;
+        uses.check &= options.check_on_checkout;
+        // Room to grow: a resize up to four times the size (at least 64).
+        let capacity = ((size + options.max_overflow) * 4).clamp(64, MAX_POOL_SIZE);
+        let shared = Arc::new_cyclic(|me| Shared {
+            name: options.name.clone(),
+            me: me.clone(),
+            manager,
+            uses,
+            free: FreeList::new(capacity),
             waiters: WaitList::new(options.fifo_after),
-            roster,
             closed: AtomicBool::new(false),
-            checkout_timeout: options.checkout_timeout,
-            on_client_panic: options.on_client_panic,
-            health_check: options.health_check.clone(),
-            overflow: factory
-                .clone()
-                .filter(|_| options.max_overflow > 0)
-                .map(|factory| Overflow::new(options.max_overflow, factory)),
-            watch: options.warn_after.map(LeaseWatch::new),
-            factory,
-            leaving: Mutex::new(Vec::new()),
-            leaving_count: AtomicUsize::new(0),
+            counts: Counts::default(),
+            size: AtomicUsize::new(size),
+            min_idle: AtomicUsize::new(min_idle),
+            min_idle_is_size: options.min_idle.is_none(),
+            max_overflow: options.max_overflow,
             capacity,
+            checkout_timeout: options.checkout_timeout,
+            reconnect_delay: options.reconnect_delay,
+            start_timeout: options.start_timeout,
+            max_lifetime: options.max_lifetime,
+            idle_timeout: options.idle_timeout,
+            on_client_panic: options.on_client_panic,
+            events: options.events.clone(),
+            watch: options.warn_after.map(LeaseWatch::new),
+            liveness: OnceLock::new(),
+            failure: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            signal: Arc::new(Signal::default()),
+            next_id: AtomicU64::new(0),
+            first_fill: min_idle,
+            started: AtomicU64::new(0),
             checkouts: StripedCounter::new(),
             releases: StripedCounter::new(),
-            discards: StripedCounter::new(),
+            discards: AtomicU64::new(0),
+            takes: AtomicU64::new(0),
+            failed_checks: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
         });
-        for worker in first.added {
-            shared.push_free(worker);
-        }
         let upkeep = shared.clone();
-        let mut retry_at = None;
+        let mut schedule = upkeep::Schedule::default();
         let reaper = Reaper::spawn(
             &options.name,
-            shared.roster.signal.clone(),
-            options.warn_after.map(|limit| limit / 2),
-            Box::new(move |asked| upkeep.reaper_round(asked, &mut retry_at)),
+            shared.signal.clone(),
+            None,
+            Box::new(move |_asked| upkeep.upkeep(&mut schedule)),
         )
         .map_err(|err| Error::Disconnected(Cause::new(err)))?;
-        Ok(Pool {
-            shared,
-            reaper: Mutex::new(reaper),
-        })
+        let pool = Pool {
+            handle: Arc::new(Handle {
+                shared,
+                reaper: Mutex::new(reaper),
+            }),
+        };
+        let shared = &pool.handle.shared;
+        if checked {
+            shared.fill_now();
+            if shared.counts.open() == 0 && min_idle > 0 {
+                let cause = shared
+                    .last_failure()
+                    .unwrap_or_else(|| Cause::message("no worker started"));
+                pool.close();
+                return Err(Error::Disconnected(cause));
+            }
+        } else {
+            shared.refill();
+        }
+        // The reaper's first round plans the sweeps and slow-lease reports.
+        shared.signal.request();
+        Ok(pool)
     }
 
     /// Leases a worker, waiting up to the pool's `checkout_timeout` for one to come free.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when none came free in time; [`Error::Disconnected`] (with the
+    /// last start's error as its cause) when no worker is running and the last start failed
+    /// (at once), or when starts kept failing while it waited; [`Error::Closed`].
     pub fn checkout(&self) -> Result<Lease<'_, W>, Error> {
-        self.checkout_timeout(self.shared.checkout_timeout)
+        self.checkout_timeout(self.handle.shared.checkout_timeout)
     }
 
     /// Leases a worker, waiting up to `timeout` (`Duration::MAX`: no limit). Waiters are
     /// served in arrival order, and one that has waited the pool's `fifo_after` is handed the
     /// next released worker ahead of any thread that did not wait. A waiter that gives up
     /// takes nothing with it.
-    pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
-        let shared = &*self.shared;
-        let stripe = Stripe::current();
-        // Read the clock only if this checkout has to wait.
-        let mut deadline = None;
-        loop {
-            shared.check_open()?;
-            let worker = match shared.take_now(stripe) {
-                Some(worker) => worker,
-                None => {
-                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                    shared.wait_for(stripe, deadline, timeout)?
-                }
-            };
-            if shared.passes_check(&worker) {
-                return Ok(self.lease(worker, stripe));
-            }
-        }
-    }
-
-    /// Leases a worker if one is free now; never blocks. [`Error::Overload`] when all are
-    /// leased, [`Error::Disconnected`] when the supervisor has none.
-    pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let stripe = Stripe::current();
-        while let Some(worker) = shared.take_now(stripe) {
-            if shared.passes_check(&worker) {
-                return Ok(self.lease(worker, stripe));
-            }
-        }
-        if shared.roster.snapshot().is_connected() {
-            emit(&shared.roster.events, Event::Overload);
-            Err(Error::Overload)
-        } else {
-            Err(Error::Disconnected(Cause::message("no live children")))
-        }
-    }
-
-    /// Calls `f` on every worker that is not leased now, holding each exclusively meanwhile
-    /// (pooler's message to all unallocated members), and collects the results. Leased
-    /// workers are skipped; a checkout meanwhile waits or takes another worker.
+    ///
+    /// # Errors
+    /// As [`checkout`](Self::checkout).
     ///
     /// ```
-    /// use std::sync::atomic::{AtomicUsize, Ordering};
-    /// use cylinder::{Pool, Worker};
+    /// use std::time::Duration;
+    /// use cylinder::{Error, Pool};
     ///
-    /// struct Conn(AtomicUsize);
-    /// impl Worker for Conn {}
-    ///
-    /// let pool = Pool::builder().size(3).build(|| Ok(Conn(AtomicUsize::new(0)))).unwrap();
-    /// let busy = pool.checkout().unwrap();
-    /// let pinged = pool.map(|conn| conn.0.fetch_add(1, Ordering::Relaxed));
-    /// assert_eq!(pinged.len(), 2); // the leased one is left alone
-    /// drop(busy);
-    /// assert_eq!(pool.stats().free, 3);
-    /// ```
-    pub fn map<R>(&self, mut f: impl FnMut(&W) -> R) -> Vec<R> {
-        let shared = &*self.shared;
-        let stripe = Stripe::current();
-        // Gives the workers back even if `f` panics.
-        struct Held<'a, W: Worker>(&'a Shared<W>, Vec<Arc<W>>, Stripe);
-        impl<W: Worker> Drop for Held<'_, W> {
-            fn drop(&mut self) {
-                for worker in self.1.drain(..) {
-                    self.0.give_back(worker, self.2);
-                }
-            }
-        }
-        let mut held = Held(shared, Vec::new(), stripe);
-        for _ in 0..shared.roster.known_len() {
-            match shared.pop_live(stripe) {
-                Some(worker) => held.1.push(worker),
-                None => break,
-            }
-        }
-        held.1.iter().map(|worker| f(worker)).collect()
-    }
-
-    /// Changes the pool's size at run time (a pool built with
-    /// [`build`](PoolBuilder::build)): growing starts the new workers at once; shrinking
-    /// retires free workers at once and leased ones as their leases end, never revoking a
-    /// lease. At most four times the size the pool was built with (and at least 64).
-    ///
-    /// ```
-    /// use cylinder::{Pool, Worker};
-    ///
-    /// struct Conn;
-    /// impl Worker for Conn {}
-    ///
-    /// let pool = Pool::builder().size(2).build(|| Ok(Conn)).unwrap();
-    /// pool.resize(5).unwrap();
-    /// assert_eq!(pool.stats().size, 5);
+    /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
     /// let held = pool.checkout().unwrap();
-    /// pool.resize(1).unwrap();
-    /// assert_eq!(pool.stats().size, 1);
-    /// assert_eq!(pool.stats().leased, 1); // the lease is never revoked
+    /// let waited = pool.checkout_timeout(Duration::from_millis(10));
+    /// assert!(matches!(waited, Err(Error::Timeout(_))));
     /// drop(held);
-    /// assert_eq!(pool.stats().free, 1); // one worker left, whichever it is
-    /// assert!(pool.resize(0).is_err());
     /// ```
-    pub fn resize(&self, size: usize) -> Result<(), Error> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        let Some(factory) = &shared.factory else {
-            return Err(Error::invalid(
-                "resize",
-                "needs a pool built from a start closure (PoolBuilder::build)",
-            ));
-        };
-        if size == 0 || size > shared.capacity {
-            return Err(Error::invalid(
-                "resize",
-                format!("must be within 1..={}, got {size}", shared.capacity),
-            ));
-        }
-        factory.resize(size);
-        shared.roster.expect(size);
-        let reload = shared.refresh();
-        if shared.roster.retry_after(&reload).is_some() {
-            shared.roster.signal.request();
-        }
-        reload.map(|_| ())
+    #[inline]
+    pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
+        let shared = &*self.handle.shared;
+        let entry = shared.acquire(timeout)?;
+        Ok(Lease::borrowed(shared, entry))
+    }
+
+    /// Leases a worker if one is free now; never blocks.
+    ///
+    /// # Errors
+    /// [`Error::Overload`] when every worker is leased; [`Error::Disconnected`] when none is
+    /// running and the last start failed; [`Error::Closed`].
+    pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
+        let shared = &*self.handle.shared;
+        let entry = shared.try_acquire()?;
+        Ok(Lease::borrowed(shared, entry))
+    }
+
+    /// Leases a worker as [`checkout`](Self::checkout) does, into an [`OwnedLease`]: it holds
+    /// a handle to the pool instead of borrowing it, so it is `'static` and `Send`.
+    ///
+    /// # Errors
+    /// As [`checkout`](Self::checkout).
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(Vec::<u32>::new())).unwrap();
+    /// let threads: Vec<_> = (0..2)
+    ///     .map(|i| {
+    ///         let mut lease = pool.checkout_owned().unwrap();
+    ///         std::thread::spawn(move || lease.push(i))
+    ///     })
+    ///     .collect();
+    /// threads.into_iter().for_each(|t| t.join().unwrap());
+    /// assert_eq!(pool.stats().free, 2);
+    /// ```
+    pub fn checkout_owned(&self) -> Result<OwnedLease<W>, Error> {
+        self.checkout_owned_timeout(self.handle.shared.checkout_timeout)
+    }
+
+    /// [`checkout_owned`](Self::checkout_owned), waiting up to `timeout`.
+    ///
+    /// # Errors
+    /// As [`checkout`](Self::checkout).
+    pub fn checkout_owned_timeout(&self, timeout: Duration) -> Result<OwnedLease<W>, Error> {
+        let entry = self.handle.shared.acquire(timeout)?;
+        Ok(OwnedLease::new(self.clone(), entry))
     }
 
     /// Runs `f` with a leased worker (waiting as [`checkout`](Self::checkout) does) and gives
     /// the worker back afterwards, also if `f` panics.
-    pub fn transaction<R>(&self, f: impl FnOnce(&W) -> R) -> Result<R, Error> {
-        let lease = self.checkout()?;
-        Ok(f(&lease))
+    ///
+    /// # Errors
+    /// As [`checkout`](Self::checkout); `f`'s own result is returned inside `Ok`.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(0u64)).unwrap();
+    /// let n = pool.transaction(|counter| { *counter += 1; *counter }).unwrap();
+    /// assert_eq!(n, 1);
+    /// ```
+    pub fn transaction<R>(&self, f: impl FnOnce(&mut W) -> R) -> Result<R, Error> {
+        let mut lease = self.checkout()?;
+        Ok(f(&mut lease))
     }
 
-    /// Closes the pool: checkouts fail with [`Error::Closed`], every waiter wakes with it, and
-    /// the reaper is stopped and joined. Leases still out may be dropped as usual. Idempotent.
-    pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.waiters.close();
-        self.reaper.lock().stop();
-        while self.shared.take_free(Stripe::current()).is_some() {}
-    }
-
-    /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
-    }
-
-    /// The pool's counts now.
-    pub fn stats(&self) -> PoolStats {
-        let shared = &*self.shared;
-        let checkouts = shared.checkouts.sum();
-        let releases = shared.releases.sum();
-        let discards = shared.discards.sum();
-        PoolStats {
-            size: shared.roster.known_len(),
-            free: shared.free_count(),
-            leased: checkouts.saturating_sub(releases + discards) as usize,
-            waiters: shared.waiters.len(),
-            restarts: shared.roster.restarts(),
-            overflow: shared.overflow.as_ref().map_or(0, Overflow::out),
-            timeouts: shared.timeouts.load(Ordering::Relaxed),
-            checkouts,
-            releases,
-            discards,
+    /// Calls `f` on every worker that is not leased now, holding each exclusively meanwhile
+    /// (pooler's message to all unallocated members), and collects the results. Leased
+    /// workers are skipped; a checkout meanwhile waits or takes another worker. The workers
+    /// go back also if `f` panics.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(3).build(|| Ok(0u32)).unwrap();
+    /// let busy = pool.checkout().unwrap();
+    /// let pinged = pool.map(|conn| { *conn += 1; *conn });
+    /// assert_eq!(pinged, vec![1, 1]); // the leased one is left alone
+    /// drop(busy);
+    /// assert_eq!(pool.stats().free, 3);
+    /// ```
+    pub fn map<R>(&self, mut f: impl FnMut(&mut W) -> R) -> Vec<R> {
+        let shared = &*self.handle.shared;
+        let stripe = Stripe::current();
+        // Gives the workers back even if `f` panics.
+        struct Held<'a, W: Send + 'static>(&'a Shared<W>, Vec<Box<Entry<W>>>, Stripe);
+        impl<W: Send + 'static> Drop for Held<'_, W> {
+            fn drop(&mut self) {
+                for entry in self.1.drain(..) {
+                    self.0.put_back(entry, self.2);
+                }
+            }
         }
+        let mut held = Held(shared, Vec::new(), stripe);
+        for _ in 0..shared.free.len() {
+            match shared.free.take(stripe) {
+                Some(entry) => held.1.push(entry),
+                None => break,
+            }
+        }
+        held.1.iter_mut().map(|entry| f(&mut entry.worker)).collect()
+    }
+
+    /// Changes the most workers the pool opens, at run time. Growing starts the new workers
+    /// (if `min_idle` follows the size) and returns once they started; shrinking closes free
+    /// workers at once and leased ones as their leases end, never revoking a lease. At most
+    /// four times the size the pool was built with (and at least 64).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a size out of range; [`Error::Closed`].
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(())).unwrap();
+    /// pool.resize(5).unwrap();
+    /// assert_eq!(pool.stats().size, 5);
+    /// let held = pool.checkout().unwrap();
+    /// pool.resize(1).unwrap();
+    /// assert_eq!(pool.stats().leased, 1); // the lease is never revoked
+    /// drop(held);
+    /// assert_eq!(pool.stats().size, 1);
+    /// assert!(pool.resize(0).is_err());
+    /// ```
+    pub fn resize(&self, size: usize) -> Result<(), Error> {
+        let shared = &*self.handle.shared;
+        shared.check_open()?;
+        builder::within("resize", size, 1, shared.capacity - shared.max_overflow)?;
+        shared.size.store(size, Ordering::SeqCst);
+        let min_idle = if shared.min_idle_is_size {
+            size
+        } else {
+            shared.min_idle.load(Ordering::Relaxed).min(size)
+        };
+        shared.min_idle.store(min_idle, Ordering::SeqCst);
+        shared.shrink_to(size);
+        shared.fill_now();
+        Ok(())
+    }
+
+    /// Closes the pool: checkouts fail with [`Error::Closed`], every waiter wakes with it,
+    /// the free workers are dropped, and the reaper is stopped and joined. Leases still out
+    /// may be dropped as usual (their workers are then dropped too). Idempotent.
+    pub fn close(&self) {
+        self.handle.close();
+    }
+
+    /// Whether the pool was closed.
+    pub fn is_closed(&self) -> bool {
+        self.handle.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The pool's counts now. Never waits on a start, a check or any user callback.
+    pub fn stats(&self) -> PoolStats {
+        self.handle.shared.stats()
     }
 
     /// Runs one reaper round on the calling thread (loom models have no reaper thread).
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn run_reaper_round(&self) {
-        if self.shared.roster.signal.take_request() {
-            let _ = self.shared.refresh();
-        }
+        let mut schedule = upkeep::Schedule::default();
+        self.handle.shared.upkeep(&mut schedule);
     }
+}
 
-    #[inline]
-    fn lease(&self, worker: Arc<W>, stripe: Stripe) -> Lease<'_, W> {
-        self.shared.checkouts.add(stripe);
-        if let Some(watch) = &self.shared.watch {
-            watch.begin(identity(&worker));
-        }
-        Lease {
-            shared: &self.shared,
-            worker: Some(worker),
+impl<W: Send + 'static> Clone for Pool<W> {
+    fn clone(&self) -> Self {
+        Pool {
+            handle: self.handle.clone(),
         }
     }
 }
 
-impl<W: Worker> Shared<W> {
+impl<W: Send + 'static> Handle<W> {
+    fn close(&self) {
+        self.shared.close();
+        self.reaper.lock().stop();
+    }
+}
+
+impl<W: Send + 'static> Drop for Handle<W> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<W: Send + 'static> std::fmt::Debug for Pool<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.handle.shared.name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<W: Send + 'static> Shared<W> {
     fn check_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -428,14 +510,63 @@ impl<W: Worker> Shared<W> {
         Ok(())
     }
 
-    /// A worker now, without waiting: a free one, else a new overflow worker.
+    /// A worker for a blocking checkout: a free one, else one from the line, within
+    /// `timeout`.
     #[inline]
-    fn take_now(&self, stripe: Stripe) -> Option<Arc<W>> {
-        self.pop_live(stripe).or_else(|| {
-            self.overflow
-                .as_ref()
-                .and_then(|overflow| overflow.start(self.roster.name()))
-        })
+    fn acquire(&self, timeout: Duration) -> Result<Box<Entry<W>>, Error> {
+        let stripe = Stripe::current();
+        // Read the clock only if this checkout has to wait.
+        let mut deadline = None;
+        loop {
+            self.check_open()?;
+            let entry = match self.free.take(stripe) {
+                Some(entry) => entry,
+                None => match self.start_for_caller() {
+                    Some(entry) => entry,
+                    None => {
+                        self.fuse()?;
+                        let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
+                        self.wait_for(stripe, deadline, timeout)?
+                    }
+                },
+            };
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+    }
+
+    /// A worker for a non-blocking checkout.
+    fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
+        self.check_open()?;
+        let stripe = Stripe::current();
+        while let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        if let Some(entry) = self.start_for_caller() {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        self.fuse()?;
+        emit(&self.events, Event::Overload);
+        Err(Error::Overload)
+    }
+
+    /// revolver's fuse: with nothing running, nothing starting and the last start failed,
+    /// fail at once with that start's error rather than wait for a worker that cannot come.
+    fn fuse(&self) -> Result<(), Error> {
+        if self.failing.load(Ordering::Acquire)
+            && self.counts.open() == 0
+            && self.counts.starting() == 0
+        {
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        Ok(())
     }
 
     /// Waits in line for a worker until `deadline`.
@@ -444,340 +575,307 @@ impl<W: Worker> Shared<W> {
         stripe: Stripe,
         deadline: Option<Instant>,
         timeout: Duration,
-    ) -> Result<Arc<W>, Error> {
-        if !self.roster.snapshot().is_connected() {
-            return Err(Error::Disconnected(Cause::message("no live children")));
-        }
+    ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
-            || self.pop_live(stripe),
+            || self.free.take(stripe),
             deadline,
-            |worker| self.push_free(worker),
+            |entry| self.close_worker(entry),
         );
         match waited {
-            Ok(worker) => Ok(worker),
+            Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
             Err(WaitError::Timeout) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                emit(&self.roster.events, Event::CheckoutTimedOut(timeout));
-                Err(Error::Timeout(timeout))
-            }
-        }
-    }
-
-    /// Runs the checkout health check, if any; a worker that fails it is retired.
-    #[inline]
-    fn passes_check(&self, worker: &Arc<W>) -> bool {
-        let Some(check) = &self.health_check else {
-            return true;
-        };
-        if contained(|| Ok(check(worker))).unwrap_or(false) {
-            return true;
-        }
-        log::warn!(
-            "cylinder: {}: a worker failed its checkout check; replacing it",
-            self.roster.name()
-        );
-        emit(&self.roster.events, Event::WorkerDiscarded);
-        self.let_go(worker.clone());
-        false
-    }
-
-    /// Takes a worker out of service: an overflow worker is dropped, a member retired.
-    fn let_go(&self, worker: Arc<W>) {
-        match &self.overflow {
-            Some(overflow) if overflow.holds(&worker) => overflow.retire(&worker),
-            _ => self.roster.retire(worker),
-        }
-    }
-
-    /// A live worker: this thread's parked one, else the queue's, else one parked by another
-    /// thread. Dead ones met on the way are retired.
-    #[inline]
-    fn pop_live(&self, stripe: Stripe) -> Option<Arc<W>> {
-        loop {
-            let worker = self.take_free(stripe)?;
-            if worker.is_alive() {
-                return Some(worker);
-            }
-            emit(&self.roster.events, Event::WorkerDied);
-            self.roster.retire(worker);
-        }
-    }
-
-    #[inline]
-    fn take_free(&self, stripe: Stripe) -> Option<Arc<W>> {
-        if let Some(own) = stripe.owned() {
-            if let Some(worker) = self.parked[own].take() {
-                return Some(worker);
-            }
-        }
-        self.free
-            .pop()
-            .or_else(|| self.parked.iter().find_map(|parked| parked.take()))
-    }
-
-    /// How many workers are free: queued or parked.
-    fn free_count(&self) -> usize {
-        let parked = self.parked.iter().fold(0usize, |sum, parked| {
-            sum.wrapping_add(parked.count.load(Ordering::Relaxed))
-        });
-        self.free.len().wrapping_add(parked)
-    }
-
-    /// Keeps a free worker: parked for this thread if its slot is empty, else queued. The
-    /// `SeqCst` read-modify-writes here (the queue's push on its tail, or the parked count's
-    /// increment) come before the caller's look for waiters.
-    #[inline]
-    fn keep_free(&self, worker: Arc<W>, stripe: Stripe) {
-        if let Some(own) = stripe.owned() {
-            let parked = &self.parked[own];
-            if parked.count.load(Ordering::Relaxed) == 0 {
-                return parked.put(worker, |worker| self.push_free(worker));
-            }
-        }
-        self.push_free(worker);
-    }
-
-    fn push_free(&self, worker: Arc<W>) {
-        if let Err(worker) = self.free.push(worker) {
-            log::error!(
-                "cylinder: {}: more workers than the pool has room for; retiring one",
-                self.roster.name()
-            );
-            self.roster.retire(worker);
-        }
-    }
-
-    /// Returns a worker to service: to a waiter if there is one, else kept free. Touches the
-    /// waiters' lock only when someone waits.
-    #[inline]
-    fn give_back(&self, worker: Arc<W>, stripe: Stripe) {
-        if self.waiters.has_waiters() {
-            self.waiters.offer(worker, |worker| self.push_free(worker));
-            return;
-        }
-        self.keep_free(worker, stripe);
-        // No fence needed before this re-check: `keep_free` ends in a `SeqCst`
-        // read-modify-write (the parked count's increment, or `ArrayQueue::push` claiming its
-        // tail), and a waiter registers with a `SeqCst` increment and fence before it looks
-        // for a worker (the parked count with a `SeqCst` load; the queue's empty check after
-        // the queue's own `SeqCst` fence). So either the waiter finds this worker, or this
-        // re-check sees the waiter and hands a worker over. The loom stand-ins keep those
-        // orderings (see loom-tests/README.md).
-        seqcst_point();
-        if self.waiters.has_waiters() {
-            if let Some(worker) = self.take_free(stripe) {
-                self.waiters.offer(worker, |worker| self.push_free(worker));
-            }
-        }
-    }
-
-    #[inline]
-    fn release(&self, worker: Arc<W>, discard: bool) {
-        let stripe = Stripe::current();
-        if let Some(watch) = &self.watch {
-            watch.end(identity(&worker));
-        }
-        if discard || !worker.is_alive() {
-            self.discards.add(stripe);
-            let event = if discard {
-                Event::WorkerDiscarded
-            } else {
-                Event::WorkerDied
-            };
-            emit(&self.roster.events, event);
-            if self.leaving_count.load(Ordering::Acquire) != 0 {
-                self.departs(&worker);
-            }
-            return self.let_go(worker);
-        }
-        self.releases.add(stripe);
-        if let Some(overflow) = &self.overflow {
-            if overflow.holds(&worker) {
-                // A temporary worker serves a waiter directly, or goes.
-                if let Err(worker) = self.waiters.hand(worker) {
-                    overflow.retire(&worker);
+                emit(&self.events, Event::CheckoutTimedOut(timeout));
+                match self.last_failure() {
+                    Some(cause) if self.failing.load(Ordering::Acquire) => {
+                        Err(Error::Disconnected(cause))
+                    }
+                    _ => Err(Error::Timeout(timeout)),
                 }
-                return;
             }
-        }
-        if self.leaving_count.load(Ordering::Acquire) != 0 && self.departs(&worker) {
-            return;
-        }
-        self.give_back(worker, stripe);
-        // A shrink may have marked this worker after the check above: sweep it out again.
-        seqcst_point();
-        if self.leaving_count.load(Ordering::SeqCst) != 0 {
-            self.sweep(|worker| self.leaving.lock().iter().any(|w| Arc::ptr_eq(w, worker)));
         }
     }
 
-    /// Whether `worker` is one the supervisor let go while it was leased; if so it is
-    /// forgotten here, and its caller drops it.
-    fn departs(&self, worker: &Arc<W>) -> bool {
-        let mut leaving = self.leaving.lock();
-        let Some(at) = leaving.iter().position(|w| Arc::ptr_eq(w, worker)) else {
-            return false;
-        };
-        leaving.swap_remove(at);
-        self.leaving_count.store(leaving.len(), Ordering::Release);
-        true
-    }
-
-    /// Tells the supervisor what was retired and takes in what it lists now.
-    fn refresh(&self) -> Result<crate::balancer::roster::Reload<W>, Error> {
-        let reload = self.roster.reload();
-        if let Ok(found) = &reload {
-            if found.removed > 0 {
-                // Mark the departures first, then sweep the free workers: a release racing
-                // this either finds its worker marked, or put it back before the sweep (or
-                // sees the mark after putting it back, and sweeps itself; see `release`).
-                if !found.departed.is_empty() {
-                    let mut leaving = self.leaving.lock();
-                    leaving.extend(found.departed.iter().cloned());
-                    self.leaving_count.store(leaving.len(), Ordering::SeqCst);
-                }
-                let snapshot = self.roster.snapshot();
-                self.sweep(|worker| !snapshot.contains(worker));
-            }
-            let stripe = Stripe::current();
-            for worker in &found.added {
-                self.give_back(worker.clone(), stripe);
-            }
-        }
-        reload
-    }
-
-    /// The reaper's work: a refresh when asked or due for a retry, and slow-lease reports.
-    fn reaper_round(&self, asked: bool, retry_at: &mut Option<Instant>) -> Option<Duration> {
-        if self.closed.load(Ordering::Acquire) {
+    /// Makes a worker ready for a lease: a dead one (for types that can tell) or one that
+    /// fails the check is retired, and `None` says to look for another.
+    #[inline]
+    fn admit(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
+        if self.is_dead(&entry) {
+            self.retire(entry, Retire::Died);
             return None;
         }
-        let now = Instant::now();
-        if asked || retry_at.is_some_and(|at| at <= now) {
-            let reload = self.refresh();
-            *retry_at = self.roster.retry_after(&reload).map(|delay| now + delay);
-        }
-        let mut next = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
-        if let Some(watch) = &self.watch {
-            watch.report(self.roster.name(), &self.roster.events);
-            let tick = watch.limit / 2;
-            next = Some(next.map_or(tick, |n| n.min(tick)));
-        }
-        next
-    }
-
-    /// Takes the free workers that `doomed` picks out of service (they left the set: dead,
-    /// no longer listed, or let go by a shrink) and forgets them as departures.
-    fn sweep(&self, doomed: impl Fn(&Arc<W>) -> bool) {
-        let mut keep = Vec::new();
-        let mut dropped = Vec::new();
-        let stripe = Stripe::current();
-        for _ in 0..self.free_count() {
-            match self.take_free(stripe) {
-                Some(worker) if doomed(&worker) => dropped.push(worker),
-                Some(worker) => keep.push(worker),
-                None => break,
+        if self.uses.check {
+            if let Err(cause) = contained(|| self.manager.check(&mut entry.worker)) {
+                self.failed_checks.fetch_add(1, Ordering::Relaxed);
+                self.retire(entry, Retire::CheckFailed(cause));
+                return None;
             }
         }
-        for worker in keep {
-            self.give_back(worker, stripe);
+        entry.leased_before = true;
+        self.checkouts.add(stripe);
+        if let Some(watch) = &self.watch {
+            watch.begin(entry.id);
         }
-        if !dropped.is_empty() && self.leaving_count.load(Ordering::Acquire) != 0 {
-            let mut leaving = self.leaving.lock();
-            leaving.retain(|w| !dropped.iter().any(|d| Arc::ptr_eq(d, w)));
-            self.leaving_count.store(leaving.len(), Ordering::SeqCst);
+        Some(entry)
+    }
+
+    #[inline]
+    fn is_dead(&self, entry: &Entry<W>) -> bool {
+        self.liveness
+            .get()
+            .is_some_and(|is_alive| !is_alive(&entry.worker))
+    }
+
+    /// Ends a lease: the worker goes back to service, or is retired and replaced.
+    #[inline]
+    pub(crate) fn end_lease(&self, mut entry: Box<Entry<W>>, how: Return) {
+        if let Some(watch) = &self.watch {
+            watch.end(entry.id);
+        }
+        let discard = match how {
+            Return::Release => false,
+            Return::Discard => true,
+            Return::Panicking => self.on_client_panic == OnClientPanic::Discard,
+        };
+        let unfit = if discard {
+            Some(Retire::Discarded)
+        } else {
+            self.unfit(&mut entry)
+        };
+        if let Some(why) = unfit {
+            self.discards.fetch_add(1, Ordering::Relaxed);
+            return self.retire(entry, why);
+        }
+        let stripe = Stripe::current();
+        self.releases.add(stripe);
+        self.put_back(entry, stripe);
+    }
+
+    /// Runs the return hooks on a worker coming back from a lease; `Some` says why it must
+    /// go.
+    #[inline]
+    fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
+        if self.uses.is_broken {
+            match contained(|| Ok(self.manager.is_broken(&mut entry.worker))) {
+                Ok(false) => {}
+                Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
+                Err(cause) => return Some(Retire::Broken(cause)),
+            }
+        }
+        if self.uses.reset {
+            if let Err(cause) = contained(|| self.manager.reset(&mut entry.worker)) {
+                return Some(Retire::Broken(cause));
+            }
+        }
+        if self.is_dead(entry) {
+            return Some(Retire::Died);
+        }
+        if self.max_lifetime.is_some() || self.idle_timeout.is_some() {
+            let now = Instant::now();
+            if self.expired(entry, now) {
+                return Some(Retire::Expired);
+            }
+            entry.idle_since = Some(now);
+        }
+        None
+    }
+
+    fn expired(&self, entry: &Entry<W>, now: Instant) -> bool {
+        self.max_lifetime
+            .is_some_and(|lifetime| now.saturating_duration_since(entry.born) >= lifetime)
+    }
+
+    /// Returns a worker to service. While more workers are open than `size` (overflow, or a
+    /// shrink), it goes to a waiter if one waits and is otherwise closed (poolboy's rule).
+    #[inline]
+    fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
+        let entry = if self.counts.total() > self.size.load(Ordering::Relaxed) {
+            match self.waiters.hand(entry) {
+                Ok(()) => return,
+                Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
+                    Some(entry) => entry,
+                    None => return,
+                },
+            }
+        } else {
+            entry
+        };
+        self.give_back(entry, stripe);
+        // A return racing `close` must not leave a worker in a closed pool.
+        if self.closed.load(Ordering::Acquire) {
+            self.drain();
         }
     }
-}
 
-impl<W: Worker> Drop for Pool<W> {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-impl<W: Worker> std::fmt::Debug for Pool<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("name", &self.shared.roster.name())
-            .field("stats", &self.stats())
-            .finish()
-    }
-}
-
-/// A leased worker. Derefs to the worker; gives it back to the pool when dropped.
-///
-/// ```
-/// use cylinder::{Pool, Worker};
-///
-/// struct Conn;
-/// impl Worker for Conn {}
-///
-/// let pool = Pool::builder().size(1).build(|| Ok(Conn)).unwrap();
-/// let lease = pool.try_checkout().unwrap();
-/// assert!(pool.try_checkout().is_err()); // the only worker is leased
-/// drop(lease);
-/// assert!(pool.try_checkout().is_ok());
-/// ```
-pub struct Lease<'a, W: Worker> {
-    shared: &'a Shared<W>,
-    worker: Option<Arc<W>>,
-}
-
-impl<W: Worker> Lease<'_, W> {
-    /// Gives the worker up as broken: it is retired and the supervisor starts a replacement.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cylinder::{Pool, Worker};
-    ///
-    /// struct Conn;
-    /// impl Worker for Conn {}
-    ///
-    /// let pool = Pool::builder().size(1).build(|| Ok(Conn)).unwrap();
-    /// pool.checkout().unwrap().discard();
-    /// // The reaper starts a fresh worker in its place.
-    /// let fresh = pool.checkout_timeout(Duration::from_secs(5)).unwrap();
-    /// drop(fresh);
-    /// assert_eq!(pool.stats().restarts, 1);
-    /// ```
-    pub fn discard(mut self) {
-        if let Some(worker) = self.worker.take() {
-            self.shared.release(worker, true);
+    /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'
+    /// lock only when someone waits.
+    #[inline]
+    fn give_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
+        if self.waiters.has_waiters() {
+            self.waiters.offer(entry, |entry| self.queue(entry));
+            return;
+        }
+        if let Err(entry) = self.free.keep(entry, stripe) {
+            return self.overfull(entry);
+        }
+        // No fence needed before this re-check: `keep` ends in a `SeqCst` read-modify-write
+        // (the parked count's increment, or `ArrayQueue::push` claiming its tail), and a
+        // waiter registers with a `SeqCst` increment and fence before it looks for a worker
+        // (the parked count with a `SeqCst` load; the queue's empty check after the queue's
+        // own `SeqCst` fence). So either the waiter finds this worker, or this re-check sees
+        // the waiter and hands a worker over. The loom stand-ins keep those orderings (see
+        // loom-tests/README.md).
+        seqcst_point();
+        if self.waiters.has_waiters() {
+            if let Some(entry) = self.free.take(stripe) {
+                self.waiters.offer(entry, |entry| self.queue(entry));
+            }
         }
     }
 
-    /// The leased worker's shared handle, e.g. to compare identities.
-    pub fn worker(&self) -> &Arc<W> {
-        self.worker
-            .as_ref()
-            .expect("a lease holds its worker until dropped")
-    }
-}
-
-impl<W: Worker> Deref for Lease<'_, W> {
-    type Target = W;
-
-    fn deref(&self) -> &W {
-        self.worker()
-    }
-}
-
-impl<W: Worker> Drop for Lease<'_, W> {
-    fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            let discard =
-                std::thread::panicking() && self.shared.on_client_panic == OnClientPanic::Discard;
-            self.shared.release(worker, discard);
+    fn queue(&self, entry: Box<Entry<W>>) {
+        if let Err(entry) = self.free.push(entry) {
+            self.overfull(entry);
         }
     }
+
+    /// The free queue is sized for every worker the pool may open: this cannot happen, but
+    /// if it did the worker is closed rather than lost silently.
+    fn overfull(&self, entry: Box<Entry<W>>) {
+        log::error!(
+            "cylinder: {}: more free workers than the pool has room for; closing one",
+            self.name
+        );
+        self.close_worker(entry);
+    }
+
+    /// Closes `entry` if more than `floor` workers are open; else hands it back.
+    fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
+        if self.counts.release_above(floor) {
+            drop_contained(&self.name, entry);
+            None
+        } else {
+            Some(entry)
+        }
+    }
+
+    /// Takes a worker out of service and starts another in its place.
+    fn retire(&self, entry: Box<Entry<W>>, why: Retire) {
+        let fresh = !entry.leased_before;
+        let (event, cause) = match why {
+            Retire::Discarded => (Event::WorkerDiscarded, None),
+            Retire::Died => (Event::WorkerDied, None),
+            Retire::CheckFailed(cause) => (Event::CheckFailed, Some(cause)),
+            Retire::Broken(cause) => (Event::WorkerBroken, Some(cause)),
+            Retire::Expired => (Event::WorkerExpired, None),
+        };
+        match &cause {
+            Some(cause) => log::warn!(
+                "cylinder: {}: worker {} dropped ({event:?}): {cause}",
+                self.name,
+                entry.id
+            ),
+            None => log::debug!("cylinder: {}: worker {} dropped ({event:?})", self.name, entry.id),
+        }
+        self.close_worker(entry);
+        emit(&self.events, event.clone());
+        match cause {
+            // A fresh worker that fails its check is a failed start: wait before the next.
+            Some(cause) if fresh && event == Event::CheckFailed => self.note_failure(cause),
+            Some(cause) => self.keep_cause(cause),
+            None => {}
+        }
+        self.refill();
+    }
+
+    /// Detaches a leased worker: the pool forgets it and starts another.
+    pub(crate) fn detach(&self, entry: Box<Entry<W>>) -> W {
+        if let Some(watch) = &self.watch {
+            watch.end(entry.id);
+        }
+        self.takes.fetch_add(1, Ordering::Relaxed);
+        self.counts.release();
+        emit(&self.events, Event::WorkerTaken);
+        self.refill();
+        entry.worker
+    }
+
+    /// Drops a worker the pool owns and forgets it.
+    fn close_worker(&self, entry: Box<Entry<W>>) {
+        self.counts.release();
+        drop_contained(&self.name, entry);
+    }
+
+    /// Drops every free worker (after close).
+    fn drain(&self) {
+        let stripe = Stripe::current();
+        while let Some(entry) = self.free.take(stripe) {
+            self.close_worker(entry);
+        }
+    }
+
+    /// Closes free workers while more than `size` are open (a shrink).
+    fn shrink_to(&self, size: usize) {
+        let stripe = Stripe::current();
+        while self.counts.total() > size {
+            let Some(entry) = self.free.take(stripe) else {
+                break;
+            };
+            if let Some(entry) = self.close_above(entry, size) {
+                self.put_back(entry, stripe);
+                break;
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.waiters.close();
+        self.drain();
+    }
+
+    fn stats(&self) -> PoolStats {
+        let checkouts = self.checkouts.sum();
+        let releases = self.releases.sum();
+        let discards = self.discards.load(Ordering::Relaxed);
+        let takes = self.takes.load(Ordering::Relaxed);
+        let open = self.counts.open();
+        let size = self.size.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
+        PoolStats {
+            size: open,
+            max_size: size,
+            free: self.free.len().min(open),
+            leased: (checkouts.saturating_sub(releases + discards + takes) as usize).min(open),
+            waiters: self.waiters.len(),
+            starting: self.counts.starting(),
+            restarts: started.saturating_sub(self.first_fill as u64),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            checkouts,
+            releases,
+            discards,
+            takes,
+            failed_checks: self.failed_checks.load(Ordering::Relaxed),
+            overflow: open.saturating_sub(size),
+        }
+    }
+
+    /// The last failure's cause, if any was kept.
+    fn last_failure(&self) -> Option<Cause> {
+        self.failure.lock().as_ref().map(|(cause, _)| cause.clone())
+    }
+
+    /// Keeps `cause` as the one to report, without marking the starts as failing.
+    fn keep_cause(&self, cause: Cause) {
+        *self.failure.lock() = Some((cause, Instant::now()));
+    }
 }
 
-impl<W: Worker> std::fmt::Debug for Lease<'_, W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("pool", &self.shared.roster.name())
-            .finish()
+/// Drops a worker; a panic in its `Drop` is contained and logged.
+fn drop_contained<W>(pool: &str, entry: Box<Entry<W>>) {
+    let id = entry.id;
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(entry))).is_err() {
+        log::error!("cylinder: {pool}: dropping worker {id} panicked");
     }
 }

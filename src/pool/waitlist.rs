@@ -67,23 +67,28 @@ impl<T> WaitList<T> {
     }
 
     /// Serves the line with `item`: handed straight to the longest waiter not yet served if it
-    /// has waited `fifo_after`, else given to `keep` (back to the free workers) with that
-    /// waiter woken to compete for it. With no waiter left unserved, `keep` gets the item.
-    /// `keep` runs with the line locked, so a waiter registering meanwhile sees its effect.
+    /// has waited `fifo_after`, else given to `keep` (back to the free workers) with the
+    /// longest waiter that is neither served nor already woken sent to compete for it: each
+    /// item kept for the line has its own waiter on the way, so a burst of N releases wakes N
+    /// waiters. `keep` runs with the line locked, so a waiter registering meanwhile sees its
+    /// effect.
     pub(crate) fn offer(&self, item: T, keep: impl FnOnce(T)) {
         let mut line = self.line.lock();
-        let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) else {
-            return keep(item);
-        };
-        if entry.since.elapsed() >= self.fifo_after {
-            entry.handed = Some(item);
-            entry.wake.notify_one();
-        } else {
-            keep(item);
-            if !entry.woken {
-                entry.woken = true;
+        if let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) {
+            if entry.since.elapsed() >= self.fifo_after {
+                entry.handed = Some(item);
                 entry.wake.notify_one();
+                return;
             }
+        }
+        keep(item);
+        if let Some(entry) = line
+            .entries
+            .iter_mut()
+            .find(|e| e.handed.is_none() && !e.woken)
+        {
+            entry.woken = true;
+            entry.wake.notify_one();
         }
     }
 
@@ -105,7 +110,7 @@ impl<T> WaitList<T> {
 
     /// Waits in line until an item is handed over or `take` finds one, until `deadline`
     /// (`None`: no limit), or until the line is closed. An item handed over at the moment of
-    /// closing goes to `on_closed`.
+    /// closing goes to `on_closed`, after the line's lock is let go.
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
@@ -129,6 +134,7 @@ impl<T> WaitList<T> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let mut timed_out = false;
+        let mut left_over = None;
         let outcome = loop {
             let at = line
                 .entries
@@ -136,9 +142,7 @@ impl<T> WaitList<T> {
                 .position(|e| e.ticket == ticket)
                 .expect("a waiter's entry stays in line until it leaves");
             if line.closed {
-                if let Some(item) = line.entries.remove(at).and_then(|e| e.handed) {
-                    on_closed(item);
-                }
+                left_over = line.entries.remove(at).and_then(|e| e.handed);
                 break Err(WaitError::Closed);
             }
             if let Some(item) = line.entries[at].handed.take() {
@@ -161,6 +165,10 @@ impl<T> WaitList<T> {
             }
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(line);
+        if let Some(item) = left_over {
+            on_closed(item);
+        }
         outcome
     }
 

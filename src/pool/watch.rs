@@ -1,14 +1,13 @@
 //! Slow-lease warnings (worker_pool's): leases held past `warn_after` are reported once, by
 //! the reaper, with how long they have been held.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::{emit, Event, EventHook};
 use crate::sync::Mutex;
 
 struct Held {
-    worker: usize,
+    worker: u64,
     since: Instant,
     reported: bool,
 }
@@ -16,11 +15,6 @@ struct Held {
 pub(crate) struct LeaseWatch {
     pub(crate) limit: Duration,
     held: Mutex<Vec<Held>>,
-}
-
-/// A worker's identity: the address of its `Arc`'s contents.
-pub(crate) fn identity<W>(worker: &Arc<W>) -> usize {
-    Arc::as_ptr(worker) as *const () as usize
 }
 
 impl LeaseWatch {
@@ -31,7 +25,7 @@ impl LeaseWatch {
         }
     }
 
-    pub(crate) fn begin(&self, worker: usize) {
+    pub(crate) fn begin(&self, worker: u64) {
         self.held.lock().push(Held {
             worker,
             since: Instant::now(),
@@ -39,7 +33,7 @@ impl LeaseWatch {
         });
     }
 
-    pub(crate) fn end(&self, worker: usize) {
+    pub(crate) fn end(&self, worker: u64) {
         let mut held = self.held.lock();
         if let Some(at) = held.iter().position(|h| h.worker == worker) {
             held.swap_remove(at);

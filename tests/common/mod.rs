@@ -132,3 +132,11 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
     condition()
 }
+
+/// A pool of probes that notices killed ones: a killed probe fails its checkout check and
+/// is found broken on return, and is replaced.
+pub fn probe_pool() -> cylinder::PoolBuilder<Probe> {
+    cylinder::Pool::builder()
+        .test_on_checkout(|probe: &mut Probe| probe.is_alive())
+        .is_broken(|probe: &mut Probe| !probe.is_alive())
+}

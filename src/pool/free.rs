@@ -1,0 +1,109 @@
+//! The free workers: a shared lock-free queue, and one parking slot per thread stripe.
+//!
+//! A thread that releases a worker parks it in its own slot for its own next checkout: that
+//! thread stays off the shared queue's cache lines and gets back a worker that is hot in its
+//! cache. Other threads steal from the slots when the queue is dry.
+
+use crate::stripe::{Stripe, STRIPES};
+use crate::sync::{AtomicUsize, CachePadded, FreeQueue, Ordering, SwapCell};
+
+struct Parked<T> {
+    slot: SwapCell<T>,
+    /// Puts minus takes (wrapping: a thief's take may be counted before the owner's put).
+    /// Readers skip a slot whose count is zero without touching the slot; the `SeqCst`
+    /// increment after a put is also what orders the put before the releaser's look for
+    /// waiters (see `Shared::give_back`).
+    count: AtomicUsize,
+}
+
+impl<T> Parked<T> {
+    #[inline]
+    fn take(&self) -> Option<T> {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let item = self.slot.take()?;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// Parks `item`, returning what was found in the slot (only the stripe's owner puts, and
+    /// only into a slot whose count it saw at zero, but a thief's count may lag).
+    #[inline]
+    fn put(&self, item: T) -> Option<T> {
+        let displaced = self.slot.put(item);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if displaced.is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        displaced
+    }
+}
+
+pub(crate) struct FreeList<T> {
+    queue: FreeQueue<T>,
+    parked: Box<[CachePadded<Parked<T>>]>,
+}
+
+impl<T> FreeList<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        FreeList {
+            queue: FreeQueue::new(capacity),
+            parked: (0..STRIPES)
+                .map(|_| {
+                    CachePadded::new(Parked {
+                        slot: SwapCell::new(),
+                        count: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// A free item: this thread's parked one, else the queue's, else one parked by another
+    /// thread.
+    #[inline]
+    pub(crate) fn take(&self, stripe: Stripe) -> Option<T> {
+        if let Some(own) = stripe.owned() {
+            if let Some(item) = self.parked[own].take() {
+                return Some(item);
+            }
+        }
+        self.queue
+            .pop()
+            .or_else(|| self.parked.iter().find_map(|parked| parked.take()))
+    }
+
+    /// Keeps a free item: parked for this thread if its slot is empty, else queued. Ends in a
+    /// `SeqCst` read-modify-write (the parked count's increment, or the queue's push on its
+    /// tail), which the caller's look for waiters relies on. `Err` when the queue is full.
+    #[inline]
+    pub(crate) fn keep(&self, item: T, stripe: Stripe) -> Result<(), T> {
+        if let Some(own) = stripe.owned() {
+            let parked = &self.parked[own];
+            if parked.count.load(Ordering::Relaxed) == 0 {
+                return match parked.put(item) {
+                    Some(displaced) => self.push(displaced),
+                    None => Ok(()),
+                };
+            }
+        }
+        self.push(item)
+    }
+
+    /// Queues a free item. `Err` when the queue is full.
+    pub(crate) fn push(&self, item: T) -> Result<(), T> {
+        self.queue.push(item)
+    }
+
+    /// How many items are free: queued or parked. A parked count read while a thief's take
+    /// is half done may be one too low for a moment (it wraps below zero): the sum is read
+    /// as signed and never reported below zero.
+    pub(crate) fn len(&self) -> usize {
+        let parked = self.parked.iter().fold(0usize, |sum, parked| {
+            sum.wrapping_add(parked.count.load(Ordering::Relaxed))
+        });
+        let total = self.queue.len().wrapping_add(parked) as isize;
+        total.max(0) as usize
+    }
+}

@@ -1,0 +1,96 @@
+//! The reaper's rounds for a pool: retry failed starts after `reconnect_delay`, close idle
+//! and expired workers, report slow leases.
+
+use std::time::{Duration, Instant};
+
+use super::{Retire, Shared};
+use crate::event::{emit, Event};
+use crate::stripe::Stripe;
+use crate::sync::Ordering;
+
+/// The shortest pause between two rounds that have work of their own: a tiny `warn_after`
+/// or `idle_timeout` must not make the reaper spin.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// When the next sweep of the free workers is due.
+#[derive(Default)]
+pub(crate) struct Schedule {
+    next_sweep: Option<Instant>,
+}
+
+impl<W: Send + 'static> Shared<W> {
+    /// One round; returns when the next is due if nothing asks sooner.
+    pub(crate) fn upkeep(&self, schedule: &mut Schedule) -> Option<Duration> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        let mut soon = |due: Duration| next = Some(next.map_or(due, |next| next.min(due)));
+        match self.backoff_left(now) {
+            Some(left) => soon(left),
+            None => self.refill(),
+        }
+        if let Some(every) = self.sweep_every() {
+            let due = *schedule.next_sweep.get_or_insert(now + every);
+            if due <= now {
+                self.sweep(now);
+                schedule.next_sweep = Some(now + every);
+                soon(every);
+            } else {
+                soon(due - now);
+            }
+        }
+        if let Some(watch) = &self.watch {
+            watch.report(&self.name, &self.events);
+            soon((watch.limit / 2).max(MIN_TICK));
+        }
+        next
+    }
+
+    /// How often the free workers are looked over for `idle_timeout` and `max_lifetime`.
+    fn sweep_every(&self) -> Option<Duration> {
+        let shortest = match (self.idle_timeout, self.max_lifetime) {
+            (Some(idle), Some(life)) => idle.min(life),
+            (Some(limit), None) | (None, Some(limit)) => limit,
+            (None, None) => return None,
+        };
+        Some((shortest / 4).clamp(MIN_TICK, Duration::from_secs(60)))
+    }
+
+    /// Looks over the free workers, one at a time: closes those past `max_lifetime` (and
+    /// starts others in their place), and those idle past `idle_timeout` while more than
+    /// `min_idle` are open.
+    fn sweep(&self, now: Instant) {
+        let stripe = Stripe::current();
+        let mut keep = Vec::new();
+        for _ in 0..self.free.len() {
+            let Some(entry) = self.free.take(stripe) else {
+                break;
+            };
+            if self.expired(&entry, now) {
+                self.retire(entry, Retire::Expired);
+                continue;
+            }
+            if self.is_dead(&entry) {
+                self.retire(entry, Retire::Died);
+                continue;
+            }
+            let idle_for = now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born));
+            if self.idle_timeout.is_some_and(|limit| idle_for >= limit) {
+                match self.close_above(entry, self.min_idle.load(Ordering::Relaxed)) {
+                    None => {
+                        log::debug!("cylinder: {}: closed an idle worker", self.name);
+                        emit(&self.events, Event::WorkerIdleClosed);
+                    }
+                    Some(entry) => keep.push(entry),
+                }
+                continue;
+            }
+            keep.push(entry);
+        }
+        for entry in keep {
+            self.put_back(entry, stripe);
+        }
+    }
+}
