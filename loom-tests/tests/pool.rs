@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cylinder::{BoxError, Error, Pool, Worker};
+use cylinder::{BoxError, Error, Lease, OwnedLease, Pool};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
@@ -33,11 +33,6 @@ impl Slot {
     }
 }
 
-impl Worker for Slot {
-    fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-}
 
 /// How a release serves the line in a model: handed straight to the longest waiter, or put
 /// back with the waiter woken to compete for it. (Loom runs on real time only for this
@@ -65,6 +60,7 @@ fn pool_with(size: usize, max_overflow: usize, serve: Serve) -> Arc<Pool<Slot>> 
             .max_overflow(max_overflow)
             .checkout_timeout(Duration::MAX)
             .fifo_after(patience)
+            .is_broken(|slot: &mut Slot| !slot.alive.load(Ordering::Acquire))
             .build(|| -> Result<Slot, BoxError> { Ok(Slot::new()) })
             .unwrap(),
     )
@@ -168,8 +164,8 @@ fn close_with_a_waiter_parked() {
     });
 }
 
-/// A leased worker dies; its release retires it and the reaper's round hands the
-/// replacement to the parked waiter.
+/// A leased worker dies; its release retires it, and its replacement (started by counting,
+/// on the releasing thread under loom) reaches the parked waiter.
 #[test]
 fn a_dead_workers_replacement_reaches_a_waiter() {
     model(|serve| {
@@ -213,7 +209,10 @@ fn shrink_racing_a_release() {
         pool.resize(1).unwrap();
         holder.join().unwrap();
         let stats = pool.stats();
-        assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
+        assert_eq!(
+            (stats.size, stats.max_size, stats.free, stats.leased),
+            (1, 1, 1, 0)
+        );
     });
 }
 
@@ -233,5 +232,98 @@ fn map_racing_a_checkout() {
         t.join().unwrap();
         let stats = pool.stats();
         assert_eq!((stats.free, stats.leased, stats.waiters), (2, 0, 0));
+    });
+}
+
+/// The shape that catches a lost wake-up in a burst: two waiters parked, two releases, and
+/// a holder that keeps its lease. Each waiter keeps what it gets (it hands its owned lease
+/// back to this thread), so neither can wake the other by releasing: both must be woken by
+/// the two releases (0.1 woke only the first; the second slept beside a free worker, which
+/// loom reports as a deadlock).
+#[test]
+fn two_waiters_two_releases_one_holder_keeps() {
+    model(|serve| {
+        let pool = pool_serving(3, serve);
+        let first = pool.checkout().unwrap();
+        let second = pool.checkout().unwrap();
+        let kept = pool.checkout().unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    let lease = pool.checkout_owned().unwrap();
+                    lease.enter();
+                    lease
+                })
+            })
+            .collect();
+        drop(first);
+        drop(second);
+        let served: Vec<OwnedLease<Slot>> =
+            waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        kept.enter();
+        kept.leave();
+        drop(kept);
+        for lease in served {
+            lease.leave();
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (3, 0, 0));
+    });
+}
+
+/// An owned lease moved to another thread and dropped there, racing a checkout: exclusion
+/// holds and the worker comes back.
+#[test]
+fn owned_lease_dropped_on_another_thread() {
+    model(|serve| {
+        let pool = pool_serving(1, serve);
+        let lease: OwnedLease<Slot> = pool.checkout_owned().unwrap();
+        let holder = thread::spawn(move || {
+            lease.enter();
+            lease.leave();
+            drop(lease);
+        });
+        use_once(&pool);
+        holder.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
+    });
+}
+
+/// A discard (the worker is dropped and replaced by counting) racing a waiter: the waiter
+/// gets the replacement, and the pool is back at its size with nothing lost or doubled.
+#[test]
+fn discard_replacement_reaches_a_waiter() {
+    model(|serve| {
+        let pool = pool_serving(1, serve);
+        let lease = pool.checkout().unwrap();
+        let waiter_pool = pool.clone();
+        let waiter = thread::spawn(move || use_once(&waiter_pool));
+        Lease::discard(lease);
+        waiter.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.size, stats.free, stats.discards, stats.restarts),
+            (1, 1, 1, 1)
+        );
+    });
+}
+
+/// A take (the worker leaves the pool) racing a checkout on another thread: the taker owns
+/// its worker outright, the other thread gets the replacement, and the pool keeps its size.
+#[test]
+fn take_racing_a_checkout() {
+    model(|serve| {
+        let pool = pool_serving(1, serve);
+        let lease = pool.checkout().unwrap();
+        let user = pool.clone();
+        let other = thread::spawn(move || use_once(&user));
+        let taken = Lease::take(lease);
+        taken.enter();
+        taken.leave();
+        other.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.size, stats.free, stats.takes), (1, 1, 1));
     });
 }
