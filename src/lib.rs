@@ -23,3 +23,6 @@ pub use pool::{
     MAX_POOL_SIZE,
 };
 pub use worker::Worker;
+
+#[doc(hidden)]
+pub use stripe::this_thread_owns_a_stripe;

@@ -55,7 +55,9 @@ pub(crate) mod liveness {
 
     /// Makes `T`'s [`Worker::is_alive`] known to pools of `T`.
     pub(crate) fn register<T: Worker>() {
-        let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut known = KNOWN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !known.iter().any(|(id, _)| *id == TypeId::of::<T>()) {
             known.push((TypeId::of::<T>(), is_alive::<T>));
         }
@@ -63,7 +65,9 @@ pub(crate) mod liveness {
 
     /// `T`'s liveness test, if `T` registered one.
     pub(crate) fn of<T: 'static>() -> Option<IsAlive> {
-        let known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = KNOWN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         known
             .iter()
             .find(|(id, _)| *id == TypeId::of::<T>())

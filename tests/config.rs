@@ -84,12 +84,27 @@ fn pool_options_name_themselves_when_out_of_range() {
     assert_eq!(build(Pool::builder().size(0)), "size");
     assert_eq!(build(Pool::builder().size(usize::MAX)), "size");
     assert_eq!(build(Pool::builder().size(2).min_idle(3)), "min_idle");
-    assert_eq!(build(Pool::builder().size(2).max_overflow(usize::MAX)), "max_overflow");
+    assert_eq!(
+        build(Pool::builder().size(2).max_overflow(usize::MAX)),
+        "max_overflow"
+    );
     for (option, builder) in [
-        ("max_lifetime", Pool::builder().size(1).max_lifetime(Duration::ZERO)),
-        ("idle_timeout", Pool::builder().size(1).idle_timeout(Duration::ZERO)),
-        ("start_timeout", Pool::builder().size(1).start_timeout(Duration::ZERO)),
-        ("warn_after", Pool::builder().size(1).warn_after(Duration::ZERO)),
+        (
+            "max_lifetime",
+            Pool::builder().size(1).max_lifetime(Duration::ZERO),
+        ),
+        (
+            "idle_timeout",
+            Pool::builder().size(1).idle_timeout(Duration::ZERO),
+        ),
+        (
+            "start_timeout",
+            Pool::builder().size(1).start_timeout(Duration::ZERO),
+        ),
+        (
+            "warn_after",
+            Pool::builder().size(1).warn_after(Duration::ZERO),
+        ),
     ] {
         assert_eq!(build(builder), option);
     }

@@ -28,11 +28,7 @@ fn count(seen: &Mutex<Vec<Event>>, wanted: &Event) -> usize {
 fn pool_events() {
     let (seen, record) = recorder();
     let (start, _) = numbered_probes();
-    let pool = probe_pool()
-        .size(2)
-        .on_event(record)
-        .build(start)
-        .unwrap();
+    let pool = probe_pool().size(2).on_event(record).build(start).unwrap();
     assert_eq!(count(&seen, &Event::WorkerStarted), 2);
     Lease::discard(pool.checkout().unwrap());
     let lease = pool.checkout().unwrap();

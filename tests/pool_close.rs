@@ -53,7 +53,10 @@ fn dropping_the_pool_stops_its_reaper_and_its_workers() {
 fn the_last_handle_and_owned_lease_close_the_pool() {
     let token = std::sync::Arc::new(());
     let handed = token.clone();
-    let pool = Pool::builder().size(2).build(move || Ok(handed.clone())).unwrap();
+    let pool = Pool::builder()
+        .size(2)
+        .build(move || Ok(handed.clone()))
+        .unwrap();
     let copy = pool.clone();
     let lease = pool.checkout_owned().unwrap();
     drop(pool);

@@ -38,7 +38,9 @@ fn a_worker_dying_while_free_is_skipped_and_replaced() {
     // Kill it where it lies: take both, kill the victim, give both back.
     {
         let both: Vec<_> = (0..2).map(|_| pool.checkout().unwrap()).collect();
-        both.iter().filter(|l| l.id == victim).for_each(|l| l.kill());
+        both.iter()
+            .filter(|l| l.id == victim)
+            .for_each(|l| l.kill());
     }
     for _ in 0..10 {
         let lease = pool.checkout().unwrap();
@@ -161,7 +163,10 @@ fn nothing_running_and_starts_failing_fails_fast_with_the_cause() {
     assert!(eventually(SLACK, || pool.stats().starting == 0));
     let began = Instant::now();
     let err = pool.checkout_timeout(Duration::from_secs(30)).unwrap_err();
-    assert!(began.elapsed() < Duration::from_secs(5), "the fuse fails fast");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "the fuse fails fast"
+    );
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
     assert_eq!(err.source().unwrap().to_string(), "connection refused");
     let err = pool.try_checkout().unwrap_err();
@@ -185,10 +190,15 @@ fn a_start_over_its_timeout_counts_as_failed() {
         .unwrap();
     slow.store(true, Ordering::SeqCst);
     Lease::discard(pool.checkout().unwrap());
-    let err = pool.checkout_timeout(Duration::from_millis(300)).unwrap_err();
+    let err = pool
+        .checkout_timeout(Duration::from_millis(300))
+        .unwrap_err();
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
     assert!(
-        err.source().unwrap().to_string().contains("did not finish within"),
+        err.source()
+            .unwrap()
+            .to_string()
+            .contains("did not finish within"),
         "{err}"
     );
     slow.store(false, Ordering::SeqCst);

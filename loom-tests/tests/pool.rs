@@ -33,7 +33,6 @@ impl Slot {
     }
 }
 
-
 /// How a release serves the line in a model: handed straight to the longest waiter, or put
 /// back with the waiter woken to compete for it. (Loom runs on real time only for this
 /// choice, so the models pin it at one end: with the default, it would depend on timing.)

@@ -441,7 +441,12 @@ impl<W: Send + 'static> PoolBuilder<W> {
 }
 
 /// Rejects `value` outside `low..=high` for `option`.
-pub(crate) fn within(option: &'static str, value: usize, low: usize, high: usize) -> Result<(), Error> {
+pub(crate) fn within(
+    option: &'static str,
+    value: usize,
+    low: usize,
+    high: usize,
+) -> Result<(), Error> {
     if value < low || value > high {
         let reason = if value < low {
             format!("must be at least {low}, got {value}")

@@ -102,7 +102,10 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
     /// assert_eq!(*replacement, "conn");
     /// ```
     pub fn take(mut lease: Self) -> W {
-        let entry = lease.entry.take().expect("a lease holds its worker until it ends");
+        let entry = lease
+            .entry
+            .take()
+            .expect("a lease holds its worker until it ends");
         lease.pool.shared().detach(entry)
     }
 

@@ -26,7 +26,9 @@ use crate::error::{contained, Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
-use crate::sync::{deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{
+    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
 use crate::worker::liveness;
 use free::FreeList;
 use manager::Uses;
@@ -406,7 +408,10 @@ impl<W: Send + 'static> Pool<W> {
                 None => break,
             }
         }
-        held.1.iter_mut().map(|entry| f(&mut entry.worker)).collect()
+        held.1
+            .iter_mut()
+            .map(|entry| f(&mut entry.worker))
+            .collect()
     }
 
     /// Changes the most workers the pool opens, at run time. Growing starts the new workers
@@ -776,7 +781,11 @@ impl<W: Send + 'static> Shared<W> {
                 self.name,
                 entry.id
             ),
-            None => log::debug!("cylinder: {}: worker {} dropped ({event:?})", self.name, entry.id),
+            None => log::debug!(
+                "cylinder: {}: worker {} dropped ({event:?})",
+                self.name,
+                entry.id
+            ),
         }
         self.close_worker(entry);
         emit(&self.events, event.clone());

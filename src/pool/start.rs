@@ -155,7 +155,9 @@ impl<W: Send + 'static> Shared<W> {
         }
         let (_, at) = self.failure.lock().clone()?;
         match at.checked_add(self.reconnect_delay) {
-            Some(retry_at) => Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero()),
+            Some(retry_at) => {
+                Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero())
+            }
             None => Some(Duration::MAX),
         }
     }
