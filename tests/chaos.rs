@@ -1,9 +1,11 @@
 //! The chaos run: 16 client threads mix every pool and balancer call (and the optional
-//! features: overflow, checkout checks, slow-lease reports, broadcast) while a chaos thread
-//! kills worker threads, resizes a pool, takes the supervisors away and brings them back;
-//! clients panic while holding leases and discard leases. A per-worker "in use" flag catches any double lease; a
-//! watchdog fails the run instead of hanging CI. At the end every invariant must hold and the
-//! counters must add up.
+//! features: owned leases, overflow, checkout checks, return tests, slow-lease reports,
+//! broadcast, `min_idle` with `idle_timeout`, `max_lifetime`) while a chaos thread kills
+//! worker threads, resizes a pool, makes the pools' starts fail for a while and takes the
+//! balancer's supervisor away; clients panic while holding leases, discard and take leases,
+//! and move owned leases to other threads. A per-worker "in use" flag catches any double
+//! lease; a watchdog fails the run instead of hanging CI. At the end every invariant must hold
+//! and the counters must add up.
 //!
 //! `CYLINDER_CHAOS_SECS` (default 3) and `CYLINDER_CHAOS_SEED` run it longer or with another
 //! seed; the seed is printed, and is in the failure message.
@@ -14,7 +16,10 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cylinder::{Actor, Balancer, Behaviour, BoxError, Error, Factory, Pool, Supervisor, Worker};
+use cylinder::{
+    Actor, Balancer, Behaviour, BoxError, Error, Factory, Lease, OwnedLease, Pool, PoolBuilder,
+    Supervisor, Worker,
+};
 
 const CLIENTS: usize = 16;
 const POOL_SIZE: usize = 4;
@@ -109,18 +114,22 @@ struct Tally {
     unexpected: AtomicU64,
     client_panics: AtomicU64,
     discards: AtomicU64,
+    takes: AtomicU64,
     kills: AtomicU64,
     resizes: AtomicU64,
     outages: AtomicU64,
 }
 
 struct World {
+    /// A pool of worker threads that notices dead ones (a check before each lease, a test on
+    /// return); its starts fail while `starts_down` is set.
     pool: Pool<Member>,
-    /// A pool built from a start closure with every extra option: overflow, a checkout check
-    /// that fails now and then, slow-lease reports; the chaos thread resizes it.
+    /// A pool with every extra option: overflow, `min_idle` below `size` with an
+    /// `idle_timeout`, a `max_lifetime`, a checkout check that fails now and then, slow-lease
+    /// reports; the chaos thread resizes it.
     elastic: Pool<Member>,
     balancer: Balancer<Member>,
-    pool_sup: Shared,
+    starts_down: Arc<AtomicBool>,
     balancer_sup: Shared,
     tally: Tally,
     stop: AtomicBool,
@@ -135,19 +144,20 @@ fn expected(err: &Error, world: &World) -> bool {
     }
 }
 
-/// Uses a leased worker: flags a double lease, sometimes calls it, sometimes panics or
-/// discards.
-fn use_lease(world: &World, lease: cylinder::Lease<'_, Member>, rng: &mut Rng) {
+/// Uses a leased worker: flags a double lease, sometimes calls it, sometimes kills it,
+/// panics, discards or takes it.
+fn use_lease(world: &World, mut lease: Lease<'_, Member>, rng: &mut Rng) {
     if lease.in_use.swap(true, Ordering::AcqRel) {
         world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
     }
+    let member: &mut Member = &mut lease;
     if rng.below(4) == 0 {
-        let _ = lease
+        let _ = member
             .thread
             .call_timeout(Request::Echo(1), Duration::from_millis(100));
     }
     let fate = rng.below(100);
-    lease.in_use.store(false, Ordering::Release);
+    member.in_use.store(false, Ordering::Release);
     match fate {
         0..=2 => {
             world.tally.client_panics.fetch_add(1, Ordering::Relaxed);
@@ -155,9 +165,31 @@ fn use_lease(world: &World, lease: cylinder::Lease<'_, Member>, rng: &mut Rng) {
         }
         3..=4 => {
             world.tally.discards.fetch_add(1, Ordering::Relaxed);
-            lease.discard();
+            Lease::discard(lease);
+        }
+        5 => {
+            world.tally.takes.fetch_add(1, Ordering::Relaxed);
+            drop(Lease::take(lease));
+        }
+        6 => {
+            world.tally.kills.fetch_add(1, Ordering::Relaxed);
+            let _ = lease.thread.cast(Request::Crash);
         }
         _ => drop(lease),
+    }
+}
+
+/// Moves an owned lease to a thread of its own, which uses it and lets it go there.
+fn use_owned_elsewhere(world: &World, lease: OwnedLease<Member>) {
+    let flagged = thread::spawn(move || {
+        let twice = lease.in_use.swap(true, Ordering::AcqRel);
+        lease.in_use.store(false, Ordering::Release);
+        twice
+    })
+    .join()
+    .unwrap_or(false);
+    if flagged {
+        world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -176,6 +208,7 @@ fn client(world: &World, seed: u64) {
                     &mut rng,
                 ),
                 2 => use_lease(world, world.pool.try_checkout()?, &mut rng),
+                7 => use_owned_elsewhere(world, world.pool.checkout_owned()?),
                 3 => world.pool.transaction(|member| {
                     if member.in_use.swap(true, Ordering::AcqRel) {
                         world.tally.double_leases.fetch_add(1, Ordering::SeqCst);
@@ -231,27 +264,32 @@ fn chaos(world: &World, seed: u64) {
     while !world.stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(rng.below(5) + 1));
         match rng.below(10) {
-            0..=5 => {
-                let sup = if rng.below(2) == 0 {
-                    &world.pool_sup
-                } else {
-                    &world.balancer_sup
-                };
-                if let Ok(children) = sup.0.factory.children() {
+            0..=2 => {
+                if let Ok(children) = world.balancer_sup.0.factory.children() {
                     let victim = &children[rng.below(children.len() as u64) as usize];
                     let _ = victim.thread.cast(Request::Crash);
                     world.tally.kills.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            3..=5 => {
+                // Kill a free worker of the pool where it lies.
+                let victim = rng.below(POOL_SIZE as u64) as usize;
+                let mut n = 0;
+                world.pool.map(|member| {
+                    if n == victim {
+                        let _ = member.thread.cast(Request::Crash);
+                        world.tally.kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                });
+            }
             6 => {
                 world.tally.outages.fetch_add(1, Ordering::Relaxed);
-                for sup in [&world.pool_sup, &world.balancer_sup] {
-                    sup.0.up.store(false, Ordering::SeqCst);
-                }
+                world.starts_down.store(true, Ordering::SeqCst);
+                world.balancer_sup.0.up.store(false, Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(rng.below(30) + 1));
-                for sup in [&world.pool_sup, &world.balancer_sup] {
-                    sup.0.up.store(true, Ordering::SeqCst);
-                }
+                world.starts_down.store(false, Ordering::SeqCst);
+                world.balancer_sup.0.up.store(true, Ordering::SeqCst);
             }
             7 => {
                 let _ = world.elastic.resize(1 + rng.below(6) as usize);
@@ -305,32 +343,55 @@ fn settings() -> (Duration, u64) {
     (Duration::from_secs_f64(secs), seed)
 }
 
+/// A pool builder of members that notices dead ones, and the start closure, which fails
+/// while `down` is set.
+fn members(
+    down: &Arc<AtomicBool>,
+) -> (
+    PoolBuilder<Member>,
+    impl Fn() -> Result<Member, BoxError> + Send + Sync + 'static,
+) {
+    let down = down.clone();
+    let builder = Pool::builder()
+        .is_broken(|member: &mut Member| !member.thread.is_alive())
+        .checkout_timeout(Duration::from_millis(50))
+        .reconnect_delay(Duration::from_millis(5));
+    (builder, move || {
+        if down.load(Ordering::SeqCst) {
+            return Err("chaos: starts are failing".into());
+        }
+        Ok(Member {
+            thread: Actor::spawn(Echo)?,
+            in_use: AtomicBool::new(false),
+        })
+    })
+}
+
 fn build_world() -> Arc<World> {
-    let pool_sup = supervisor(POOL_SIZE);
     let balancer_sup = supervisor(BALANCED);
+    let starts_down = Arc::new(AtomicBool::new(false));
     let checks = AtomicU64::new(0);
+    let (elastic, start_elastic) = members(&starts_down);
+    let (pool, start) = members(&starts_down);
     Arc::new(World {
-        elastic: Pool::builder()
+        elastic: elastic
             .size(3)
+            .min_idle(1)
+            .idle_timeout(Duration::from_millis(15))
+            .max_lifetime(Duration::from_millis(40))
             .name("chaos-elastic")
             .max_overflow(2)
             .warn_after(Duration::from_millis(20))
-            .test_on_checkout(move |_| checks.fetch_add(1, Ordering::Relaxed) % 50 != 0)
-            .checkout_timeout(Duration::from_millis(50))
-            .reconnect_delay(Duration::from_millis(5))
-            .build(|| {
-                Ok(Member {
-                    thread: Actor::spawn(Echo)?,
-                    in_use: AtomicBool::new(false),
-                })
+            .test_on_checkout(move |member: &mut Member| {
+                member.thread.is_alive() && checks.fetch_add(1, Ordering::Relaxed) % 50 != 0
             })
+            .build(start_elastic)
             .unwrap(),
-        pool: Pool::builder()
+        pool: pool
             .size(POOL_SIZE)
             .name("chaos-pool")
-            .checkout_timeout(Duration::from_millis(50))
-            .reconnect_delay(Duration::from_millis(5))
-            .build_with(pool_sup.clone())
+            .test_on_checkout(|member: &mut Member| member.thread.is_alive())
+            .build(start)
             .unwrap(),
         balancer: Balancer::builder()
             .name("chaos-balancer")
@@ -338,7 +399,7 @@ fn build_world() -> Arc<World> {
             .min_alive_ratio(0.75)
             .build_with(balancer_sup.clone())
             .unwrap(),
-        pool_sup,
+        starts_down,
         balancer_sup,
         tally: Tally::default(),
         stop: AtomicBool::new(false),
@@ -383,12 +444,13 @@ fn join_all(finished: &mpsc::Receiver<()>, seed: u64, limit: Duration) {
 fn report(world: &World, what: &str, seed: u64, secs: Duration) {
     let t = &world.tally;
     eprintln!(
-        "chaos {what} (seed {seed}, {secs:?}, {CLIENTS} clients): {} operations; faults: {} worker kills, {} supervisor outages, {} client panics, {} discards, {} resizes; pool {:?}; elastic pool {:?}",
+        "chaos {what} (seed {seed}, {secs:?}, {CLIENTS} clients): {} operations; faults: {} worker kills, {} start/supervisor outages, {} client panics, {} discards, {} takes, {} resizes; pool {:?}; elastic pool {:?}",
         t.operations.load(Ordering::Relaxed),
         t.kills.load(Ordering::Relaxed),
         t.outages.load(Ordering::Relaxed),
         t.client_panics.load(Ordering::Relaxed),
         t.discards.load(Ordering::Relaxed),
+        t.takes.load(Ordering::Relaxed),
         t.resizes.load(Ordering::Relaxed),
         world.pool.stats(),
         world.elastic.stats(),
@@ -417,7 +479,7 @@ fn chaos_run_keeps_every_invariant() {
         let leases: Vec<_> = (0..POOL_SIZE)
             .filter_map(|_| pool.try_checkout().ok())
             .collect();
-        let full = leases.len() == POOL_SIZE && leases.iter().all(|l| l.is_alive());
+        let full = leases.len() == POOL_SIZE && leases.iter().all(|l| l.thread.is_alive());
         drop(leases);
         let stats = pool.stats();
         if full && stats.size == POOL_SIZE && stats.free == POOL_SIZE {
@@ -446,7 +508,7 @@ fn chaos_run_keeps_every_invariant() {
     assert_eq!(stats.waiters, 0, "chaos (seed {seed}): {stats:?}");
     assert_eq!(
         stats.checkouts,
-        stats.releases + stats.discards,
+        stats.releases + stats.discards + stats.takes,
         "chaos (seed {seed}): {stats:?}"
     );
     // Client discards went to both pools; each pool also counts dead workers it met.
@@ -465,10 +527,12 @@ fn chaos_run_keeps_every_invariant() {
     let back = Instant::now();
     loop {
         let leases: Vec<_> = (0..3).filter_map(|_| elastic.try_checkout().ok()).collect();
-        let full = leases.len() == 3 && leases.iter().all(|l| l.is_alive());
+        let full = leases.len() == 3 && leases.iter().all(|l| l.thread.is_alive());
         drop(leases);
         let stats = elastic.stats();
-        if full && (stats.size, stats.free, stats.overflow) == (3, 3, 0) {
+        // Idle workers beyond min_idle close after idle_timeout: between 1 and 3 stay open.
+        if full && (1..=3).contains(&stats.size) && stats.free == stats.size && stats.overflow == 0
+        {
             break;
         }
         assert!(
@@ -481,8 +545,12 @@ fn chaos_run_keeps_every_invariant() {
     assert_eq!(stats.leased, 0, "chaos (seed {seed}): {stats:?}");
     assert_eq!(
         stats.checkouts,
-        stats.releases + stats.discards,
+        stats.releases + stats.discards + stats.takes,
         "chaos (seed {seed}): {stats:?}"
+    );
+    assert!(
+        stats.restarts > 0,
+        "chaos (seed {seed}): max_lifetime and idle_timeout churned nothing: {stats:?}"
     );
     // The balancer serves live workers again.
     let until = Instant::now() + Duration::from_secs(10);
@@ -527,7 +595,7 @@ fn chaos_run_ends_with_close_under_load() {
     );
     assert_eq!(
         stats.checkouts,
-        stats.releases + stats.discards,
+        stats.releases + stats.discards + stats.takes,
         "chaos (seed {seed}): {stats:?}"
     );
 }
