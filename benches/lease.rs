@@ -1,4 +1,5 @@
-//! `lease`: checkout + drop with nobody waiting. cylinder's `Pool` against r2d2, deadpool
+//! `lease`: checkout + drop with nobody waiting (also through `DerefMut`, and as an owned
+//! lease). cylinder's `Pool` against r2d2, deadpool
 //! (unmanaged, `try_get`), object-pool (`try_pull`) and the floor, a bare crossbeam
 //! `ArrayQueue` pop + push; 1, 2 and 4 threads over 8 workers, per operation on each thread.
 
@@ -28,6 +29,28 @@ fn lease(c: &mut Criterion) {
             &threads,
             |b, &t| {
                 b.iter_custom(|iters| run_parallel(t, iters, &|| keep(pool.checkout().unwrap().0)))
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("cylinder-checkout-deref_mut", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    run_parallel(t, iters, &|| {
+                        let mut lease = pool.checkout().unwrap();
+                        lease.0 += 1;
+                        keep(lease.0)
+                    })
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("cylinder-checkout_owned", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    run_parallel(t, iters, &|| keep(pool.checkout_owned().unwrap().0))
+                })
             },
         );
         group.bench_with_input(

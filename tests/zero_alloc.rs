@@ -82,6 +82,15 @@ fn steady_state_hot_paths_allocate_nothing() {
     });
     assert_eq!(leases, 0, "checkout/release allocated");
 
+    let owned = allocations_during(|| {
+        for _ in 0..5_000 {
+            let mut lease = pool.checkout_owned().unwrap();
+            lease.0 += 1;
+            std::hint::black_box(lease.0);
+        }
+    });
+    assert_eq!(owned, 0, "checkout_owned, DerefMut and release allocated");
+
     // The counter does see allocations, so the zeros above mean something.
     let boxed = allocations_during(|| {
         std::hint::black_box(Box::new(7u64));

@@ -19,6 +19,7 @@ pub const WORKERS: usize = 8;
 /// The cylinder worker: a plain value, so only the pool's own cost is measured.
 pub struct Conn(pub usize);
 
+/// The balancer's workers are shared children, which say whether they are alive.
 impl Worker for Conn {}
 
 pub fn cylinder_pool(size: usize) -> Pool<Conn> {
