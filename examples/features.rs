@@ -1,6 +1,7 @@
-//! The features users know from poolboy, pooler, worker_pool and r2d2, one after the other:
-//! overflow, selection strategies and hash affinity, the checkout health check, slow-lease
-//! warnings, resize, lifecycle events and broadcast.
+//! The features users know from poolboy, pooler, worker_pool, r2d2 and deadpool, one after
+//! the other: overflow, the checkout check, return tests and resets, slow-lease warnings,
+//! broadcast, resize, `min_idle` with `idle_timeout`, `max_lifetime`, owned leases and
+//! detaching a worker, selection strategies and hash affinity, and lifecycle events.
 //!
 //! Run it with `cargo run --example features`.
 
@@ -67,6 +68,9 @@ fn main() -> Result<(), cylinder::Error> {
     let checked = Pool::builder()
         .size(2)
         .test_on_checkout(|conn: &mut Conn| conn.id != 0) // connection 0 is "broken"
+        // A fresh connection that fails its check counts as a failed start: the next start
+        // waits this long (a check that always fails cannot make the pool churn).
+        .reconnect_delay(Duration::from_millis(20))
         .build(connections())?;
     let lease = checked.checkout()?;
     println!(
@@ -74,8 +78,8 @@ fn main() -> Result<(), cylinder::Error> {
         lease.id
     );
     drop(lease);
-    thread::sleep(Duration::from_millis(50));
-    println!("after the reaper's round: {:?}", checked.stats());
+    thread::sleep(Duration::from_millis(100));
+    println!("replaced after reconnect_delay: {:?}", checked.stats());
 
     println!("\n## slow-lease warning (worker_pool's)");
     thread::sleep(Duration::from_millis(120));
@@ -103,6 +107,69 @@ fn main() -> Result<(), cylinder::Error> {
     println!("grown: {:?}", pool.stats());
     pool.resize(2)?;
     println!("shrunk: {:?}", pool.stats());
+
+    println!("\n## return test and reset (r2d2's has_broken, deadpool's recycle)");
+    let recycled = Pool::builder()
+        .size(1)
+        .is_broken(|conn: &mut Conn| conn.queue.load(Ordering::Relaxed) > 100)
+        .reset(|conn: &mut Conn| -> Result<(), BoxError> {
+            conn.pings.store(0, Ordering::Relaxed); // e.g. roll back what the client left
+            Ok(())
+        })
+        .build(connections())?;
+    recycled.checkout()?.pings.store(9, Ordering::Relaxed);
+    println!(
+        "a client left 9 pings behind; the next holder sees {}",
+        recycled.checkout()?.pings.load(Ordering::Relaxed)
+    );
+    recycled.checkout()?.queue.store(1_000, Ordering::Relaxed);
+    let fresh = recycled.checkout_timeout(Duration::from_secs(5))?;
+    println!(
+        "a connection found broken on return is replaced: id {} now",
+        fresh.id
+    );
+    drop(fresh);
+
+    println!("\n## min_idle, idle_timeout and max_lifetime (r2d2's, HikariCP's)");
+    let elastic = Pool::builder()
+        .size(4)
+        .min_idle(1)
+        .idle_timeout(Duration::from_millis(40))
+        .max_lifetime(Duration::from_millis(200))
+        .build(connections())?;
+    println!("opened at start: {}", elastic.stats().size);
+    let burst: Vec<_> = (0..4)
+        .map(|_| elastic.checkout())
+        .collect::<Result<_, _>>()?;
+    println!("a burst of 4 opens on demand: {}", elastic.stats().size);
+    drop(burst);
+    thread::sleep(Duration::from_millis(150));
+    println!(
+        "idle for 150 ms, closed down to min_idle: {}",
+        elastic.stats().size
+    );
+    thread::sleep(Duration::from_millis(200));
+    println!(
+        "past max_lifetime the last one was replaced: {} opened since the start",
+        elastic.stats().restarts
+    );
+
+    println!("\n## owned leases across threads, and detaching a worker");
+    let shared = pool.clone(); // a cheap handle
+    let mut owned = shared.checkout_owned()?;
+    let id = thread::spawn(move || {
+        owned.pings.fetch_add(1, Ordering::Relaxed);
+        owned.id
+    })
+    .join()
+    .expect("the thread ran");
+    println!("worker {id} used on another thread, given back there");
+    let kept: Conn = cylinder::Lease::take(pool.checkout()?);
+    println!(
+        "worker {} taken out of the pool for good; the pool opens another: {:?}",
+        kept.id,
+        pool.checkout_timeout(Duration::from_secs(5)).map(|c| c.id)
+    );
 
     println!("\n## selection strategies (worker_pool's)");
     let shards: Vec<Arc<Conn>> = (0..4)
