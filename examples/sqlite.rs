@@ -72,7 +72,7 @@ fn main() -> Result<(), BoxError> {
                         breaks += 1;
                         next_break += Duration::from_millis(300);
                         let conn = pool.checkout()?;
-                        if breaks % 2 == 0 {
+                        if breaks % 2 == 1 {
                             println!("thread 0: discards its connection");
                             Lease::discard(conn);
                             discarded.fetch_add(1, Ordering::SeqCst);

@@ -16,6 +16,8 @@ use rusqlite::{params, Connection};
 const THREADS: usize = 8;
 const SIZE: usize = 8;
 const RUN_FOR: Duration = Duration::from_secs(2);
+/// How often the breaking thread breaks a connection.
+const BREAK_EVERY: Duration = Duration::from_millis(20);
 
 /// A database file in the temporary directory, removed (with its WAL files) on drop.
 struct TempDb(PathBuf);
@@ -92,8 +94,8 @@ struct Tally {
     errors: AtomicU64,
 }
 
-/// 8 threads for `RUN_FOR`; thread 0 breaks a connection every 10th round, cycling through
-/// `breaks`.
+/// 8 threads for `RUN_FOR`; thread 0 breaks a connection every `BREAK_EVERY`, cycling
+/// through `breaks`.
 fn run(pool: &Pool<Connection>, breaks: &[Break]) -> Tally {
     let tally = Tally::default();
     let deadline = Instant::now() + RUN_FOR;
@@ -103,10 +105,13 @@ fn run(pool: &Pool<Connection>, breaks: &[Break]) -> Tally {
             s.spawn(move || {
                 let mut mine = 0i64; // rows this thread committed
                 let mut round = 0u64;
+                let (mut broken, mut next_break) = (0usize, Instant::now());
                 while Instant::now() < deadline {
                     round += 1;
-                    if t == 0 && round % 10 == 0 {
-                        let how = breaks[(round / 10) as usize % breaks.len()];
+                    if t == 0 && Instant::now() >= next_break {
+                        next_break += BREAK_EVERY;
+                        let how = breaks[broken % breaks.len()];
+                        broken += 1;
                         let conn = match pool.checkout() {
                             Ok(conn) => conn,
                             Err(e) => {
@@ -166,7 +171,7 @@ fn run(pool: &Pool<Connection>, breaks: &[Break]) -> Tally {
 
                     // Every 4th round, a query: this thread's rows are exactly the ones it
                     // committed (no leaked row is ever visible).
-                    if round % 4 == 0 {
+                    if round % 4 == 1 {
                         let seen = pool.transaction(|conn: &mut Connection| {
                             conn.query_row(
                                 "SELECT count(*) FROM items WHERE thread = ?1",
