@@ -40,8 +40,10 @@ cylinder_pg_install() {
     cylinder_pg_log "installing PostgreSQL from Debian's packages"
     export DEBIAN_FRONTEND=noninteractive
     # No default cluster: we make our own, and the package's would take port 5432 and time.
-    mkdir -p /etc/postgresql-common/createcluster.d
-    echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/cylinder-ci.conf
+    if ! dpkg -s postgresql-common >/dev/null 2>&1; then
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/cylinder-ci.conf
+    fi
     apt-cache policy postgresql >&2 || true
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends \
@@ -230,8 +232,17 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
     case "${1:-}" in
     up)
-        # The cluster belongs to the calling shell: it is swept once that shell is gone.
-        if ! cylinder_pg_up "$PPID" >&2; then
+        # The cluster belongs to the calling shell: it is swept once that shell is gone. In
+        # `eval "$(.ci/postgres.sh up)"` our parent is the command substitution's subshell,
+        # gone at once, so the owner is our grandparent (if bash ran us without a subshell,
+        # that is a longer-lived process: the sweep only comes later).
+        owner=$PPID
+        if stat=$(cat "/proc/$PPID/stat" 2>/dev/null); then
+            stat=${stat##*) }
+            read -r _ grandparent _ <<<"$stat"
+            [ "${grandparent:-0}" -gt 1 ] && owner=$grandparent
+        fi
+        if ! cylinder_pg_up "$owner" >&2; then
             cylinder_pg_down
             exit 1
         fi
