@@ -156,7 +156,7 @@ fn main() -> Result<(), cylinder::Error> {
 
     println!("\n## owned leases across threads, and detaching a worker");
     let shared = pool.clone(); // a cheap handle
-    let mut owned = shared.checkout_owned()?;
+    let owned = shared.checkout_owned()?;
     let id = thread::spawn(move || {
         owned.pings.fetch_add(1, Ordering::Relaxed);
         owned.id
