@@ -340,3 +340,46 @@ fn an_owned_lease_whose_thread_panics_gives_its_worker_back() {
     assert_eq!((stats.free, stats.leased, stats.size), (1, 0, 1));
     assert!(catch_unwind(AssertUnwindSafe(|| pool.try_checkout().unwrap())).is_ok());
 }
+
+/// `close()` from an event callback on the reaper's thread while another thread closes the
+/// pool: the closer must not hold a lock the callback needs while it joins the reaper.
+#[test]
+fn close_from_a_callback_on_the_reaper_racing_close() {
+    let slot: Arc<Mutex<Option<Pool<()>>>> = Arc::new(Mutex::new(None));
+    let closing = Arc::new(AtomicBool::new(false));
+    let (holder, started) = (slot.clone(), closing.clone());
+    let pool = Pool::builder()
+        .size(1)
+        .warn_after(Duration::from_millis(1))
+        .on_event(move |_| {
+            let pool = holder.lock().unwrap().clone();
+            if let Some(pool) = pool {
+                // Wait for the other thread to be closing (joining this thread), then close.
+                let began = Instant::now();
+                while !started.load(Ordering::SeqCst) && began.elapsed() < SLACK {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                thread::sleep(Duration::from_millis(20));
+                pool.close();
+            }
+        })
+        .build(|| Ok(()))
+        .unwrap();
+    *slot.lock().unwrap() = Some(pool.clone());
+    let held = pool.checkout_owned().unwrap(); // its slow-lease report calls the callback
+    thread::sleep(Duration::from_millis(50)); // the callback is waiting now
+    let closer = thread::spawn(move || {
+        closing.store(true, Ordering::SeqCst);
+        pool.close();
+    });
+    let began = Instant::now();
+    while !closer.is_finished() {
+        assert!(
+            began.elapsed() < SLACK,
+            "close deadlocked with the callback"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    slot.lock().unwrap().take();
+}

@@ -76,7 +76,9 @@ pub struct Pool<W: Send + 'static> {
 /// closes the pool.
 struct Handle<W: Send + 'static> {
     shared: Arc<Shared<W>>,
-    reaper: Mutex<Reaper>,
+    /// Taken by the first close, which stops and joins it outside the lock: an event
+    /// callback on the reaper's thread may call `close` meanwhile.
+    reaper: Mutex<Option<Reaper>>,
 }
 
 /// A worker and what the pool knows of it. Boxed once at start, so that moving it between
@@ -257,7 +259,7 @@ impl<W: Send + 'static> Pool<W> {
         let pool = Pool {
             handle: Arc::new(Handle {
                 shared,
-                reaper: Mutex::new(reaper),
+                reaper: Mutex::new(Some(reaper)),
             }),
         };
         let shared = &pool.handle.shared;
@@ -488,7 +490,10 @@ impl<W: Send + 'static> Clone for Pool<W> {
 impl<W: Send + 'static> Handle<W> {
     fn close(&self) {
         self.shared.close();
-        self.reaper.lock().stop();
+        let reaper = self.reaper.lock().take();
+        if let Some(mut reaper) = reaper {
+            reaper.stop();
+        }
     }
 }
 
