@@ -27,11 +27,21 @@ pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
 
 impl Cause {
     /// Wraps an error.
+    ///
+    /// ```
+    /// let cause = cylinder::Cause::new("timed out");
+    /// assert_eq!(cause.to_string(), "timed out");
+    /// ```
     pub fn new(error: impl Into<BoxError>) -> Cause {
         Cause(Arc::from(error.into()))
     }
 
     /// A cause that is only a message.
+    ///
+    /// ```
+    /// let cause = cylinder::Cause::message(format!("{} of {} down", 2, 3));
+    /// assert_eq!(cause.to_string(), "2 of 3 down");
+    /// ```
     pub fn message(message: impl Into<String>) -> Cause {
         Cause::new(message.into())
     }
@@ -47,6 +57,11 @@ impl Cause {
     }
 
     /// The error inside.
+    ///
+    /// ```
+    /// let cause = cylinder::Cause::new(std::io::Error::other("disk full"));
+    /// assert!(cause.get().downcast_ref::<std::io::Error>().is_some());
+    /// ```
     pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.0
     }
@@ -122,6 +137,14 @@ impl Error {
     }
 
     /// The cause carried, if any.
+    ///
+    /// ```
+    /// use cylinder::{Cause, Error};
+    ///
+    /// let err = Error::Disconnected(Cause::message("no live children"));
+    /// assert_eq!(err.cause().unwrap().to_string(), "no live children");
+    /// assert!(Error::Overload.cause().is_none());
+    /// ```
     pub fn cause(&self) -> Option<&Cause> {
         match self {
             Error::Disconnected(cause) => Some(cause),

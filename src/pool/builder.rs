@@ -115,6 +115,13 @@ impl<W> Default for PoolBuilder<W> {
 
 impl<W: Send + 'static> PoolBuilder<W> {
     /// The most workers the pool opens (1 to [`MAX_POOL_SIZE`]), overflow aside.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(3).build(|| Ok(())).unwrap();
+    /// assert_eq!(pool.stats().max_size, 3);
+    /// ```
     pub fn size(mut self, size: usize) -> Self {
         self.size = Some(size);
         self
@@ -180,12 +187,37 @@ impl<W: Send + 'static> PoolBuilder<W> {
     }
 
     /// How long [`Pool::checkout`] and [`Pool::transaction`] wait for a free worker.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::{Error, Pool};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .checkout_timeout(Duration::from_millis(10))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// let _held = pool.checkout().unwrap();
+    /// assert!(matches!(pool.checkout(), Err(Error::Timeout(_))));
+    /// ```
     pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
         self.checkout_timeout = timeout;
         self
     }
 
     /// How long the pool waits before it tries again after a start failed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .reconnect_delay(Duration::from_millis(100))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().size, 2);
+    /// ```
     pub fn reconnect_delay(mut self, delay: Duration) -> Self {
         self.reconnect_delay = delay;
         self
@@ -211,6 +243,21 @@ impl<W: Send + 'static> PoolBuilder<W> {
     }
 
     /// What a lease does when its client panics while holding it.
+    ///
+    /// ```
+    /// use cylinder::{OnClientPanic, Pool};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .on_client_panic(OnClientPanic::Discard)
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    ///     let _lease = pool.checkout().unwrap();
+    ///     panic!("the client fails while holding its lease");
+    /// }));
+    /// assert_eq!(pool.stats().discards, 1); // dropped, and replaced
+    /// ```
     pub fn on_client_panic(mut self, policy: OnClientPanic) -> Self {
         self.on_client_panic = policy;
         self
@@ -221,6 +268,18 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// running threads (fast: no context switch per lease); after that, the next release
     /// hands the worker straight to the longest waiter. `Duration::ZERO` makes every hand-off
     /// strictly first come, first served.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let strict = Pool::builder()
+    ///     .size(2)
+    ///     .fifo_after(Duration::ZERO)
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(strict.stats().free, 2);
+    /// ```
     pub fn fifo_after(mut self, patience: Duration) -> Self {
         self.fifo_after = patience;
         self
@@ -229,6 +288,17 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// How many temporary workers the pool may open beyond `size` when every worker is
     /// leased (poolboy's `max_overflow`). While more than `size` are open, a returning worker
     /// goes to a waiter if one waits, and is otherwise closed. Default 0.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(1).max_overflow(1).build(|| Ok(())).unwrap();
+    /// let a = pool.try_checkout().unwrap();
+    /// let b = pool.try_checkout().unwrap(); // a temporary worker
+    /// assert_eq!(pool.stats().overflow, 1);
+    /// drop((a, b));
+    /// assert_eq!(pool.stats().overflow, 0); // closed on return, nobody waiting
+    /// ```
     pub fn max_overflow(mut self, extra: usize) -> Self {
         self.max_overflow = extra;
         self
@@ -237,6 +307,18 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// Reports a lease held longer than `limit`, once, through `log` (with how long it has
     /// been held) and as [`Event::SlowLease`]. Default: off, and then a checkout does not read
     /// the clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .warn_after(Duration::from_secs(10))
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(pool.stats().size, 1);
+    /// ```
     pub fn warn_after(mut self, limit: Duration) -> Self {
         self.warn_after = Some(limit);
         self
@@ -270,6 +352,18 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// before each lease. Default: true, as r2d2 does; the cost is one check per checkout (a
     /// round trip to the server for a database), so a pool whose connections rarely die may
     /// turn it off and rely on `is_broken` and the errors its clients see.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .test_on_checkout(|_: &mut u8| false)
+    ///     .check_on_checkout(false) // the check above never runs
+    ///     .build(|| Ok(0))
+    ///     .unwrap();
+    /// assert!(pool.checkout().is_ok());
+    /// ```
     pub fn check_on_checkout(mut self, on: bool) -> Self {
         self.check_on_checkout = on;
         self
@@ -322,12 +416,38 @@ impl<W: Send + 'static> PoolBuilder<W> {
 
     /// A callback for lifecycle [`Event`]s, e.g. to feed metrics. It runs on the thread where
     /// the event happens, with no pool lock held; a panic in it is contained and logged.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use cylinder::{Event, Pool};
+    ///
+    /// let started = Arc::new(AtomicUsize::new(0));
+    /// let count = started.clone();
+    /// let pool = Pool::builder()
+    ///     .size(3)
+    ///     .on_event(move |event| {
+    ///         if *event == Event::WorkerStarted {
+    ///             count.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// assert_eq!(started.load(Ordering::Relaxed), 3);
+    /// ```
     pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.events = Some(std::sync::Arc::new(callback));
         self
     }
 
     /// The pool's name in log lines and thread names.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(1).name("db").build(|| Ok(())).unwrap();
+    /// assert!(format!("{pool:?}").contains("db"));
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -335,6 +455,13 @@ impl<W: Send + 'static> PoolBuilder<W> {
 
     /// Starts `min_idle` workers from `start` (in parallel, a few at a time) and returns the
     /// pool. A worker that is dropped, broken or detached is replaced from `start`.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(4).build(|| Ok(String::from("conn"))).unwrap();
+    /// assert_eq!(*pool.checkout().unwrap(), "conn");
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad option; [`Error::Disconnected`] with the last
@@ -384,6 +511,21 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///
     /// # Errors
     /// As [`build`](Self::build).
+    ///
+    /// ```
+    /// use cylinder::{BoxError, Manager, Pool};
+    ///
+    /// struct Counter;
+    /// impl Manager for Counter {
+    ///     type Worker = u64;
+    ///     fn start(&self) -> Result<u64, BoxError> {
+    ///         Ok(0)
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder().size(2).build_with(Counter).unwrap();
+    /// assert_eq!(*pool.checkout().unwrap(), 0);
+    /// ```
     pub fn build_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
         Pool::start(self, Box::new(manager), Uses::ALL, true)
     }
@@ -392,6 +534,21 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad option.
+    ///
+    /// ```
+    /// use cylinder::{BoxError, Manager, Pool};
+    ///
+    /// struct Down;
+    /// impl Manager for Down {
+    ///     type Worker = ();
+    ///     fn start(&self) -> Result<(), BoxError> {
+    ///         Err("not yet".into())
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder().size(1).build_unchecked_with(Down).unwrap();
+    /// assert!(pool.try_checkout().is_err());
+    /// ```
     pub fn build_unchecked_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
         Pool::start(self, Box::new(manager), Uses::ALL, false)
     }

@@ -80,6 +80,14 @@ pub trait Manager: Send + Sync + 'static {
 
 /// What a `test_on_checkout` closure returns: `bool` (pass or fail), or a `Result` whose
 /// error becomes the cause.
+///
+/// ```
+/// use cylinder::CheckOutcome;
+///
+/// assert!(true.into_result().is_ok());
+/// let failed = Err::<(), _>("server gone").into_result().unwrap_err();
+/// assert_eq!(failed.to_string(), "server gone");
+/// ```
 pub trait CheckOutcome {
     /// `Ok` when the check passed, else why not.
     fn into_result(self) -> Result<(), BoxError>;

@@ -160,6 +160,16 @@ pub(crate) struct Shared<W: Send + 'static> {
 
 /// A view of a pool's state, from [`Pool::stats`]. The counts are exact when the pool is
 /// quiet (then `free + leased == size`); under load each is a recent value.
+///
+/// ```
+/// use cylinder::{Lease, Pool};
+///
+/// let pool = Pool::builder().size(2).build(|| Ok(())).unwrap();
+/// Lease::discard(pool.checkout().unwrap());
+/// let stats = pool.stats();
+/// assert_eq!((stats.checkouts, stats.discards), (1, 1));
+/// assert_eq!(stats.free + stats.leased, stats.size);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -197,6 +207,13 @@ pub struct PoolStats {
 
 impl<W: Send + 'static> Pool<W> {
     /// The options, with their defaults.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(())).unwrap();
+    /// assert_eq!(pool.stats().size, 2);
+    /// ```
     pub fn builder() -> PoolBuilder<W> {
         PoolBuilder::default()
     }
@@ -286,6 +303,15 @@ impl<W: Send + 'static> Pool<W> {
     /// [`Error::Timeout`] when none came free in time; [`Error::Disconnected`] (with the
     /// last start's error as its cause) when no worker is running and the last start failed
     /// (at once), or when starts kept failing while it waited; [`Error::Closed`].
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(1).build(|| Ok(vec![1, 2])).unwrap();
+    /// let mut lease = pool.checkout().unwrap();
+    /// lease.push(3);
+    /// assert_eq!(*lease, [1, 2, 3]);
+    /// ```
     pub fn checkout(&self) -> Result<Lease<'_, W>, Error> {
         self.checkout_timeout(self.handle.shared.checkout_timeout)
     }
@@ -320,6 +346,15 @@ impl<W: Send + 'static> Pool<W> {
     /// # Errors
     /// [`Error::Overload`] when every worker is leased; [`Error::Disconnected`] when none is
     /// running and the last start failed; [`Error::Closed`].
+    ///
+    /// ```
+    /// use cylinder::{Error, Pool};
+    ///
+    /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
+    /// let held = pool.try_checkout().unwrap();
+    /// assert!(matches!(pool.try_checkout(), Err(Error::Overload)));
+    /// drop(held);
+    /// ```
     pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.handle.shared;
         let entry = shared.try_acquire()?;
@@ -353,6 +388,16 @@ impl<W: Send + 'static> Pool<W> {
     ///
     /// # Errors
     /// As [`checkout`](Self::checkout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
+    /// let held = pool.checkout_owned_timeout(Duration::from_secs(1)).unwrap();
+    /// assert!(pool.checkout_owned_timeout(Duration::from_millis(5)).is_err());
+    /// drop(held);
+    /// ```
     pub fn checkout_owned_timeout(&self, timeout: Duration) -> Result<OwnedLease<W>, Error> {
         let entry = self.handle.shared.acquire(timeout)?;
         Ok(OwnedLease::new(self.clone(), entry))
@@ -456,16 +501,42 @@ impl<W: Send + 'static> Pool<W> {
     /// Closes the pool: checkouts fail with [`Error::Closed`], every waiter wakes with it,
     /// the free workers are dropped, and the reaper is stopped and joined. Leases still out
     /// may be dropped as usual (their workers are then dropped too). Idempotent.
+    ///
+    /// ```
+    /// use cylinder::{Error, Pool};
+    ///
+    /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
+    /// pool.close();
+    /// assert!(pool.is_closed());
+    /// assert!(matches!(pool.checkout(), Err(Error::Closed)));
+    /// ```
     pub fn close(&self) {
         self.handle.close();
     }
 
     /// Whether the pool was closed.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
+    /// assert!(!pool.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.handle.shared.closed.load(Ordering::Acquire)
     }
 
     /// The pool's counts now. Never waits on a start, a check or any user callback.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(())).unwrap();
+    /// let held = pool.checkout().unwrap();
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.size, stats.free, stats.leased), (2, 1, 1));
+    /// drop(held);
+    /// ```
     pub fn stats(&self) -> PoolStats {
         self.handle.shared.stats()
     }
