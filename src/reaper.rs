@@ -105,11 +105,15 @@ impl Reaper {
         }
     }
 
-    /// Stops the thread and waits for it. Idempotent.
+    /// Stops the thread and waits for it. Idempotent. Called on the reaper thread itself (the
+    /// last handle dropped by an event callback during a round), it does not wait for itself:
+    /// the thread ends after the round that is running.
     pub(crate) fn stop(&mut self) {
         self.signal.close();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
