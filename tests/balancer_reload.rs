@@ -301,5 +301,9 @@ fn reloads_are_linear_in_the_set() {
             .unwrap()
     };
     let (half, full) = (best(50_000), best(100_000));
-    assert!(full < half * 3, "50k: {half:?}, 100k: {full:?}: not linear");
+    eprintln!("best of 3: 50k {half:?}, 100k {full:?}");
+    assert!(
+        full < half * 7 / 2,
+        "50k: {half:?}, 100k: {full:?}: not linear"
+    );
 }
