@@ -8,6 +8,7 @@
 //! drops departed workers after unlocking.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -237,18 +238,30 @@ impl<W: Worker> WorkerSet<W> {
 
     /// The reload proper, run by the one thread that marked itself running.
     fn run_reload(&self) -> Result<Found, Error> {
+        /// Clears the running mark however the reload ends, a panic included: a reload that
+        /// never finished must not make every later one wait forever.
+        struct Finish<'a, W>(&'a WorkerSet<W>);
+        impl<W> Drop for Finish<'_, W> {
+            fn drop(&mut self) {
+                {
+                    let mut state = self.0.reload_state.lock();
+                    state.running = None;
+                    state.finished = state.finished.wrapping_add(1);
+                }
+                self.0.reload_done.notify_all();
+            }
+        }
         let mut events = Vec::new();
         let mut dropped = Vec::new();
-        let result = self.merge_children(&mut events, &mut dropped);
-        {
-            let mut state = self.reload_state.lock();
-            state.running = None;
-            state.finished = state.finished.wrapping_add(1);
-        }
-        self.reload_done.notify_all();
+        let result = {
+            let _finish = Finish(self);
+            self.merge_children(&mut events, &mut dropped)
+        };
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
-        drop(dropped);
+        if catch_unwind(AssertUnwindSafe(move || drop(dropped))).is_err() {
+            log::error!("cylinder: {}: a worker's drop panicked", self.name);
+        }
         for event in events {
             emit(&self.events, event);
         }
@@ -273,7 +286,11 @@ impl<W: Worker> WorkerSet<W> {
                 return Err(err);
             }
         };
-        let live: Vec<Arc<W>> = listed.into_iter().filter(|w| w.is_alive()).collect();
+        // A worker whose `is_alive` panics counts as dead.
+        let live: Vec<Arc<W>> = listed
+            .into_iter()
+            .filter(|w| catch_unwind(AssertUnwindSafe(|| w.is_alive())).unwrap_or(false))
+            .collect();
         if live.is_empty() {
             // Nothing live: the last set's cells stay known, for the reconnect.
             self.disconnect(Cause::message("no live children"), events, dropped);
