@@ -57,6 +57,23 @@ fn the_supervisors_error_is_named_exactly_once() {
 }
 
 #[test]
+fn a_factorys_start_error_is_named_exactly_once() {
+    let factory = cylinder::Factory::new(2, || -> Result<Probe, BoxError> {
+        Err("no database".into())
+    });
+    let balancer = Balancer::builder().build_with(factory).unwrap();
+    let err = balancer.get().unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)));
+    assert_eq!(mentions(&err, "no database"), 1, "{:?}", chain(&err));
+    assert_eq!(mentions(&err, "disconnected"), 1, "{:?}", chain(&err));
+    let panicking = cylinder::Factory::new(1, || -> Result<Probe, BoxError> { panic!("kaboom") });
+    let balancer = Balancer::builder().build_with(panicking).unwrap();
+    let err = balancer.connect().unwrap_err();
+    assert_eq!(mentions(&err, "kaboom"), 1, "{:?}", chain(&err));
+    assert_eq!(mentions(&err, "disconnected"), 1, "{:?}", chain(&err));
+}
+
+#[test]
 fn a_supervisors_panic_is_the_cause() {
     let balancer = Balancer::<Probe>::builder()
         .build_with(|| -> Result<Vec<Arc<Probe>>, BoxError> { panic!("kaboom") })
@@ -226,8 +243,11 @@ fn the_last_handle_dropped_on_the_reaper_thread() {
         .unwrap();
     *slot.lock().unwrap() = Some(balancer.clone());
     board.current()[0].kill();
-    // The reaper's round (asked for by this death) drops the last handle.
-    let _ = balancer.get();
+    // The reaper's round (asked for by this death, which the next gets meet) drops the last
+    // handle.
+    for _ in 0..2 {
+        let _ = balancer.get();
+    }
     drop(balancer);
     assert!(eventually(SLACK, || done.load(Ordering::SeqCst)));
 }

@@ -53,7 +53,11 @@ where
 pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Error> {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(cause)) => Err(Error::Disconnected(Cause::new(cause))),
+        // A cause handed back as is (a factory's) is carried as is, not wrapped again.
+        Ok(Err(cause)) => Err(Error::Disconnected(match cause.downcast::<Cause>() {
+            Ok(cause) => *cause,
+            Err(other) => Cause::new(other),
+        })),
         Err(payload) => Err(Error::Disconnected(Cause::panic(&*payload))),
     }
 }
@@ -185,6 +189,9 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
         }
         let live: Vec<Arc<W>> = slots.iter().filter_map(|s| s.worker.clone()).collect();
         match failure {
+            // The start's own error (or panic) is the cause, once: not wrapped in a second
+            // `Disconnected`.
+            Some(Error::Disconnected(cause)) if live.is_empty() => Err(Box::new(cause)),
             Some(err) if live.is_empty() => Err(Box::new(err)),
             Some(err) => {
                 log::warn!(
