@@ -1,6 +1,7 @@
 //! revolver's README, as a program: a supervisor of worker threads, round-robin `get()`,
 //! `map` over the members, the supervisor stopped (→ `Disconnected`) and started again
-//! (→ reconnected by itself), `connect()`, and lease-mode transactions through a `Pool`.
+//! (→ reconnected by itself), `connect()`, and revolver's lease mode (`Balancer::lease`,
+//! `Balancer::transaction`). Each Erlang shell line is printed with the Rust call beside it.
 //!
 //! Run it with `cargo run --example tour`.
 
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cylinder::{Actor, Balancer, Behaviour, BoxError, Error, Pool, Supervisor, Worker};
+use cylinder::{Actor, Balancer, Behaviour, BoxError, Error, Supervisor, Worker};
 
 /// A worker thread that answers status requests, like the processes under `sasl_sup`.
 struct Status;
@@ -107,8 +108,18 @@ impl log::Log for Reports {
 fn show<T: std::fmt::Display>(result: &Result<T, Error>) -> String {
     match result {
         Ok(value) => value.to_string(),
-        Err(err) => format!("{{error, {err:?}}}"),
+        Err(Error::Disconnected(cause)) => {
+            format!("{{error,disconnected}}  // Err(Disconnected): {cause}")
+        }
+        Err(Error::Overload) => "{error,overload}  // Err(Overload)".to_string(),
+        Err(err) => format!("{{error,{err}}}"),
     }
+}
+
+/// Prints a shell line and the Rust call that does the same.
+fn step(prompt: &str, erlang: &str, rust: &str) {
+    println!("{prompt} {erlang}");
+    println!("   // {rust}");
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -128,11 +139,19 @@ fn main() -> Result<(), BoxError> {
     let reconnect_delay = Duration::from_millis(200);
 
     println!("## balancing\n");
-    println!("1> application:start(sasl).");
+    step(
+        "1>",
+        "application:start(sasl).",
+        "let sasl = Application::default(); sasl.start()?;",
+    );
     let sasl = Application::default();
     sasl.start()?;
     println!("ok");
-    println!("2> revolver:balance(sasl_sup, sasl_pool).");
+    step(
+        "2>",
+        "revolver:balance(sasl_sup, sasl_pool).",
+        "let pool = Balancer::builder().name(\"sasl_pool\").build_with(sasl.clone())?;",
+    );
     let pool = Balancer::builder()
         .name("sasl_pool")
         .reconnect_delay(reconnect_delay)
@@ -140,8 +159,9 @@ fn main() -> Result<(), BoxError> {
     println!("{{ok, {pool:?}}}");
     let mut order = Vec::new();
     for n in 3..7 {
+        step(&format!("{n}>"), "revolver:pid(sasl_pool).", "pool.get()?");
         let pid = pool.get().map(|p| p.to_string());
-        println!("{n}> revolver:pid(sasl_pool).\n{}", show(&pid));
+        println!("{}", show(&pid));
         order.push(pid?);
     }
     assert_eq!(order[0], order[2], "round-robin alternates");
@@ -149,6 +169,11 @@ fn main() -> Result<(), BoxError> {
     assert_ne!(order[0], order[1]);
 
     println!("\n## options\n");
+    step(
+        "1>",
+        "revolver:balance(sasl_sup, sasl_pool2, #{min_alive_ratio => 0.75, reconnect_delay => 1000, max_message_queue_length => 10, connect_at_start => false}).",
+        "Balancer::builder().min_alive_ratio(0.75).reconnect_delay(Duration::from_millis(1000)).max_queue_len(10).connect_at_start(false).build_with(sasl.clone())?",
+    );
     let tuned = Balancer::builder()
         .name("sasl_pool2")
         .min_alive_ratio(0.75)
@@ -156,40 +181,47 @@ fn main() -> Result<(), BoxError> {
         .max_queue_len(10)
         .connect_at_start(false)
         .build_with(sasl.clone())?;
-    println!("revolver:balance(sasl_sup, sasl_pool2, Options).  % connect_at_start => false");
-    println!(
-        "revolver:pid(sasl_pool2).\n{}",
-        show(&tuned.get().map(|p| p.to_string()))
-    );
+    println!("{{ok, {tuned:?}}}");
+    step("2>", "revolver:pid(sasl_pool2).", "tuned.get()");
+    println!("{}", show(&tuned.get().map(|p| p.to_string())));
+    step("3>", "revolver:connect(sasl_pool2).", "tuned.connect()?");
     let found = tuned.connect()?;
     println!(
-        "revolver:connect(sasl_pool2).\nok  ({} new of {} total)",
+        "ok  // Connected {{ new: {}, total: {} }}",
         found.new, found.total
     );
-    println!(
-        "revolver:pid(sasl_pool2).\n{}",
-        show(&tuned.get().map(|p| p.to_string()))
-    );
+    step("4>", "revolver:pid(sasl_pool2).", "tuned.get()?");
+    println!("{}", show(&tuned.get().map(|p| p.to_string())));
+    drop(tuned);
 
     println!("\n## calling all members\n");
+    step(
+        "3>",
+        "revolver:map(sasl_pool, fun(Pid) -> proplists:get_value(status, process_info(Pid)) end).",
+        "pool.map(|p| p.thread.call(()))",
+    );
     let statuses = pool.map(|p| p.thread.call(()));
-    println!("3> revolver:map(sasl_pool, fun(Pid) -> status end).");
     let statuses: Vec<&str> = statuses.into_iter().collect::<Result<_, _>>()?;
     println!("{statuses:?}");
     assert_eq!(statuses, ["waiting", "waiting"]);
 
     println!("\n## disconnect and reconnect\n");
-    println!("4> application:stop(sasl).");
+    step("4>", "application:stop(sasl).", "sasl.stop();");
     sasl.stop();
     println!("ok");
     // The balancer notices the deaths on its next get() and the reaper finds the supervisor gone.
     let _ = pool.get();
     wait_until(Duration::from_secs(5), || pool.is_empty());
+    step(
+        "5>",
+        "revolver:pid(sasl_pool).",
+        "pool.get()  // Err(Error::Disconnected(cause)): the cause is err.source()",
+    );
     let pid = pool.get().map(|p| p.to_string());
-    println!("5> revolver:pid(sasl_pool).\n{}", show(&pid));
+    println!("{}", show(&pid));
     assert!(matches!(pid, Err(Error::Disconnected(_))));
 
-    println!("6> application:start(sasl).");
+    step("6>", "application:start(sasl).", "sasl.start()?;");
     sasl.start()?;
     println!("ok");
     let back = Instant::now();
@@ -199,35 +231,56 @@ fn main() -> Result<(), BoxError> {
         "   (reconnected by itself after {:?}; reconnect_delay is {reconnect_delay:?})",
         back.elapsed()
     );
-    println!(
-        "7> revolver:pid(sasl_pool).\n{}",
-        show(&pool.get().map(|p| p.to_string()))
-    );
+    step("7>", "revolver:pid(sasl_pool).", "pool.get()?");
+    println!("{}", show(&pool.get().map(|p| p.to_string())));
 
-    println!("8> revolver:connect(sasl_pool).");
+    step("8>", "revolver:connect(sasl_pool).", "pool.connect()?");
     let found = pool.connect()?;
-    println!("ok  ({} new of {} total)", found.new, found.total);
+    println!(
+        "ok  // Connected {{ new: {}, total: {} }}",
+        found.new, found.total
+    );
     assert_eq!((found.new, found.total), (0, 2));
 
     println!("\n## lease-based balancing\n");
-    println!("2> {{ok, Pool}} = revolver:balance(sasl_sup, sasl_pool, #{{max_message_queue_length => lease}}).");
-    let leased = Pool::builder()
+    step(
+        "2>",
+        "{ok, Pool} = revolver:balance(sasl_sup, sasl_pool, #{max_message_queue_length => lease}).",
+        "let leased = Balancer::builder().name(\"sasl_lease\").build_with(sasl.clone())?;  // lease mode is a call, not an option",
+    );
+    let leased = Balancer::builder()
         .name("sasl_lease")
         .build_with(sasl.clone())?;
     println!("{{ok, {leased:?}}}");
+    let mut pids = Vec::new();
     for n in 3..6 {
+        step(
+            &format!("{n}>"),
+            "revolver:transaction(sasl_pool, fun(Pid) -> {here_is_the_pid, Pid} end).",
+            "leased.transaction(|pid| (\"here_is_the_pid\", pid.to_string()))?",
+        );
         let pid = leased.transaction(|p| p.to_string())?;
-        println!("{n}> revolver:transaction(sasl_pool, fun(Pid) -> {{here_is_the_pid, Pid}} end).");
         println!("{{here_is_the_pid,{pid}}}");
+        pids.push(pid);
     }
-    let held = leased.try_checkout()?;
-    let _other = leased.try_checkout()?;
-    println!(
-        "with both workers leased, try_checkout() -> {}",
-        show(&leased.try_checkout().map(|p| p.to_string()))
+    assert_ne!(pids[0], pids[1], "successive leases alternate");
+    assert_eq!(pids[0], pids[2]);
+    step(
+        "6>",
+        "% both workers busy in a transaction",
+        "let (a, b) = (leased.lease()?, leased.lease()?); leased.transaction(..)",
     );
-    drop(held);
+    let held = leased.lease()?;
+    let other = leased.lease()?;
+    let third = leased.transaction(|p| p.to_string());
+    println!("{}", show(&third));
+    assert!(matches!(third, Err(Error::Overload)));
+    drop((held, other));
 
+    // Close the balancers before the application stops, so that no reaper reports the
+    // children's deaths after the tour.
+    drop(leased);
+    drop(pool);
     sasl.stop();
     println!("\ndone.");
     Ok(())

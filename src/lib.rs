@@ -14,7 +14,7 @@ mod worker;
 
 pub use actor::{Actor, Behaviour};
 pub use balancer::{
-    Balancer, BalancerBuilder, Connected, Factory, Strategy, Supervisor, WorkerRef,
+    Balancer, BalancerBuilder, BalancerLease, Connected, Factory, Strategy, Supervisor, WorkerRef,
 };
 pub use error::{BoxError, Cause, Error};
 pub use event::Event;

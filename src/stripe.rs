@@ -118,22 +118,34 @@ impl StripedCursor {
         }
     }
 
-    /// The calling thread's next index into a set of `len` (at least 1) workers.
+    /// Where the calling thread's rotation stands in a set of `len` (at least 1) workers: the
+    /// index to look at first. On the shared stripe (threads that own none) this also steps
+    /// the shared position, as only an atomic read-modify-write can.
     #[inline]
-    pub(crate) fn next(&self, stripe: Stripe, len: usize) -> usize {
+    pub(crate) fn start(&self, stripe: Stripe, len: usize) -> usize {
         let position = &self.positions[stripe.0];
         if stripe.0 == SHARED {
             return position.fetch_add(1, Ordering::Relaxed) % len;
         }
-        // This thread is the stripe's only writer, so it keeps the position within the set
-        // and divides only when the set has shrunk under it.
+        // Divide only when the set has shrunk under the position.
         let at = position.load(Ordering::Relaxed);
-        let index = if at < len { at } else { at % len };
-        position.store(
-            if index + 1 == len { 0 } else { index + 1 },
-            Ordering::Relaxed,
-        );
-        index
+        if at < len {
+            at
+        } else {
+            at % len
+        }
+    }
+
+    /// Continues the calling thread's rotation after `returned`, the index it handed out from
+    /// a set of `len`: whatever was skipped, the next look starts right after it, so live
+    /// workers share the calls evenly. The thread is its stripe's only writer, so this is a
+    /// plain store; the shared stripe already stepped in [`start`](Self::start).
+    #[inline]
+    pub(crate) fn advance(&self, stripe: Stripe, returned: usize, len: usize) {
+        if stripe.0 != SHARED {
+            let next = if returned + 1 >= len { 0 } else { returned + 1 };
+            self.positions[stripe.0].store(next, Ordering::Relaxed);
+        }
     }
 }
 

@@ -12,6 +12,25 @@ pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, O
 
 use std::time::Instant;
 
+/// The calling thread's identity (loom's own under loom, whose threads share one OS thread).
+#[cfg(not(loom))]
+pub(crate) fn current_thread() -> std::thread::ThreadId {
+    std::thread::current().id()
+}
+
+/// The calling thread's identity (loom's own under loom, whose threads share one OS thread).
+#[cfg(loom)]
+pub(crate) fn current_thread() -> loom::thread::ThreadId {
+    loom::thread::current().id()
+}
+
+/// What [`current_thread`] returns.
+#[cfg(not(loom))]
+pub(crate) type ThreadId = std::thread::ThreadId;
+/// What [`current_thread`] returns.
+#[cfg(loom)]
+pub(crate) type ThreadId = loom::thread::ThreadId;
+
 #[cfg(not(loom))]
 mod imp {
     use std::time::Instant;

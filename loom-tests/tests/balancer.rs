@@ -120,3 +120,78 @@ fn reconnect_racing_get() {
         assert_eq!(balancer.get().unwrap().id, 7);
     });
 }
+
+/// Marks `node` in use by a lease holder; panics if another holder has it.
+fn enter(in_use: &[AtomicBool], id: usize) {
+    assert!(
+        !in_use[id].swap(true, Ordering::AcqRel),
+        "worker {id} leased to two holders at once"
+    );
+}
+
+fn leave(in_use: &[AtomicBool], id: usize) {
+    in_use[id].store(false, Ordering::Release);
+}
+
+/// Two leases racing a reload that reorders the set and lists a worker twice: never two
+/// guards on one worker, and a lease fails only with `Overload`.
+#[test]
+fn two_leases_racing_a_reload() {
+    model(|| {
+        let (a, b) = (Node::new(0), Node::new(1));
+        let board = Board::new(vec![a.clone(), b.clone()]);
+        let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+        let in_use: Arc<[AtomicBool; 2]> =
+            Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (balancer, in_use) = (balancer.clone(), in_use.clone());
+                thread::spawn(move || match balancer.lease() {
+                    Ok(lease) => {
+                        enter(&*in_use, lease.id);
+                        leave(&*in_use, lease.id);
+                    }
+                    Err(err) => assert!(matches!(err, Error::Overload), "{err:?}"),
+                })
+            })
+            .collect();
+        *board.children.lock().unwrap() = vec![b.clone(), a.clone(), b.clone()];
+        balancer.connect().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Everything released: both workers can be leased again, once each.
+        let first = balancer.lease().unwrap();
+        let second = balancer.lease().unwrap();
+        assert_ne!(first.id, second.id);
+        assert!(matches!(balancer.lease(), Err(Error::Overload)));
+    });
+}
+
+/// A lease released while a reload drops its worker from the set and another puts it back:
+/// the worker is leased again exactly once, never twice, never lost.
+#[test]
+fn a_lease_released_while_its_worker_leaves_and_returns() {
+    model(|| {
+        let a = Node::new(0);
+        let board = Board::new(vec![a.clone()]);
+        let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+        let lease = balancer.lease().unwrap();
+        let other = balancer.clone();
+        let t = thread::spawn(move || {
+            if let Ok(again) = other.lease() {
+                assert_eq!(again.id, 1, "worker 0 is still held");
+            }
+            drop(lease);
+        });
+        *board.children.lock().unwrap() = vec![Node::new(1)];
+        balancer.connect().unwrap();
+        *board.children.lock().unwrap() = vec![a.clone()];
+        balancer.connect().unwrap();
+        t.join().unwrap();
+        // Released now: exactly one lease of worker 0.
+        let one = balancer.lease().unwrap();
+        assert_eq!(one.id, 0);
+        assert!(matches!(balancer.lease(), Err(Error::Overload)));
+    });
+}

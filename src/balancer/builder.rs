@@ -117,7 +117,30 @@ impl<W: Worker> BalancerBuilder<W> {
     }
 
     /// Balances over `supervisor`'s children. A supervisor that is down at start is not an
-    /// error: the balancer starts disconnected and the reaper keeps trying, as revolver does.
+    /// error: the balancer starts disconnected (its `get` says why) and the reaper keeps
+    /// trying, as revolver does.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidConfig`] naming the option: `min_alive_ratio` outside `0.0..=1.0`
+    ///   (or NaN), a zero `reconnect_delay`.
+    /// - [`Error::Disconnected`] if the reaper thread cannot be started (the OS error is its
+    ///   [`source()`](std::error::Error::source)).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Error, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let down = Balancer::<Node>::builder()
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Err("no route to host".into()) })
+    ///     .unwrap();
+    /// let err = down.get().unwrap_err();
+    /// assert_eq!(err.source().unwrap().to_string(), "no route to host");
+    /// ```
     pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Balancer<W>, Error> {
         if !(0.0..=1.0).contains(&self.min_alive_ratio) {
             return Err(Error::invalid(

@@ -3,10 +3,13 @@
 use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod builder;
-pub(crate) mod roster;
+/// The old pool's worker set (the pool used to share the balancer's supervisors); the pool
+/// rewrite on main no longer uses it, and then this module goes.
 mod select;
+mod set;
 pub(crate) mod supervisor;
 
 pub use builder::BalancerBuilder;
@@ -17,17 +20,30 @@ use crate::error::{Cause, Error};
 use crate::event::{emit, Event};
 use crate::reaper::Reaper;
 use crate::stripe::{Stripe, StripedCursor};
-use crate::sync::{Mutex, SnapshotGuard};
+use crate::sync::{AtomicUsize, CachePadded, Mutex, Ordering, SnapshotGuard};
 use crate::worker::Worker;
-use roster::{Roster, Snapshot};
+use set::{Member, Snapshot, WorkerSet};
+
+/// How long a `get` that found the whole set dead waits for a reload that another thread is
+/// running, before it reports `Disconnected`.
+const RELOAD_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Hands out the next live worker of a supervisor's set, round-robin, without locks or
-/// allocation.
+/// allocation: revolver.
 ///
-/// Dead workers leave rotation; when the live share falls below `min_alive_ratio` the reaper
-/// reloads the set from the supervisor. If the supervisor is gone or has no live children,
-/// [`get`](Balancer::get) fails at once with [`Error::Disconnected`] and the reaper reconnects
-/// by itself every `reconnect_delay`.
+/// Each thread's rotation continues after the worker it was given, so live workers share the
+/// calls evenly whatever is skipped (dead, leased or over `max_queue_len`). Dead workers leave
+/// rotation; when the live share falls below `min_alive_ratio` the reaper reloads the set from
+/// the supervisor, and a `get` that finds the whole set dead reloads at once. If the supervisor
+/// is gone or has no live children, [`get`](Balancer::get) fails at once with
+/// [`Error::Disconnected`], carrying why, and the reaper reconnects by itself every
+/// `reconnect_delay`.
+///
+/// revolver's lease mode is here too: [`lease`](Balancer::lease) and
+/// [`transaction`](Balancer::transaction) hold a worker exclusively, non-blocking.
+///
+/// `Balancer` is a cheap handle: clones share one balancer, whose reaper stops when the last
+/// handle is dropped or on [`close`](Balancer::close).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -46,17 +62,57 @@ use roster::{Roster, Snapshot};
 /// assert_ne!(first, second);
 /// assert_eq!(balancer.get().unwrap().0, first);
 /// assert_eq!(balancer.map(|node| node.0 * 10).len(), 2);
+///
+/// // Lease mode: the worker is ours alone until the guard drops.
+/// let lease = balancer.lease().unwrap();
+/// let other = balancer.transaction(|node| node.0).unwrap();
+/// assert_ne!(lease.0, other);
 /// ```
 pub struct Balancer<W: Worker> {
     shared: Arc<Shared<W>>,
-    reaper: Mutex<Reaper>,
+    handle: Arc<Handle>,
+}
+
+/// Shared by the handles only: the last one to go stops the reaper.
+struct Handle {
+    /// Taken by the first close, which stops and joins it outside the lock: an event
+    /// callback on the reaper's thread may call `close` meanwhile.
+    reaper: Mutex<Option<Reaper>>,
+}
+
+impl Handle {
+    fn close(&self) {
+        let reaper = self.reaper.lock().take();
+        if let Some(mut reaper) = reaper {
+            reaper.stop();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 struct Shared<W: Worker> {
-    roster: Roster<W>,
+    set: WorkerSet<W>,
     cursor: StripedCursor,
     max_queue_len: Option<usize>,
     strategy: Strategy,
+    /// Leases taken and not yet released (plus leases being looked for): while it is zero,
+    /// `get` need not look at lease marks.
+    leases: CachePadded<AtomicUsize>,
+}
+
+/// What a scan of the set found.
+enum Scan {
+    /// A usable worker at this index (for a lease: now marked leased).
+    Found(usize),
+    /// Some worker is alive, but every live one is leased or over `max_queue_len`.
+    Busy,
+    /// Every worker of the set is dead.
+    AllDead,
 }
 
 /// A worker handed out by [`Balancer::get`]. Derefs to the worker; it borrows the published
@@ -85,15 +141,16 @@ impl<W> WorkerRef<W> {
     /// assert!(Arc::ptr_eq(&balancer.get().unwrap().arc(), &node));
     /// ```
     pub fn arc(&self) -> Arc<W> {
-        self.snapshot.members[self.index].clone()
+        self.snapshot.workers[self.index].clone()
     }
 }
 
 impl<W> Deref for WorkerRef<W> {
     type Target = W;
 
+    #[inline]
     fn deref(&self) -> &W {
-        &self.snapshot.members[self.index]
+        &self.snapshot.workers[self.index]
     }
 }
 
@@ -101,6 +158,81 @@ impl<W> std::fmt::Debug for WorkerRef<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerRef")
             .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// A worker leased by [`Balancer::lease`]: held exclusively until the guard drops (also while
+/// a panic unwinds). Derefs to the worker. It owns what it needs, so it can outlive the
+/// balancer handle it came from and be sent to another thread.
+///
+/// While leased, the worker is skipped by [`Balancer::get`] and by other leases, through
+/// reloads and reconnects; a worker that leaves the set while leased is not handed out again.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cylinder::{Balancer, BoxError, Error, Worker};
+///
+/// struct Conn(u32);
+/// impl Worker for Conn {}
+///
+/// let conns = vec![Arc::new(Conn(1))];
+/// let balancer = Balancer::builder()
+///     .build_with(move || -> Result<_, BoxError> { Ok(conns.clone()) })
+///     .unwrap();
+/// let lease = balancer.lease().unwrap();
+/// assert!(matches!(balancer.lease(), Err(Error::Overload)));
+/// let lease = std::thread::spawn(move || { assert_eq!(lease.0, 1); lease }).join().unwrap();
+/// drop(lease);
+/// assert_eq!(balancer.lease().unwrap().0, 1);
+/// ```
+pub struct BalancerLease<W: Worker> {
+    member: Arc<Member<W>>,
+    shared: Arc<Shared<W>>,
+}
+
+impl<W: Worker> BalancerLease<W> {
+    /// The leased worker's shared handle (holding it does not extend the lease).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let node = Arc::new(Node);
+    /// let set = vec![node.clone()];
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
+    ///     .unwrap();
+    /// let lease = balancer.lease().unwrap();
+    /// assert!(Arc::ptr_eq(&lease.arc(), &node));
+    /// ```
+    pub fn arc(&self) -> Arc<W> {
+        self.member.worker.clone()
+    }
+}
+
+impl<W: Worker> Deref for BalancerLease<W> {
+    type Target = W;
+
+    fn deref(&self) -> &W {
+        &self.member.worker
+    }
+}
+
+impl<W: Worker> Drop for BalancerLease<W> {
+    fn drop(&mut self) {
+        self.member.leased.store(false, Ordering::Release);
+        self.shared.leases.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl<W: Worker> std::fmt::Debug for BalancerLease<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancerLease")
+            .field("balancer", &self.shared.set.name())
             .finish()
     }
 }
@@ -117,6 +249,20 @@ pub struct Connected {
 
 impl<W: Worker> Balancer<W> {
     /// The options, with revolver's defaults.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .name("nodes")
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Ok(vec![Arc::new(Node)]) })
+    ///     .unwrap();
+    /// assert_eq!(balancer.len(), 1);
+    /// ```
     pub fn builder() -> BalancerBuilder<W> {
         BalancerBuilder::default()
     }
@@ -126,70 +272,110 @@ impl<W: Worker> Balancer<W> {
         supervisor: Box<dyn Supervisor<W>>,
     ) -> Result<Self, Error> {
         let shared = Arc::new(Shared {
-            roster: Roster::new(
+            set: WorkerSet::new(
                 options.name.clone(),
                 supervisor,
                 options.min_alive_ratio,
-                None,
                 options.reconnect_delay,
                 options.events.clone(),
             ),
             cursor: StripedCursor::new(),
             max_queue_len: options.max_queue_len,
             strategy: options.strategy,
+            leases: CachePadded::new(AtomicUsize::new(0)),
         });
         // A supervisor that is down at start is retried by the reaper, as revolver does.
         let retry = if options.connect_at_start {
-            let first = shared.roster.reload();
-            shared.roster.retry_after(&first)
+            let first = shared.set.reload();
+            shared.set.retry_after(&first)
         } else {
             None
         };
         let upkeep = shared.clone();
         let reaper = Reaper::spawn(
             &options.name,
-            shared.roster.signal.clone(),
+            shared.set.signal.clone(),
             None,
             Box::new(move |_asked| {
-                let reload = upkeep.roster.reload();
-                upkeep.roster.retry_after(&reload)
+                let reload = upkeep.set.reload();
+                upkeep.set.retry_after(&reload)
             }),
         )
         .map_err(|err| Error::Disconnected(Cause::new(err)))?;
         if retry.is_some() {
-            shared.roster.signal.request();
+            shared.set.signal.request();
         }
         Ok(Balancer {
             shared,
-            reaper: Mutex::new(reaper),
+            handle: Arc::new(Handle {
+                reaper: Mutex::new(Some(reaper)),
+            }),
         })
     }
 
-    /// The next live worker, round-robin. Skips dead workers (and asks for a reload when too
-    /// few are left) and workers over `max_queue_len`.
+    /// The next live worker, round-robin: the calling thread's rotation continues after the
+    /// worker it was given last. Skips dead workers (and asks for a reload when too few are
+    /// left), leased workers, and workers over `max_queue_len`.
     ///
-    /// [`Error::Disconnected`] when the set is gone or none of it is alive;
-    /// [`Error::Overload`] when every live worker is over `max_queue_len`.
+    /// # Errors
+    ///
+    /// - [`Error::Disconnected`] when the supervisor is gone or has no live children; its
+    ///   [`source()`](std::error::Error::source) is why (the supervisor's error or panic, or
+    ///   "no live children"). A `get` that finds the whole set dead first reloads it (or
+    ///   waits briefly for a reload under way) and fails only if that finds nothing live.
+    /// - [`Error::Overload`] when every live worker is leased or over `max_queue_len`.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Error, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let down = Balancer::<Node>::builder()
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Err("connection refused".into()) })
+    ///     .unwrap();
+    /// let err = down.get().unwrap_err();
+    /// assert!(matches!(err, Error::Disconnected(_)));
+    /// assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    /// ```
+    #[inline]
     pub fn get(&self) -> Result<WorkerRef<W>, Error> {
         let shared = &*self.shared;
-        self.pick(|snapshot, count| match shared.strategy {
-            Strategy::RoundRobin => shared.cursor.next(Stripe::current(), count),
-            Strategy::Random => select::random_below(count),
-            Strategy::LeastLoaded => {
-                let (a, b) = (select::random_below(count), select::random_below(count));
-                let load = |i: usize| snapshot.members[i].queue_len().unwrap_or(0);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        })
+        let stripe = Stripe::current();
+        let (snapshot, index) = match shared.strategy {
+            Strategy::RoundRobin => self.pick(
+                |_, count| shared.cursor.start(stripe, count),
+                Some(stripe),
+                false,
+            ),
+            Strategy::Random => self.pick(|_, count| select::random_below(count), None, false),
+            Strategy::LeastLoaded => self.pick(
+                |snapshot, count| {
+                    let (a, b) = (select::random_below(count), select::random_below(count));
+                    let load = |i: usize| snapshot.workers[i].queue_len().unwrap_or(0);
+                    if load(b) < load(a) {
+                        b
+                    } else {
+                        a
+                    }
+                },
+                None,
+                false,
+            ),
+        }?;
+        Ok(WorkerRef { snapshot, index })
     }
 
     /// The worker for `key`: the same live worker for the same key while the set is stable
     /// (hash affinity, e.g. to keep a session's requests in order on one worker). If that
-    /// worker is dead or overloaded, the next usable one in order.
+    /// worker is dead, leased or overloaded, the next usable one in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Balancer::get): [`Error::Disconnected`] (with its cause) or
+    /// [`Error::Overload`].
     ///
     /// ```
     /// use std::sync::Arc;
@@ -206,23 +392,155 @@ impl<W: Worker> Balancer<W> {
     /// assert!((0..10).all(|_| balancer.get_for("user-42").unwrap().0 == first));
     /// ```
     pub fn get_for<K: Hash + ?Sized>(&self, key: &K) -> Result<WorkerRef<W>, Error> {
-        self.pick(|_, count| select::index_for(key, count))
+        let (snapshot, index) = self.pick(|_, count| select::index_for(key, count), None, false)?;
+        Ok(WorkerRef { snapshot, index })
     }
 
-    /// Looks for a usable worker starting at the index `first` picks, in order from there.
+    /// Leases the next live worker that nobody has leased, in rotation, without waiting:
+    /// revolver's lease mode. The worker is held exclusively until the guard drops (also
+    /// while a panic unwinds): other leases and [`get`](Balancer::get) skip it, through
+    /// reloads and reconnects.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Overload`] at once when every live worker is leased (or over
+    ///   `max_queue_len`): revolver's `{error, overload}`.
+    /// - [`Error::Disconnected`] (with its cause) as for [`get`](Balancer::get).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Error, Worker};
+    ///
+    /// struct Conn(u32);
+    /// impl Worker for Conn {}
+    ///
+    /// let conns = vec![Arc::new(Conn(1)), Arc::new(Conn(2))];
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(conns.clone()) })
+    ///     .unwrap();
+    /// let a = balancer.lease().unwrap();
+    /// let b = balancer.lease().unwrap();
+    /// assert_ne!(a.0, b.0);
+    /// assert!(matches!(balancer.lease(), Err(Error::Overload)));
+    /// drop(a);
+    /// assert!(balancer.lease().is_ok());
+    /// ```
+    pub fn lease(&self) -> Result<BalancerLease<W>, Error> {
+        let shared = &*self.shared;
+        // Counted before the search, so that a `get` that sees no lease counted also sees
+        // no lease mark.
+        shared.leases.fetch_add(1, Ordering::AcqRel);
+        let stripe = Stripe::current();
+        match self.pick(
+            |_, count| shared.cursor.start(stripe, count),
+            Some(stripe),
+            true,
+        ) {
+            Ok((snapshot, index)) => Ok(BalancerLease {
+                member: snapshot.members[index].clone(),
+                shared: self.shared.clone(),
+            }),
+            Err(err) => {
+                shared.leases.fetch_sub(1, Ordering::Release);
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `f` on a leased worker and releases it: revolver's `transaction/2`. The worker
+    /// is released also if `f` panics (the panic goes on unwinding).
+    ///
+    /// # Errors
+    ///
+    /// As [`lease`](Balancer::lease): [`Error::Overload`] when every live worker is leased,
+    /// [`Error::Disconnected`] (with its cause) when there is none. `f` does not run then.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Conn(u32);
+    /// impl Worker for Conn {}
+    ///
+    /// let conns = vec![Arc::new(Conn(1)), Arc::new(Conn(2))];
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(conns.clone()) })
+    ///     .unwrap();
+    /// let first = balancer.transaction(|conn| conn.0).unwrap();
+    /// let second = balancer.transaction(|conn| conn.0).unwrap();
+    /// assert_ne!(first, second, "successive leases rotate");
+    /// ```
+    pub fn transaction<R>(&self, f: impl FnOnce(&W) -> R) -> Result<R, Error> {
+        let lease = self.lease()?;
+        Ok(f(&lease))
+    }
+
+    /// Looks for a usable worker starting at the index `first` picks, in order from there;
+    /// with `lease`, marks it leased. With a stripe, the thread's rotation continues after
+    /// the worker found.
     #[inline]
     fn pick(
         &self,
-        first: impl FnOnce(&Snapshot<W>, usize) -> usize,
-    ) -> Result<WorkerRef<W>, Error> {
+        mut first: impl FnMut(&Snapshot<W>, usize) -> usize,
+        rotate: Option<Stripe>,
+        lease: bool,
+    ) -> Result<(SnapshotGuard<Snapshot<W>>, usize), Error> {
         let shared = &*self.shared;
-        let snapshot = shared.roster.snapshot();
-        let count = snapshot.members.len();
-        if count == 0 {
-            return Err(Error::Disconnected(Cause::message("no live children")));
+        let mut snapshot = shared.set.snapshot();
+        let mut reloaded = false;
+        loop {
+            let count = snapshot.workers.len();
+            if count == 0 {
+                return Err(Error::Disconnected(snapshot.cause.clone()));
+            }
+            let start = first(&snapshot, count);
+            match self.scan(&snapshot, start, lease) {
+                Scan::Found(index) => {
+                    if let Some(stripe) = rotate {
+                        shared.cursor.advance(stripe, index, count);
+                    }
+                    return Ok((snapshot, index));
+                }
+                Scan::Busy => {
+                    emit(&shared.set.events, Event::Overload);
+                    return Err(Error::Overload);
+                }
+                Scan::AllDead if !reloaded => {
+                    reloaded = true;
+                    snapshot = self.reload_all_dead();
+                }
+                Scan::AllDead => {
+                    shared.set.ask_reload(&snapshot);
+                    return Err(Error::Disconnected(Cause::message("no live children")));
+                }
+            }
         }
-        let start = first(&snapshot, count);
-        let mut overloaded = false;
+    }
+
+    /// Every worker of the set was found dead: reload now (or wait briefly for the reload
+    /// under way) rather than report `Disconnected` while the supervisor may have live
+    /// children. Returns the set published after it.
+    #[cold]
+    #[inline(never)]
+    fn reload_all_dead(&self) -> SnapshotGuard<Snapshot<W>> {
+        let set = &self.shared.set;
+        set.reload_or_wait(RELOAD_PATIENCE);
+        let snapshot = set.snapshot();
+        if !snapshot.is_connected() {
+            // The reaper keeps retrying every `reconnect_delay`.
+            set.signal.request();
+        }
+        snapshot
+    }
+
+    /// One pass over the set from `start`.
+    #[inline]
+    fn scan(&self, snapshot: &Snapshot<W>, start: usize, lease: bool) -> Scan {
+        let shared = &*self.shared;
+        let count = snapshot.workers.len();
+        // Lease marks matter only while some lease is out (or being taken).
+        let leases_out = lease || shared.leases.load(Ordering::Acquire) != 0;
+        let mut busy = false;
         for step in 0..count {
             // start < count and step < count: one subtraction wraps it, no division.
             let index = if start + step < count {
@@ -233,33 +551,59 @@ impl<W: Worker> Balancer<W> {
             if snapshot.is_marked_dead(index) {
                 continue;
             }
-            let worker = &snapshot.members[index];
+            let worker = &snapshot.workers[index];
             if !worker.is_alive() {
-                shared.roster.mark_dead(&snapshot, index);
+                shared.set.mark_dead(snapshot, index);
+                continue;
+            }
+            if leases_out && snapshot.members[index].leased.load(Ordering::Acquire) {
+                busy = true;
                 continue;
             }
             if let Some(limit) = shared.max_queue_len {
                 if worker.queue_len().is_some_and(|len| len > limit) {
-                    overloaded = true;
+                    busy = true;
                     continue;
                 }
             }
-            return Ok(WorkerRef { snapshot, index });
+            if lease
+                && snapshot.members[index]
+                    .leased
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                busy = true;
+                continue;
+            }
+            return Scan::Found(index);
         }
-        if overloaded {
-            emit(&shared.roster.events, Event::Overload);
-            Err(Error::Overload)
+        if busy {
+            Scan::Busy
         } else {
-            shared.roster.ask_reload(&snapshot);
-            Err(Error::Disconnected(Cause::message("no live children")))
+            Scan::AllDead
         }
     }
 
-    /// Calls `f` on every live worker of the current set, in order, and collects the results.
+    /// Calls `f` on every live worker of the current set, in order (leased ones included),
+    /// and collects the results. It never waits for a reload or the supervisor.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node(u32);
+    /// impl Worker for Node {}
+    ///
+    /// let nodes = vec![Arc::new(Node(1)), Arc::new(Node(2))];
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(nodes.clone()) })
+    ///     .unwrap();
+    /// assert_eq!(balancer.map(|node| node.0), vec![1, 2]);
+    /// ```
     pub fn map<R>(&self, mut f: impl FnMut(&W) -> R) -> Vec<R> {
-        let snapshot = self.shared.roster.snapshot();
+        let snapshot = self.shared.set.snapshot();
         snapshot
-            .members
+            .workers
             .iter()
             .enumerate()
             .filter(|(index, worker)| !snapshot.is_marked_dead(*index) && worker.is_alive())
@@ -267,41 +611,119 @@ impl<W: Worker> Balancer<W> {
             .collect()
     }
 
-    /// Asks the supervisor for its children now and reports how many of them are new.
-    /// Fails with the supervisor's error, or [`Error::Disconnected`] if it has no live
-    /// children; the reaper then keeps retrying.
+    /// Asks the supervisor for its children now (after any reload under way) and reports how
+    /// many of them are new: revolver's `connect/1`. Leased workers stay leased.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] when the supervisor fails, panics or has no live children; its
+    /// [`source()`](std::error::Error::source) is the supervisor's error (or panic message,
+    /// or "no live children"). The reaper then keeps retrying every `reconnect_delay`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let children = Arc::new(Mutex::new(vec![Arc::new(Node)]));
+    /// let listed = children.clone();
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(listed.lock().unwrap().clone()) })
+    ///     .unwrap();
+    /// children.lock().unwrap().push(Arc::new(Node));
+    /// let found = balancer.connect().unwrap();
+    /// assert_eq!((found.new, found.total), (1, 2));
+    /// ```
     pub fn connect(&self) -> Result<Connected, Error> {
-        let roster = &self.shared.roster;
-        let reload = roster.reload();
+        let set = &self.shared.set;
+        let reload = set.reload();
         // Hand a failure to the reaper, which retries every `reconnect_delay`.
-        if roster.retry_after(&reload).is_some() {
-            roster.signal.request();
+        if set.retry_after(&reload).is_some() {
+            set.signal.request();
         }
         reload.map(|found| Connected {
-            new: found.added.len(),
+            new: found.new,
             total: found.total,
         })
     }
 
-    /// How many workers the current set has (dead ones included until the next reload).
+    /// How many workers the current set has (dead ones included until the next reload). It
+    /// never waits for a reload or the supervisor.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Ok(vec![Arc::new(Node)]) })
+    ///     .unwrap();
+    /// assert_eq!(balancer.len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
-        self.shared.roster.snapshot().members.len()
+        self.shared.set.snapshot().workers.len()
     }
 
     /// Whether the balancer is disconnected (no set).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .connect_at_start(false)
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Ok(vec![Arc::new(Node)]) })
+    ///     .unwrap();
+    /// assert!(balancer.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// How many times the supervisor was asked for its children, start included.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Ok(vec![Arc::new(Node)]) })
+    ///     .unwrap();
+    /// assert_eq!(balancer.reloads(), 1);
+    /// ```
     pub fn reloads(&self) -> u64 {
-        self.shared.roster.reloads()
+        self.shared.set.reloads()
     }
 
-    /// Stops the reaper; `get` keeps serving the current set. Dropping the balancer does the
-    /// same.
+    /// Stops the reaper for every handle; `get` and `lease` keep serving the current set.
+    /// Dropping the last handle does the same.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Ok(vec![Arc::new(Node)]) })
+    ///     .unwrap();
+    /// let handle = balancer.clone();
+    /// handle.close();
+    /// assert!(balancer.get().is_ok());
+    /// ```
     pub fn close(&self) {
-        self.reaper.lock().stop();
+        self.handle.close();
     }
 
     /// Runs one reaper round on the calling thread, if one was asked for (loom models have
@@ -309,22 +731,25 @@ impl<W: Worker> Balancer<W> {
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn run_reaper_round(&self) {
-        if self.shared.roster.signal.take_request() {
-            let _ = self.shared.roster.reload();
+        if self.shared.set.signal.take_request() {
+            let _ = self.shared.set.reload();
         }
     }
 }
 
-impl<W: Worker> Drop for Balancer<W> {
-    fn drop(&mut self) {
-        self.close();
+impl<W: Worker> Clone for Balancer<W> {
+    fn clone(&self) -> Self {
+        Balancer {
+            shared: self.shared.clone(),
+            handle: self.handle.clone(),
+        }
     }
 }
 
 impl<W: Worker> std::fmt::Debug for Balancer<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balancer")
-            .field("name", &self.shared.roster.name())
+            .field("name", &self.shared.set.name())
             .field("len", &self.len())
             .finish()
     }

@@ -53,7 +53,11 @@ where
 pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Error> {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(cause)) => Err(Error::Disconnected(Cause::new(cause))),
+        // A cause handed back as is (a factory's) is carried as is, not wrapped again.
+        Ok(Err(cause)) => Err(Error::Disconnected(match cause.downcast::<Cause>() {
+            Ok(cause) => *cause,
+            Err(other) => Cause::new(other),
+        })),
         Err(payload) => Err(Error::Disconnected(Cause::panic(&*payload))),
     }
 }
@@ -139,18 +143,13 @@ impl<W: Worker> Factory<W> {
         }
     }
 
-    /// Starts one worker outside the factory's slots (a pool's overflow worker).
-    pub(crate) fn start_one(&self) -> Result<W, Error> {
-        contained(|| (self.start)())
-    }
-
     /// How many workers were started in place of a dead or retired one.
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
 }
 
-/// A factory shared with the pool that owns it (for `resize` and overflow).
+/// A factory shared between a balancer and the code that keeps it (to resize it, say).
 impl<W: Worker> Supervisor<W> for Arc<Factory<W>> {
     fn children(&self) -> Result<Vec<Arc<W>>, BoxError> {
         Factory::children(self)
@@ -185,6 +184,9 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
         }
         let live: Vec<Arc<W>> = slots.iter().filter_map(|s| s.worker.clone()).collect();
         match failure {
+            // The start's own error (or panic) is the cause, once: not wrapped in a second
+            // `Disconnected`.
+            Some(Error::Disconnected(cause)) if live.is_empty() => Err(Box::new(cause)),
             Some(err) if live.is_empty() => Err(Box::new(err)),
             Some(err) => {
                 log::warn!(

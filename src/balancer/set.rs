@@ -1,0 +1,390 @@
+//! The balancer's published worker set: enumerate the supervisor's children, track which died,
+//! reload, reconnect, and keep each member's lease state by identity across reloads.
+//!
+//! Membership is by pointer (`Arc::as_ptr` as a `usize` key in a `HashMap`), so a reload is
+//! linear in the size of the set. No user code (supervisor, `is_alive`, a worker's `Drop`, an
+//! event callback) runs while a lock of this module is held: a reload calls the supervisor and
+//! the workers' `is_alive` first, merges under the set's own lock, and emits its events and
+//! drops departed workers after unlocking.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::supervisor::{contained, Supervisor};
+use crate::error::{Cause, Error};
+use crate::event::{emit, Event, EventHook};
+use crate::reaper::Signal;
+use crate::sync::{
+    current_thread, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, SnapshotCell,
+    SnapshotGuard, ThreadId,
+};
+use crate::worker::Worker;
+
+/// One member of the set as leases see it: the worker and whether it is leased. One cell per
+/// worker identity, reused by every reload that lists the worker again while the cell is alive,
+/// so a lease survives reloads and reconnects (revolver's `reconnect_with_lease`).
+pub(crate) struct Member<W> {
+    pub(crate) worker: Arc<W>,
+    pub(crate) leased: AtomicBool,
+}
+
+/// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
+/// while a member is alive no other worker can have its address.
+fn key<W>(worker: &Arc<W>) -> usize {
+    Arc::as_ptr(worker) as *const () as usize
+}
+
+/// One published worker set. Never changed after publication except for its death marks.
+pub(crate) struct Snapshot<W> {
+    /// The workers, in the supervisor's order (duplicates and dead ones left out).
+    pub(crate) workers: Vec<Arc<W>>,
+    /// The same workers' lease cells, index for index.
+    pub(crate) members: Vec<Arc<Member<W>>>,
+    dead: Vec<AtomicBool>,
+    alive: AtomicUsize,
+    reload_asked: AtomicBool,
+    /// Why the set is empty (disconnected), if it is.
+    pub(crate) cause: Cause,
+}
+
+impl<W> Snapshot<W> {
+    fn new(members: Vec<Arc<Member<W>>>) -> Self {
+        Snapshot {
+            workers: members.iter().map(|m| m.worker.clone()).collect(),
+            dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            alive: AtomicUsize::new(members.len()),
+            reload_asked: AtomicBool::new(false),
+            members,
+            cause: Cause::message("no live children"),
+        }
+    }
+
+    fn disconnected(cause: Cause) -> Self {
+        Snapshot {
+            cause,
+            ..Snapshot::new(Vec::new())
+        }
+    }
+
+    /// An empty set means disconnected.
+    pub(crate) fn is_connected(&self) -> bool {
+        !self.workers.is_empty()
+    }
+
+    #[inline]
+    pub(crate) fn is_marked_dead(&self, index: usize) -> bool {
+        self.dead[index].load(Ordering::Relaxed)
+    }
+}
+
+/// What the last successful reload found, kept through a disconnect so that a reconnect finds
+/// the same lease cells again.
+struct Known<W> {
+    /// The last set's cells by worker identity.
+    last: HashMap<usize, Arc<Member<W>>>,
+    /// Cells of workers that left the set but are still referenced (by a lease or an old
+    /// snapshot): if the worker comes back while its cell lives, the cell is reused.
+    away: HashMap<usize, Weak<Member<W>>>,
+}
+
+/// Who is reloading: reloads run one at a time, without a lock held while the supervisor runs.
+#[derive(Default)]
+struct ReloadState {
+    running: Option<ThreadId>,
+    /// Completed reloads, to tell a waiter that the one it waited for is done.
+    finished: u64,
+}
+
+/// What a successful reload found.
+pub(crate) struct Found {
+    pub(crate) new: usize,
+    pub(crate) total: usize,
+}
+
+pub(crate) struct WorkerSet<W> {
+    name: String,
+    supervisor: Box<dyn Supervisor<W>>,
+    current: SnapshotCell<Snapshot<W>>,
+    min_alive_ratio: f64,
+    reconnect_delay: Duration,
+    known: Mutex<Known<W>>,
+    reload_state: Mutex<ReloadState>,
+    reload_done: Condvar,
+    pub(crate) signal: Arc<Signal>,
+    pub(crate) events: Option<EventHook>,
+    connected_once: AtomicBool,
+    reloads: AtomicU64,
+}
+
+impl<W: Worker> WorkerSet<W> {
+    pub(crate) fn new(
+        name: String,
+        supervisor: Box<dyn Supervisor<W>>,
+        min_alive_ratio: f64,
+        reconnect_delay: Duration,
+        events: Option<EventHook>,
+    ) -> Self {
+        WorkerSet {
+            name,
+            supervisor,
+            current: SnapshotCell::new(Arc::new(Snapshot::disconnected(Cause::message(
+                "not connected yet",
+            )))),
+            min_alive_ratio,
+            reconnect_delay,
+            known: Mutex::new(Known {
+                last: HashMap::new(),
+                away: HashMap::new(),
+            }),
+            reload_state: Mutex::new(ReloadState::default()),
+            reload_done: Condvar::new(),
+            signal: Arc::new(Signal::default()),
+            events,
+            connected_once: AtomicBool::new(false),
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[inline]
+    pub(crate) fn snapshot(&self) -> SnapshotGuard<Snapshot<W>> {
+        self.current.load()
+    }
+
+    /// How many times the supervisor was asked for its children.
+    pub(crate) fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Notes that member `index` of `snapshot` was found dead. The first finder logs it and,
+    /// when the live share falls below `min_alive_ratio`, asks the reaper for one reload.
+    pub(crate) fn mark_dead(&self, snapshot: &Snapshot<W>, index: usize) {
+        if snapshot.dead[index].swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let total = snapshot.workers.len();
+        let alive = snapshot.alive.fetch_sub(1, Ordering::AcqRel) - 1;
+        log::info!(
+            "cylinder: {}: worker {index} died ({alive} of {total} alive)",
+            self.name
+        );
+        emit(&self.events, Event::WorkerDied);
+        if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
+            self.ask_reload(snapshot);
+        }
+    }
+
+    /// Asks the reaper to reload, at most once per published set.
+    pub(crate) fn ask_reload(&self, snapshot: &Snapshot<W>) {
+        if !snapshot.reload_asked.swap(true, Ordering::AcqRel) {
+            self.signal.request();
+        }
+    }
+
+    /// Reloads now, waiting for a reload that is already running to finish first (the
+    /// reaper's rounds and `connect`).
+    pub(crate) fn reload(&self) -> Result<Found, Error> {
+        {
+            let mut state = self.reload_state.lock();
+            loop {
+                match state.running {
+                    None => break,
+                    Some(runner) if runner == current_thread() => {
+                        // The supervisor (or an event callback it caused) asked for a
+                        // reload from inside a reload: waiting would wait for itself.
+                        return Err(Error::Disconnected(Cause::message(
+                            "a reload was asked for from inside the supervisor",
+                        )));
+                    }
+                    Some(_) => state = self.reload_done.wait_until(state, None).0,
+                }
+            }
+            state.running = Some(current_thread());
+        }
+        self.run_reload()
+    }
+
+    /// For a `get` that found the whole set dead: reloads now unless a reload is running, in
+    /// which case it waits for that one, up to `patience`. Returns whether a reload finished
+    /// (so the published set is worth another look).
+    pub(crate) fn reload_or_wait(&self, patience: Duration) -> bool {
+        let deadline = Instant::now().checked_add(patience);
+        {
+            let mut state = self.reload_state.lock();
+            match state.running {
+                None => state.running = Some(current_thread()),
+                Some(runner) if runner == current_thread() => return false,
+                Some(_) => {
+                    let waiting_for = state.finished;
+                    while state.running.is_some() && state.finished == waiting_for {
+                        let (guard, timed_out) = self.reload_done.wait_until(state, deadline);
+                        state = guard;
+                        if timed_out {
+                            break;
+                        }
+                    }
+                    return state.finished != waiting_for;
+                }
+            }
+        }
+        let _ = self.run_reload();
+        true
+    }
+
+    /// The reload proper, run by the one thread that marked itself running.
+    fn run_reload(&self) -> Result<Found, Error> {
+        /// Clears the running mark however the reload ends, a panic included: a reload that
+        /// never finished must not make every later one wait forever.
+        struct Finish<'a, W>(&'a WorkerSet<W>);
+        impl<W> Drop for Finish<'_, W> {
+            fn drop(&mut self) {
+                {
+                    let mut state = self.0.reload_state.lock();
+                    state.running = None;
+                    state.finished = state.finished.wrapping_add(1);
+                }
+                self.0.reload_done.notify_all();
+            }
+        }
+        let mut events = Vec::new();
+        let mut dropped = Vec::new();
+        let result = {
+            let _finish = Finish(self);
+            self.merge_children(&mut events, &mut dropped)
+        };
+        // Departed workers and the replaced snapshot may hold the last reference to a worker,
+        // whose `Drop` is user code: they go now, with no lock held, and so do the events.
+        if catch_unwind(AssertUnwindSafe(move || drop(dropped))).is_err() {
+            log::error!("cylinder: {}: a worker's drop panicked", self.name);
+        }
+        for event in events {
+            emit(&self.events, event);
+        }
+        result
+    }
+
+    fn merge_children(
+        &self,
+        events: &mut Vec<Event>,
+        dropped: &mut Vec<Box<dyn std::any::Any + Send>>,
+    ) -> Result<Found, Error> {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        // User code first, with no lock held: the supervisor, then each child's `is_alive`.
+        let listed = match contained(|| self.supervisor.children()) {
+            Ok(listed) => listed,
+            Err(err) => {
+                let cause = err
+                    .cause()
+                    .cloned()
+                    .unwrap_or_else(|| Cause::message(err.to_string()));
+                self.disconnect(cause, events, dropped);
+                return Err(err);
+            }
+        };
+        // A worker whose `is_alive` panics counts as dead.
+        let live: Vec<Arc<W>> = listed
+            .into_iter()
+            .filter(|w| catch_unwind(AssertUnwindSafe(|| w.is_alive())).unwrap_or(false))
+            .collect();
+        if live.is_empty() {
+            // Nothing live: the last set's cells stay known, for the reconnect.
+            self.disconnect(Cause::message("no live children"), events, dropped);
+            return Err(Error::Disconnected(Cause::message("no live children")));
+        }
+        let (members, new) = {
+            let mut known = self.known.lock();
+            let known = &mut *known;
+            let mut next: HashMap<usize, Arc<Member<W>>> = HashMap::with_capacity(live.len());
+            let mut members = Vec::with_capacity(live.len());
+            let mut new = 0;
+            for worker in live {
+                let id = key(&worker);
+                if next.contains_key(&id) {
+                    // Listed twice: one member, one lease cell.
+                    dropped.push(Box::new(worker));
+                    continue;
+                }
+                let member = match known.last.remove(&id) {
+                    Some(member) => member,
+                    None => {
+                        new += 1;
+                        match known.away.remove(&id).and_then(|cell| cell.upgrade()) {
+                            Some(member) => member,
+                            None => Arc::new(Member {
+                                worker,
+                                leased: AtomicBool::new(false),
+                            }),
+                        }
+                    }
+                };
+                members.push(member.clone());
+                next.insert(id, member);
+            }
+            // Whoever left the set keeps its cell while someone still holds it (a lease, an
+            // old snapshot), so that it comes back with its lease state.
+            let departed = std::mem::replace(&mut known.last, next);
+            known.away.retain(|_, cell| cell.strong_count() > 0);
+            for (id, member) in departed {
+                known.away.insert(id, Arc::downgrade(&member));
+                dropped.push(Box::new(member));
+            }
+            (members, new)
+        };
+        let total = members.len();
+        let joined = if self.connected_once.swap(true, Ordering::AcqRel) {
+            Event::WorkerRestarted
+        } else {
+            Event::WorkerStarted
+        };
+        let old = self.current.load_full();
+        self.current.store(Arc::new(Snapshot::new(members)));
+        dropped.push(Box::new(old));
+        log::info!(
+            "cylinder: {}: found {new} new of {total} total, connected",
+            self.name
+        );
+        events.extend(std::iter::repeat(joined).take(new));
+        events.push(Event::Connected { new, total });
+        Ok(Found { new, total })
+    }
+
+    fn disconnect(
+        &self,
+        cause: Cause,
+        events: &mut Vec<Event>,
+        dropped: &mut Vec<Box<dyn std::any::Any + Send>>,
+    ) {
+        let old = self.current.load_full();
+        if old.is_connected() {
+            log::error!(
+                "cylinder: {}: disconnected ({cause}), retrying in {:?}",
+                self.name,
+                self.reconnect_delay
+            );
+            events.push(Event::Disconnected);
+        }
+        self.current.store(Arc::new(Snapshot::disconnected(cause)));
+        dropped.push(Box::new(old));
+    }
+
+    /// When the reaper should try again after a reload: after `reconnect_delay` while the set
+    /// is gone, else only when asked.
+    pub(crate) fn retry_after<T>(&self, reload: &Result<T, Error>) -> Option<Duration> {
+        match reload {
+            Ok(_) => None,
+            Err(_) => {
+                log::debug!(
+                    "cylinder: {}: still disconnected, retrying in {:?}",
+                    self.name,
+                    self.reconnect_delay
+                );
+                Some(self.reconnect_delay)
+            }
+        }
+    }
+}
