@@ -1,0 +1,129 @@
+//! Adversarial regressions for the owning pool: each test is a scenario that broke (or was
+//! suspected to break) one of the pool's invariants. Every test is bounded by a watchdog, so a
+//! deadlock fails the test instead of hanging the run.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cylinder::{Event, Pool};
+
+/// Runs `f` on its own thread and returns its result, or `None` if it did not finish within
+/// `limit` (the thread is left behind: a deadlock fails the test rather than hanging it).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Invariant 4/5: an `on_event` callback that closes the pool on the reaper's own thread, while
+/// another thread closes it too, must not deadlock. `Handle::close` holds the reaper's mutex
+/// while it joins the reaper thread; the reaper, inside the callback, calls `close` and blocks
+/// on that same mutex.
+#[test]
+fn close_from_on_event_on_the_reaper_racing_close_does_not_deadlock() {
+    let slot: Arc<Mutex<Option<Pool<u32>>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let in_hook = slot.clone();
+    let pool = Pool::builder()
+        .size(1)
+        .warn_after(Duration::from_millis(5))
+        .on_event(move |event| {
+            // `SlowLease` is reported by the reaper, on its own thread.
+            if let Event::SlowLease(_) = event {
+                let handle = in_hook.lock().unwrap().clone();
+                let _ = tx.lock().unwrap().send(());
+                // Let the other thread get into `close` and start joining the reaper.
+                thread::sleep(Duration::from_millis(200));
+                if let Some(handle) = handle {
+                    handle.close();
+                }
+            }
+        })
+        .build(|| Ok(0u32))
+        .unwrap();
+    *slot.lock().unwrap() = Some(pool.clone());
+    let lease = pool.checkout_owned().unwrap();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the slow lease was reported");
+    let closer = pool.clone();
+    let closed = within(Duration::from_secs(5), move || closer.close());
+    assert!(
+        closed.is_some(),
+        "close() deadlocked against a close() from on_event on the reaper thread"
+    );
+    drop(lease);
+    slot.lock().unwrap().take();
+}
+
+/// `checkout_timeout(d)` must return within about `d`, also when the free workers fail a slow
+/// `test_on_checkout`: the checkout loop runs the check on every free worker in turn and never
+/// looks at its deadline between them.
+#[test]
+fn slow_failing_checks_do_not_stretch_checkout_timeout() {
+    const WORKERS: usize = 32;
+    let pool = Pool::builder()
+        .size(WORKERS)
+        .test_on_checkout(|_: &mut u32| {
+            thread::sleep(Duration::from_millis(50));
+            false
+        })
+        .build(|| Ok(0u32))
+        .unwrap();
+    let began = Instant::now();
+    let outcome = within(Duration::from_secs(20), move || {
+        let began = Instant::now();
+        let result = pool.checkout_timeout(Duration::from_millis(100)).map(|_| ());
+        (result, began.elapsed())
+    });
+    let (result, took) = outcome.expect("the checkout returned at all");
+    assert!(result.is_err(), "every check fails");
+    // 32 checks of 50 ms each take 1.6 s; the caller asked for 100 ms.
+    assert!(
+        took < Duration::from_millis(1000),
+        "checkout_timeout(100ms) returned after {took:?} ({:?} in all)",
+        began.elapsed()
+    );
+}
+
+/// A start that hangs, with `start_timeout`: each retry leaves its start thread behind, still
+/// blocked in the start closure. The pool retries every `reconnect_delay`, so the number of
+/// threads stuck in the start closure grows without bound.
+#[test]
+fn hung_starts_with_start_timeout_do_not_pile_up_threads() {
+    let release = Arc::new(AtomicBool::new(false));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, i, m) = (release.clone(), inside.clone(), most.clone());
+    let pool = Pool::builder()
+        .size(2)
+        .start_timeout(Duration::from_millis(5))
+        .reconnect_delay(Duration::from_millis(1))
+        .build_unchecked(move || -> Result<u32, cylinder::BoxError> {
+            let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !r.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+            i.fetch_sub(1, Ordering::SeqCst);
+            Err("gave up".into())
+        })
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let piled = most.load(Ordering::SeqCst);
+    release.store(true, Ordering::SeqCst);
+    drop(pool);
+    // Two workers wanted, eight starts at most in parallel: a few dozen would already be
+    // generous.
+    assert!(
+        piled <= 32,
+        "{piled} start threads were blocked in the start closure at once"
+    );
+}
