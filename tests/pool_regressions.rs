@@ -127,3 +127,40 @@ fn hung_starts_with_start_timeout_do_not_pile_up_threads() {
         "{piled} start threads were blocked in the start closure at once"
     );
 }
+
+/// Invariant 3 (no lost wake-up), with `max_overflow`: a checkout that finds every worker
+/// leased and the pool at its limit goes to wait; if the overflow worker it could have had is
+/// returned in the moment between its failed claim and its registration in the line, `put_back`
+/// sees nobody waiting and closes that worker (`close_above`), and nothing starts one for the
+/// waiter although the pool now has room: it waits out its whole timeout. The window is
+/// narrow, so the race is run many times; a correct pool serves every round at once.
+#[test]
+fn a_waiter_racing_the_close_of_an_overflow_worker_is_served() {
+    let pool = Pool::builder()
+        .size(1)
+        .max_overflow(1)
+        .build(|| Ok(0u32))
+        .unwrap();
+    let _member = pool.checkout().unwrap();
+    let began = Instant::now();
+    let mut rounds = 0;
+    while rounds < 4000 && began.elapsed() < Duration::from_secs(4) {
+        rounds += 1;
+        let extra = pool.checkout().unwrap();
+        let gate = std::sync::Barrier::new(2);
+        let got = thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                gate.wait();
+                pool.checkout_timeout(Duration::from_secs(2)).map(|_| ())
+            });
+            gate.wait();
+            drop(extra);
+            waiter.join().unwrap()
+        });
+        assert!(
+            got.is_ok(),
+            "round {rounds}: the waiter was not served ({got:?}) though the pool had room: {:?}",
+            pool.stats()
+        );
+    }
+}
