@@ -164,3 +164,38 @@ fn a_waiter_racing_the_close_of_an_overflow_worker_is_served() {
         );
     }
 }
+
+/// Invariant 5: an `on_event` callback may call `checkout`. The `WorkerRestarted` event is
+/// emitted by the start thread in `joined()`, before `deliver()` puts the new worker in the
+/// pool: a callback that checks out then waits for the very worker its own thread holds, for
+/// its whole timeout (and any waiter is delayed by as long as the callback runs).
+#[test]
+fn on_event_checkout_on_the_start_thread_gets_the_worker_it_reports() {
+    let slot: Arc<Mutex<Option<Pool<u32>>>> = Arc::new(Mutex::new(None));
+    let in_hook = slot.clone();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let pool = Pool::builder()
+        .size(1)
+        .on_event(move |event| {
+            if *event == Event::WorkerRestarted {
+                let handle = in_hook.lock().unwrap().clone();
+                if let Some(handle) = handle {
+                    let got = handle
+                        .checkout_timeout(Duration::from_secs(2))
+                        .map(|_| ());
+                    let _ = tx.lock().unwrap().send(got);
+                }
+            }
+        })
+        .build(|| Ok(0u32))
+        .unwrap();
+    *slot.lock().unwrap() = Some(pool.clone());
+    cylinder::Lease::discard(pool.checkout().unwrap());
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    slot.lock().unwrap().take();
+    assert!(
+        matches!(got, Ok(Ok(()))),
+        "the callback's checkout of the restarted worker: {got:?}"
+    );
+}
