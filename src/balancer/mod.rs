@@ -301,7 +301,9 @@ impl<W: Worker> Balancer<W> {
     /// Stops the reaper; `get` keeps serving the current set. Dropping the balancer does the
     /// same.
     pub fn close(&self) {
-        self.reaper.lock().stop();
+        // Joined with the lock let go: the reaper may be in an `on_event` that closes too.
+        let reaper = self.reaper.lock().stop_later();
+        crate::reaper::join(reaper);
     }
 
     /// Runs one reaper round on the calling thread, if one was asked for (loom models have

@@ -483,7 +483,9 @@ impl<W: Send + 'static> Clone for Pool<W> {
 impl<W: Send + 'static> Handle<W> {
     fn close(&self) {
         self.shared.close();
-        self.reaper.lock().stop();
+        // Joined with the lock let go: the reaper may be in an `on_event` that closes too.
+        let reaper = self.reaper.lock().stop_later();
+        crate::reaper::join(reaper);
     }
 }
 
