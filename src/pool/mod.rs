@@ -535,6 +535,12 @@ impl<W: Send + 'static> Shared<W> {
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
             }
+            // A worker failed its check: the next is tried only within the caller's time
+            // (counted from the first failure, so a checkout that passes reads no clock).
+            let at = *deadline.get_or_insert_with(|| deadline_after(timeout));
+            if at.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.timed_out(timeout));
+            }
         }
     }
 
@@ -586,16 +592,18 @@ impl<W: Send + 'static> Shared<W> {
         match waited {
             Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
-            Err(WaitError::Timeout) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                emit(&self.events, Event::CheckoutTimedOut(timeout));
-                match self.last_failure() {
-                    Some(cause) if self.failing.load(Ordering::Acquire) => {
-                        Err(Error::Disconnected(cause))
-                    }
-                    _ => Err(Error::Timeout(timeout)),
-                }
-            }
+            Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
+        }
+    }
+
+    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with the
+    /// failing starts' cause if starts are failing.
+    fn timed_out(&self, timeout: Duration) -> Error {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        emit(&self.events, Event::CheckoutTimedOut(timeout));
+        match self.last_failure() {
+            Some(cause) if self.failing.load(Ordering::Acquire) => Error::Disconnected(cause),
+            _ => Error::Timeout(timeout),
         }
     }
 
