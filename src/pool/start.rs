@@ -134,7 +134,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         match self.start_one() {
             Ok(worker) => {
-                let entry = self.joined(worker);
+                let (entry, event) = self.joined(worker);
+                emit(&self.events, event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
                     return None;
@@ -264,16 +265,20 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// A new worker joins: to a waiter, or the free list.
+    /// The event is reported once the worker is in the pool: a callback that checks out (or
+    /// blocks) must not hold back the very worker it reports.
     fn deliver(&self, worker: W) {
-        let entry = self.joined(worker);
+        let (entry, event) = self.joined(worker);
         if self.closed.load(Ordering::Acquire) {
-            return self.close_worker(entry);
+            self.close_worker(entry);
+        } else {
+            self.put_back(entry, Stripe::current());
         }
-        self.put_back(entry, Stripe::current());
+        emit(&self.events, event);
     }
 
-    /// Counts a started worker in and gives it its entry.
-    fn joined(&self, worker: W) -> Box<Entry<W>> {
+    /// Counts a started worker in and gives it its entry, with the event to report.
+    fn joined(&self, worker: W) -> (Box<Entry<W>>, Event) {
         if self.liveness.get().is_none() {
             if let Some(is_alive) = crate::worker::liveness::of::<W>() {
                 let _ = self.liveness.set(is_alive);
@@ -290,15 +295,12 @@ impl<W: Send + 'static> Shared<W> {
         self.counts.starting.fetch_sub(1, Ordering::SeqCst);
         self.failing.store(false, Ordering::Release);
         log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
-        emit(
-            &self.events,
-            if nth < self.first_fill as u64 {
-                Event::WorkerStarted
-            } else {
-                Event::WorkerRestarted
-            },
-        );
-        entry
+        let event = if nth < self.first_fill as u64 {
+            Event::WorkerStarted
+        } else {
+            Event::WorkerRestarted
+        };
+        (entry, event)
     }
 
     /// A start failed: its claim and the ones still waiting are given back, and the pool
