@@ -585,7 +585,15 @@ impl<W: Send + 'static> Shared<W> {
         timeout: Duration,
     ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
-            || self.free.take(stripe),
+            || {
+                let entry = self.free.take(stripe);
+                // Registered, and nothing free: if the pool has room (a worker was closed
+                // since this checkout's claim failed), the reaper starts one for the line.
+                if entry.is_none() && self.has_room() {
+                    self.signal.request();
+                }
+                entry
+            },
             deadline,
             |entry| self.close_worker(entry),
         );
@@ -761,9 +769,17 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Closes `entry` if more than `floor` workers are open; else hands it back.
+    ///
+    /// A checkout that found the pool at its limit may have registered in the line just after
+    /// this worker's holder looked for waiters: now that the pool has room again, a start is
+    /// claimed for it (the waiter, for its part, asks the reaper for one if it sees the room
+    /// first; see `wait_for`).
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
             drop_contained(&self.name, entry);
+            if self.waiters.has_waiters() {
+                self.refill();
+            }
             None
         } else {
             Some(entry)

@@ -100,6 +100,12 @@ impl<W: Send + 'static> Shared<W> {
         self.size.load(Ordering::Relaxed) + self.max_overflow
     }
 
+    /// Whether the pool may open another worker now. `SeqCst`, to pair with a waiter's
+    /// registration and a closer's look for waiters (see `close_above`).
+    pub(crate) fn has_room(&self) -> bool {
+        self.counts.total.load(Ordering::SeqCst) < self.limit()
+    }
+
     /// Claims the starts the pool is short of: up to `min_idle`, and one for each waiter that
     /// no start is on its way for. Nothing while the pool waits out a failed start.
     pub(crate) fn refill(&self) {
