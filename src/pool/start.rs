@@ -27,7 +27,13 @@ pub(crate) struct Counts {
     pending: AtomicUsize,
     /// Start threads running.
     starters: AtomicUsize,
+    /// Threads running a start under `start_timeout`, given up on or not: a start that hangs
+    /// cannot be stopped, so their number is bounded instead.
+    timed_starts: AtomicUsize,
 }
+
+/// The most threads running a start under `start_timeout` at once, hung ones included.
+const MAX_TIMED_STARTS: usize = 2 * PARALLEL_STARTS;
 
 impl Counts {
     pub(crate) fn total(&self) -> usize {
@@ -251,14 +257,33 @@ impl<W: Send + 'static> Shared<W> {
         let Some(me) = self.me.upgrade() else {
             return Err(Cause::message("the pool is gone"));
         };
+        let timed = &self.counts.timed_starts;
+        if timed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
+                (running < MAX_TIMED_STARTS).then_some(running + 1)
+            })
+            .is_err()
+        {
+            return Err(Cause::message(format!(
+                "{MAX_TIMED_STARTS} starts are still running past start_timeout"
+            )));
+        }
         let (sender, receiver) = crossbeam::channel::bounded(1);
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("cylinder-start-{}", self.name))
             .spawn(move || {
                 stripe::opt_out();
-                let _ = sender.send(contained(|| me.manager.start()));
-            })
-            .map_err(Cause::new)?;
+                let started = contained(|| me.manager.start());
+                me.counts.timed_starts.fetch_sub(1, Ordering::SeqCst);
+                // A worker that came too late is dropped here, its Drop's panic contained.
+                if let Err(crossbeam::channel::SendError(Ok(late))) = sender.send(started) {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(late)));
+                }
+            });
+        if let Err(err) = spawned {
+            timed.fetch_sub(1, Ordering::SeqCst);
+            return Err(Cause::new(err));
+        }
         match receiver.recv_timeout(limit) {
             Ok(started) => started,
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => Err(Cause::message(format!(
