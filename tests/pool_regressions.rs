@@ -199,3 +199,24 @@ fn on_event_checkout_on_the_start_thread_gets_the_worker_it_reports() {
         "the callback's checkout of the restarted worker: {got:?}"
     );
 }
+
+/// Invariant 2: the pool keeps `min_idle` workers as configured. `resize` clamps `min_idle`
+/// to the new size and stores the clamped value over the configured one, so a shrink below
+/// `min_idle` followed by a grow leaves the pool keeping the smaller number for good.
+#[test]
+fn resize_down_then_up_restores_the_configured_min_idle() {
+    let pool = Pool::builder()
+        .size(8)
+        .min_idle(4)
+        .build(|| Ok(0u32))
+        .unwrap();
+    assert_eq!(pool.stats().size, 4);
+    pool.resize(2).unwrap();
+    assert_eq!(pool.stats().size, 2);
+    pool.resize(8).unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || pool.stats().size == 4),
+        "after resize(2) and resize(8) the pool keeps {:?} workers, min_idle is 4",
+        pool.stats().size
+    );
+}
