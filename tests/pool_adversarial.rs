@@ -715,3 +715,30 @@ fn stats_and_debug_never_wait_on_blocked_callbacks() {
         gate.store(true, Ordering::SeqCst);
     });
 }
+
+/// Two resizes at once (one down, one up) leave a pool whose size, `min_idle` and open
+/// workers agree: `min_idle` follows the size that won, and a shrink that lost does not close
+/// workers below it.
+#[test]
+fn two_resizes_at_once_leave_a_consistent_pool() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::builder().size(4).build(tracked(&live)).unwrap();
+    let began = Instant::now();
+    let mut rounds = 0;
+    while rounds < 300 && began.elapsed() < Duration::from_secs(2) {
+        rounds += 1;
+        let gate = Barrier::new(2);
+        thread::scope(|scope| {
+            for size in [2, 10] {
+                let (pool, gate) = (&pool, &gate);
+                scope.spawn(move || {
+                    gate.wait();
+                    pool.resize(size).unwrap();
+                });
+            }
+        });
+        let won = pool.stats().max_size;
+        settles(&pool, &live, won)
+            .unwrap_or_else(|stuck| panic!("round {rounds}, size {won}: {stuck}"));
+    }
+}

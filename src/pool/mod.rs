@@ -123,8 +123,12 @@ pub(crate) struct Shared<W: Send + 'static> {
     size: AtomicUsize,
     /// How many workers are kept open.
     min_idle: AtomicUsize,
-    /// Whether `min_idle` was left to follow `size`.
-    min_idle_is_size: bool,
+    /// The `min_idle` option as built (`None`: it follows `size`): a resize clamps it to the
+    /// new size without forgetting it.
+    min_idle_option: Option<usize>,
+    /// Makes each resize's `size` and `min_idle` one change: two resizes at once must not
+    /// leave the size of one with the `min_idle` of the other. Held for two stores only.
+    resizing: Mutex<()>,
     max_overflow: usize,
     capacity: usize,
     checkout_timeout: Duration,
@@ -218,7 +222,8 @@ impl<W: Send + 'static> Pool<W> {
             counts: Counts::default(),
             size: AtomicUsize::new(size),
             min_idle: AtomicUsize::new(min_idle),
-            min_idle_is_size: options.min_idle.is_none(),
+            min_idle_option: options.min_idle,
+            resizing: Mutex::new(()),
             max_overflow: options.max_overflow,
             capacity,
             checkout_timeout: options.checkout_timeout,
@@ -434,14 +439,13 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         shared.check_open()?;
         builder::within("resize", size, 1, shared.capacity - shared.max_overflow)?;
-        shared.size.store(size, Ordering::SeqCst);
-        let min_idle = if shared.min_idle_is_size {
-            size
-        } else {
-            shared.min_idle.load(Ordering::Relaxed).min(size)
-        };
-        shared.min_idle.store(min_idle, Ordering::SeqCst);
-        shared.shrink_to(size);
+        {
+            let _one_at_a_time = shared.resizing.lock();
+            shared.size.store(size, Ordering::SeqCst);
+            let min_idle = shared.min_idle_option.map_or(size, |min_idle| min_idle.min(size));
+            shared.min_idle.store(min_idle, Ordering::SeqCst);
+        }
+        shared.shrink();
         shared.fill_now();
         Ok(())
     }
@@ -841,10 +845,15 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Closes free workers while more than `size` are open (a shrink).
-    fn shrink_to(&self, size: usize) {
+    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
+    /// afresh each time: a resize up that came in meanwhile stops the shrink.
+    fn shrink(&self) {
         let stripe = Stripe::current();
-        while self.counts.total() > size {
+        loop {
+            let size = self.size.load(Ordering::SeqCst);
+            if self.counts.total() <= size {
+                break;
+            }
             let Some(entry) = self.free.take(stripe) else {
                 break;
             };
