@@ -220,3 +220,43 @@ fn resize_down_then_up_restores_the_configured_min_idle() {
         pool.stats().size
     );
 }
+
+/// Invariant 5: a user error's `Drop` is user code too. The pool keeps the last start's error
+/// as the cause to report, and replaces it with `*failure.lock() = Some(..)`: the previous
+/// error is dropped with the `failure` mutex held. An error whose Drop calls into the pool
+/// (here `try_checkout`, which reads the backoff under that mutex) deadlocks its own thread.
+#[test]
+fn a_start_error_whose_drop_calls_the_pool_does_not_deadlock() {
+    static POOL: Mutex<Option<Pool<u32>>> = Mutex::new(None);
+    #[derive(Debug)]
+    struct Noisy;
+    impl std::fmt::Display for Noisy {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("down")
+        }
+    }
+    impl std::error::Error for Noisy {}
+    impl Drop for Noisy {
+        fn drop(&mut self) {
+            let pool = POOL.lock().unwrap().clone();
+            if let Some(pool) = pool {
+                let _ = pool.try_checkout().map(|_| ());
+            }
+        }
+    }
+    let done = within(Duration::from_secs(5), || {
+        let pool = Pool::builder()
+            .size(1)
+            .reconnect_delay(Duration::from_millis(1))
+            .build_unchecked(|| -> Result<u32, cylinder::BoxError> { Err(Box::new(Noisy)) })
+            .unwrap();
+        *POOL.lock().unwrap() = Some(pool.clone());
+        // Each retry replaces the kept error, dropping the one before.
+        thread::sleep(Duration::from_millis(100));
+        POOL.lock().unwrap().take();
+        // A thread stuck on the `failure` mutex takes every later checkout with it.
+        let _ = pool.try_checkout().map(|_| ());
+        pool.close();
+    });
+    assert!(done.is_some(), "a start error's Drop deadlocked the pool");
+}
