@@ -903,7 +903,10 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Keeps `cause` as the one to report, without marking the starts as failing.
     fn keep_cause(&self, cause: Cause) {
-        *self.failure.lock() = Some((cause, Instant::now()));
+        // The cause replaced is dropped after the lock is let go: a user error's Drop is user
+        // code, and may call into the pool.
+        let replaced = self.failure.lock().replace((cause, Instant::now()));
+        drop(replaced);
     }
 }
 

@@ -166,7 +166,7 @@ impl<W: Send + 'static> Shared<W> {
         if !self.failing.load(Ordering::Acquire) {
             return None;
         }
-        let (_, at) = self.failure.lock().clone()?;
+        let at = self.failure.lock().as_ref()?.1;
         match at.checked_add(self.reconnect_delay) {
             Some(retry_at) => Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero()),
             None => Some(Duration::MAX),
@@ -352,7 +352,9 @@ impl<W: Send + 'static> Shared<W> {
     /// Records a failed start: the fuse and the backoff read it, and the reaper plans the
     /// retry.
     pub(crate) fn note_failure(&self, cause: Cause) {
-        *self.failure.lock() = Some((cause, Instant::now()));
+        // The cause replaced is dropped after the lock is let go (see `keep_cause`).
+        let replaced = self.failure.lock().replace((cause, Instant::now()));
+        drop(replaced);
         self.failing.store(true, Ordering::Release);
         self.signal.request();
     }
