@@ -742,3 +742,38 @@ fn two_resizes_at_once_leave_a_consistent_pool() {
             .unwrap_or_else(|stuck| panic!("round {rounds}, size {won}: {stuck}"));
     }
 }
+
+/// A client panics holding a lease while every hook panics too (is_broken, reset, on_event,
+/// the worker's Drop): the nested panics are contained during the unwinding, under either
+/// policy, and the pool replaces the worker.
+#[test]
+fn hooks_panicking_while_the_client_unwinds_are_contained() {
+    for policy in [cylinder::OnClientPanic::Release, cylinder::OnClientPanic::Discard] {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("worker drop panicked");
+            }
+        }
+        let pool = Pool::builder()
+            .size(1)
+            .on_client_panic(policy)
+            .is_broken(|_: &mut Bomb| panic!("is_broken panicked"))
+            .reset(|_: &mut Bomb| -> Result<(), BoxError> { panic!("reset panicked") })
+            .on_event(|_| panic!("on_event panicked"))
+            .build(|| Ok(Bomb))
+            .unwrap();
+        let client = pool.clone();
+        let crashed = thread::spawn(move || {
+            let _lease = client.checkout().unwrap();
+            panic!("client panicked");
+        })
+        .join();
+        assert!(crashed.is_err());
+        assert!(pool.checkout_timeout(Duration::from_secs(5)).is_ok(), "{policy:?}");
+        assert!(eventually(Duration::from_secs(5), || {
+            let stats = pool.stats();
+            stats.size == 1 && stats.free == 1 && stats.starting == 0
+        }));
+    }
+}
