@@ -260,3 +260,34 @@ fn a_start_error_whose_drop_calls_the_pool_does_not_deadlock() {
     });
     assert!(done.is_some(), "a start error's Drop deadlocked the pool");
 }
+
+/// `try_checkout` "never blocks", and `checkout_timeout(d)` returns within about `d`: but a
+/// checkout that finds nothing free while the pool may grow (min_idle below size, or
+/// max_overflow) runs the start closure inline on the caller's thread (`start_for_caller`),
+/// however long it takes.
+#[test]
+fn checkouts_are_not_held_by_a_slow_inline_start() {
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(0)
+        .build(|| {
+            thread::sleep(Duration::from_millis(600));
+            Ok(0u32)
+        })
+        .unwrap();
+    let outcome = within(Duration::from_secs(10), move || {
+        let began = Instant::now();
+        let tried = pool.try_checkout();
+        let try_took = began.elapsed();
+        // With that lease (if any) held, the next checkout has to start a worker too.
+        let began = Instant::now();
+        let waited = pool.checkout_timeout(Duration::from_millis(20)).map(|_| ());
+        let wait_took = began.elapsed();
+        (tried.is_ok(), try_took, waited.is_ok(), wait_took)
+    });
+    let (_, try_took, _, wait_took) = outcome.expect("returned");
+    assert!(
+        try_took < Duration::from_millis(300) && wait_took < Duration::from_millis(300),
+        "try_checkout took {try_took:?}; checkout_timeout(20ms) took {wait_took:?} (start: 600 ms)"
+    );
+}
