@@ -30,7 +30,10 @@ struct Tracked {
 
 impl Tracked {
     fn enter(&self) {
-        assert!(!self.in_use.swap(true, Ordering::AcqRel), "leased to two holders");
+        assert!(
+            !self.in_use.swap(true, Ordering::AcqRel),
+            "leased to two holders"
+        );
     }
     fn leave(&self) {
         assert!(self.in_use.swap(false, Ordering::AcqRel));
@@ -46,7 +49,9 @@ impl Drop for Tracked {
     }
 }
 
-fn tracked(live: &Arc<AtomicUsize>) -> impl Fn() -> Result<Tracked, BoxError> + Send + Sync + 'static {
+fn tracked(
+    live: &Arc<AtomicUsize>,
+) -> impl Fn() -> Result<Tracked, BoxError> + Send + Sync + 'static {
     let live = live.clone();
     move || {
         live.fetch_add(1, Ordering::SeqCst);
@@ -150,7 +155,11 @@ fn tiny_and_huge_checkout_timeouts_mixed_lose_nothing() {
         for t in 0..6 {
             let pool = &pool;
             scope.spawn(move || {
-                let timeout = if t % 2 == 0 { Duration::from_nanos(1) } else { Duration::MAX };
+                let timeout = if t % 2 == 0 {
+                    Duration::from_nanos(1)
+                } else {
+                    Duration::MAX
+                };
                 while Instant::now() < stop {
                     match pool.checkout_timeout(timeout) {
                         Ok(lease) => {
@@ -327,7 +336,9 @@ fn panicking_callbacks_never_lose_a_worker() {
                                     lease.enter();
                                     lease.leave();
                                 }
-                                Err(Error::Disconnected(_)) => thread::sleep(Duration::from_millis(2)),
+                                Err(Error::Disconnected(_)) => {
+                                    thread::sleep(Duration::from_millis(2))
+                                }
                                 Err(other) => panic!("{other:?}"),
                             }
                         }
@@ -339,7 +350,11 @@ fn panicking_callbacks_never_lose_a_worker() {
     assert!(done.is_some(), "a checkout got stuck");
     settles(&pool, &live, 3).unwrap();
     drop(pool);
-    assert_eq!(live.load(Ordering::SeqCst), 0, "every worker dropped with the pool");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "every worker dropped with the pool"
+    );
 }
 
 fn rand_bit(one_in: u32) -> bool {
@@ -409,7 +424,10 @@ fn close_racing_traffic_and_slow_starts_drops_every_worker() {
                 });
             }
         });
-        assert!(done.is_some(), "round {round}: a checkout did not end with close");
+        assert!(
+            done.is_some(),
+            "round {round}: a checkout did not end with close"
+        );
         drop(pool);
         assert!(
             eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0),
@@ -526,7 +544,10 @@ fn a_huge_pool_builds_and_closes_quickly() {
     assert_eq!(pool.stats().free, 100_000);
     drop(pool);
     // Measured ~0.1 s in a debug build on 2 cores; the bound is generous.
-    assert!(built < Duration::from_secs(5), "size(100_000) took {built:?} to build");
+    assert!(
+        built < Duration::from_secs(5),
+        "size(100_000) took {built:?} to build"
+    );
 }
 
 #[test]
@@ -564,7 +585,10 @@ fn duration_max_for_every_duration_option_is_accepted_and_works() {
         thread::sleep(Duration::from_millis(50));
         down.checkout().map(|_| ()).unwrap_err()
     });
-    assert!(matches!(outcome, Some(Error::Disconnected(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Some(Error::Disconnected(_))),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -579,7 +603,9 @@ fn a_failing_check_with_overflow_returns_in_time() {
     let outcome = within(Duration::from_secs(10), move || {
         let tried = pool.try_checkout().map(|_| ());
         let began = Instant::now();
-        let waited = pool.checkout_timeout(Duration::from_millis(100)).map(|_| ());
+        let waited = pool
+            .checkout_timeout(Duration::from_millis(100))
+            .map(|_| ());
         (tried, waited, began.elapsed())
     });
     let (tried, waited, took) = outcome.expect("returned");
@@ -711,7 +737,10 @@ fn stats_and_debug_never_wait_on_blocked_callbacks() {
             began.elapsed()
         );
         assert!(matches!(pool.resize(0), Err(Error::InvalidConfig { .. })));
-        assert!(matches!(pool.resize(usize::MAX), Err(Error::InvalidConfig { .. })));
+        assert!(matches!(
+            pool.resize(usize::MAX),
+            Err(Error::InvalidConfig { .. })
+        ));
         gate.store(true, Ordering::SeqCst);
     });
 }
@@ -748,7 +777,10 @@ fn two_resizes_at_once_leave_a_consistent_pool() {
 /// policy, and the pool replaces the worker.
 #[test]
 fn hooks_panicking_while_the_client_unwinds_are_contained() {
-    for policy in [cylinder::OnClientPanic::Release, cylinder::OnClientPanic::Discard] {
+    for policy in [
+        cylinder::OnClientPanic::Release,
+        cylinder::OnClientPanic::Discard,
+    ] {
         struct Bomb;
         impl Drop for Bomb {
             fn drop(&mut self) {
@@ -770,7 +802,10 @@ fn hooks_panicking_while_the_client_unwinds_are_contained() {
         })
         .join();
         assert!(crashed.is_err());
-        assert!(pool.checkout_timeout(Duration::from_secs(5)).is_ok(), "{policy:?}");
+        assert!(
+            pool.checkout_timeout(Duration::from_secs(5)).is_ok(),
+            "{policy:?}"
+        );
         assert!(eventually(Duration::from_secs(5), || {
             let stats = pool.stats();
             stats.size == 1 && stats.free == 1 && stats.starting == 0

@@ -10,7 +10,12 @@ use cylinder::Pool;
 #[cfg(target_os = "linux")]
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
 }
@@ -33,6 +38,8 @@ fn tiny_warn_after_and_sweeps_do_not_spin_the_reaper() {
     eprintln!("idle pool with tiny warn_after/idle_timeout: {used:?} of CPU in 1 s");
     // Measured ~0 (below the 10 ms tick) in debug and release; a spinning reaper would use
     // the whole second.
-    assert!(used < Duration::from_millis(300), "{used:?} of CPU in 1 s of idling");
+    assert!(
+        used < Duration::from_millis(300),
+        "{used:?} of CPU in 1 s of idling"
+    );
 }
-

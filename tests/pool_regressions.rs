@@ -79,7 +79,9 @@ fn slow_failing_checks_do_not_stretch_checkout_timeout() {
     let began = Instant::now();
     let outcome = within(Duration::from_secs(20), move || {
         let began = Instant::now();
-        let result = pool.checkout_timeout(Duration::from_millis(100)).map(|_| ());
+        let result = pool
+            .checkout_timeout(Duration::from_millis(100))
+            .map(|_| ());
         (result, began.elapsed())
     });
     let (result, took) = outcome.expect("the checkout returned at all");
@@ -181,9 +183,7 @@ fn on_event_checkout_on_the_start_thread_gets_the_worker_it_reports() {
             if *event == Event::WorkerRestarted {
                 let handle = in_hook.lock().unwrap().clone();
                 if let Some(handle) = handle {
-                    let got = handle
-                        .checkout_timeout(Duration::from_secs(2))
-                        .map(|_| ());
+                    let got = handle.checkout_timeout(Duration::from_secs(2)).map(|_| ());
                     let _ = tx.lock().unwrap().send(got);
                 }
             }

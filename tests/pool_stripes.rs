@@ -55,8 +55,15 @@ fn background_threads_never_take_a_client_stripe() {
                 })
             })
             .collect();
-        clients.into_iter().map(|c| c.join().unwrap()).filter(|&owns| owns).count()
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .filter(|&owns| owns)
+            .count()
     });
     drop(busy);
-    assert_eq!(owned, CLIENTS, "only {owned} of {CLIENTS} live clients own a stripe");
+    assert_eq!(
+        owned, CLIENTS,
+        "only {owned} of {CLIENTS} live clients own a stripe"
+    );
 }
