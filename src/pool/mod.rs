@@ -781,7 +781,7 @@ impl<W: Send + 'static> Shared<W> {
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
             drop_contained(&self.name, entry);
-            if self.waiters.has_waiters() {
+            if self.waiters.has_unserved() {
                 self.refill();
             }
             None
