@@ -112,11 +112,25 @@ impl Reaper {
     /// handle dropped from an event callback): that thread ends by itself once its round
     /// returns. Idempotent.
     pub(crate) fn stop(&mut self) {
+        join(self.stop_later());
+    }
+
+    /// Tells the thread to stop and hands back its handle, for the caller to [`join`] once it
+    /// holds no lock: the reaper's round may run a user callback that takes the same lock
+    /// (an `on_event` that closes the pool while another thread closes it). Idempotent: a
+    /// later call returns `None`.
+    pub(crate) fn stop_later(&mut self) -> Option<std::thread::JoinHandle<()>> {
         self.signal.close();
-        if let Some(thread) = self.thread.take() {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        self.thread.take()
+    }
+}
+
+/// Waits for a reaper thread stopped with [`Reaper::stop_later`], unless called on that
+/// thread itself.
+pub(crate) fn join(thread: Option<std::thread::JoinHandle<()>>) {
+    if let Some(thread) = thread {
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
         }
     }
 }

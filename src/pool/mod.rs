@@ -127,8 +127,12 @@ pub(crate) struct Shared<W: Send + 'static> {
     size: AtomicUsize,
     /// How many workers are kept open.
     min_idle: AtomicUsize,
-    /// Whether `min_idle` was left to follow `size`.
-    min_idle_is_size: bool,
+    /// The `min_idle` option as built (`None`: it follows `size`): a resize clamps it to the
+    /// new size without forgetting it.
+    min_idle_option: Option<usize>,
+    /// Makes each resize's `size` and `min_idle` one change: two resizes at once must not
+    /// leave the size of one with the `min_idle` of the other. Held for two stores only.
+    resizing: Mutex<()>,
     max_overflow: usize,
     capacity: usize,
     checkout_timeout: Duration,
@@ -239,7 +243,8 @@ impl<W: Send + 'static> Pool<W> {
             counts: Counts::default(),
             size: AtomicUsize::new(size),
             min_idle: AtomicUsize::new(min_idle),
-            min_idle_is_size: options.min_idle.is_none(),
+            min_idle_option: options.min_idle,
+            resizing: Mutex::new(()),
             max_overflow: options.max_overflow,
             capacity,
             checkout_timeout: options.checkout_timeout,
@@ -486,14 +491,13 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         shared.check_open()?;
         builder::within("resize", size, 1, shared.capacity - shared.max_overflow)?;
-        shared.size.store(size, Ordering::SeqCst);
-        let min_idle = if shared.min_idle_is_size {
-            size
-        } else {
-            shared.min_idle.load(Ordering::Relaxed).min(size)
-        };
-        shared.min_idle.store(min_idle, Ordering::SeqCst);
-        shared.shrink_to(size);
+        {
+            let _one_at_a_time = shared.resizing.lock();
+            shared.size.store(size, Ordering::SeqCst);
+            let min_idle = shared.min_idle_option.map_or(size, |min_idle| min_idle.min(size));
+            shared.min_idle.store(min_idle, Ordering::SeqCst);
+        }
+        shared.shrink();
         shared.fill_now();
         Ok(())
     }
@@ -614,6 +618,12 @@ impl<W: Send + 'static> Shared<W> {
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
             }
+            // A worker failed its check: the next is tried only within the caller's time
+            // (counted from the first failure, so a checkout that passes reads no clock).
+            let at = *deadline.get_or_insert_with(|| deadline_after(timeout));
+            if at.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.timed_out(timeout));
+            }
         }
     }
 
@@ -658,23 +668,33 @@ impl<W: Send + 'static> Shared<W> {
         timeout: Duration,
     ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
-            || self.free.take(stripe),
+            || {
+                let entry = self.free.take(stripe);
+                // Registered, and nothing free: if the pool has room (a worker was closed
+                // since this checkout's claim failed), the reaper starts one for the line.
+                if entry.is_none() && self.has_room() {
+                    self.signal.request();
+                }
+                entry
+            },
             deadline,
             |entry| self.close_worker(entry),
         );
         match waited {
             Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
-            Err(WaitError::Timeout) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                emit(&self.events, Event::CheckoutTimedOut(timeout));
-                match self.last_failure() {
-                    Some(cause) if self.failing.load(Ordering::Acquire) => {
-                        Err(Error::Disconnected(cause))
-                    }
-                    _ => Err(Error::Timeout(timeout)),
-                }
-            }
+            Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
+        }
+    }
+
+    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with the
+    /// failing starts' cause if starts are failing.
+    fn timed_out(&self, timeout: Duration) -> Error {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        emit(&self.events, Event::CheckoutTimedOut(timeout));
+        match self.last_failure() {
+            Some(cause) if self.failing.load(Ordering::Acquire) => Error::Disconnected(cause),
+            _ => Error::Timeout(timeout),
         }
     }
 
@@ -832,9 +852,17 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Closes `entry` if more than `floor` workers are open; else hands it back.
+    ///
+    /// A checkout that found the pool at its limit may have registered in the line just after
+    /// this worker's holder looked for waiters: now that the pool has room again, a start is
+    /// claimed for it (the waiter, for its part, asks the reaper for one if it sees the room
+    /// first; see `wait_for`).
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
             drop_contained(&self.name, entry);
+            if self.waiters.has_unserved() {
+                self.refill();
+            }
             None
         } else {
             Some(entry)
@@ -900,10 +928,15 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Closes free workers while more than `size` are open (a shrink).
-    fn shrink_to(&self, size: usize) {
+    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
+    /// afresh each time: a resize up that came in meanwhile stops the shrink.
+    fn shrink(&self) {
         let stripe = Stripe::current();
-        while self.counts.total() > size {
+        loop {
+            let size = self.size.load(Ordering::SeqCst);
+            if self.counts.total() <= size {
+                break;
+            }
             let Some(entry) = self.free.take(stripe) else {
                 break;
             };
@@ -953,7 +986,10 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Keeps `cause` as the one to report, without marking the starts as failing.
     fn keep_cause(&self, cause: Cause) {
-        *self.failure.lock() = Some((cause, Instant::now()));
+        // The cause replaced is dropped after the lock is let go: a user error's Drop is user
+        // code, and may call into the pool.
+        let replaced = self.failure.lock().replace((cause, Instant::now()));
+        drop(replaced);
     }
 }
 

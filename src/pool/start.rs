@@ -27,7 +27,13 @@ pub(crate) struct Counts {
     pending: AtomicUsize,
     /// Start threads running.
     starters: AtomicUsize,
+    /// Threads running a start under `start_timeout`, given up on or not: a start that hangs
+    /// cannot be stopped, so their number is bounded instead.
+    timed_starts: AtomicUsize,
 }
+
+/// The most threads running a start under `start_timeout` at once, hung ones included.
+const MAX_TIMED_STARTS: usize = 2 * PARALLEL_STARTS;
 
 impl Counts {
     pub(crate) fn total(&self) -> usize {
@@ -100,6 +106,12 @@ impl<W: Send + 'static> Shared<W> {
         self.size.load(Ordering::Relaxed) + self.max_overflow
     }
 
+    /// Whether the pool may open another worker now. `SeqCst`, to pair with a waiter's
+    /// registration and a closer's look for waiters (see `close_above`).
+    pub(crate) fn has_room(&self) -> bool {
+        self.counts.total.load(Ordering::SeqCst) < self.limit()
+    }
+
     /// Claims the starts the pool is short of: up to `min_idle`, and one for each waiter that
     /// no start is on its way for. Nothing while the pool waits out a failed start.
     pub(crate) fn refill(&self) {
@@ -134,7 +146,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         match self.start_one() {
             Ok(worker) => {
-                let entry = self.joined(worker);
+                let (entry, event) = self.joined(worker);
+                emit(&self.events, event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
                     return None;
@@ -153,7 +166,7 @@ impl<W: Send + 'static> Shared<W> {
         if !self.failing.load(Ordering::Acquire) {
             return None;
         }
-        let (_, at) = self.failure.lock().clone()?;
+        let at = self.failure.lock().as_ref()?.1;
         match at.checked_add(self.reconnect_delay) {
             Some(retry_at) => {
                 Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero())
@@ -246,14 +259,33 @@ impl<W: Send + 'static> Shared<W> {
         let Some(me) = self.me.upgrade() else {
             return Err(Cause::message("the pool is gone"));
         };
+        let timed = &self.counts.timed_starts;
+        if timed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
+                (running < MAX_TIMED_STARTS).then_some(running + 1)
+            })
+            .is_err()
+        {
+            return Err(Cause::message(format!(
+                "{MAX_TIMED_STARTS} starts are still running past start_timeout"
+            )));
+        }
         let (sender, receiver) = crossbeam::channel::bounded(1);
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("cylinder-start-{}", self.name))
             .spawn(move || {
                 stripe::opt_out();
-                let _ = sender.send(contained(|| me.manager.start()));
-            })
-            .map_err(Cause::new)?;
+                let started = contained(|| me.manager.start());
+                me.counts.timed_starts.fetch_sub(1, Ordering::SeqCst);
+                // A worker that came too late is dropped here, its Drop's panic contained.
+                if let Err(crossbeam::channel::SendError(Ok(late))) = sender.send(started) {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(late)));
+                }
+            });
+        if let Err(err) = spawned {
+            timed.fetch_sub(1, Ordering::SeqCst);
+            return Err(Cause::new(err));
+        }
         match receiver.recv_timeout(limit) {
             Ok(started) => started,
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => Err(Cause::message(format!(
@@ -266,16 +298,20 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// A new worker joins: to a waiter, or the free list.
+    /// The event is reported once the worker is in the pool: a callback that checks out (or
+    /// blocks) must not hold back the very worker it reports.
     fn deliver(&self, worker: W) {
-        let entry = self.joined(worker);
+        let (entry, event) = self.joined(worker);
         if self.closed.load(Ordering::Acquire) {
-            return self.close_worker(entry);
+            self.close_worker(entry);
+        } else {
+            self.put_back(entry, Stripe::current());
         }
-        self.put_back(entry, Stripe::current());
+        emit(&self.events, event);
     }
 
-    /// Counts a started worker in and gives it its entry.
-    fn joined(&self, worker: W) -> Box<Entry<W>> {
+    /// Counts a started worker in and gives it its entry, with the event to report.
+    fn joined(&self, worker: W) -> (Box<Entry<W>>, Event) {
         if self.liveness.get().is_none() {
             if let Some(is_alive) = crate::worker::liveness::of::<W>() {
                 let _ = self.liveness.set(is_alive);
@@ -292,15 +328,12 @@ impl<W: Send + 'static> Shared<W> {
         self.counts.starting.fetch_sub(1, Ordering::SeqCst);
         self.failing.store(false, Ordering::Release);
         log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
-        emit(
-            &self.events,
-            if nth < self.first_fill as u64 {
-                Event::WorkerStarted
-            } else {
-                Event::WorkerRestarted
-            },
-        );
-        entry
+        let event = if nth < self.first_fill as u64 {
+            Event::WorkerStarted
+        } else {
+            Event::WorkerRestarted
+        };
+        (entry, event)
     }
 
     /// A start failed: its claim and the ones still waiting are given back, and the pool
@@ -321,7 +354,9 @@ impl<W: Send + 'static> Shared<W> {
     /// Records a failed start: the fuse and the backoff read it, and the reaper plans the
     /// retry.
     pub(crate) fn note_failure(&self, cause: Cause) {
-        *self.failure.lock() = Some((cause, Instant::now()));
+        // The cause replaced is dropped after the lock is let go (see `keep_cause`).
+        let replaced = self.failure.lock().replace((cause, Instant::now()));
+        drop(replaced);
         self.failing.store(true, Ordering::Release);
         self.signal.request();
     }

@@ -66,6 +66,12 @@ impl<T> WaitList<T> {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Whether someone in line has not been handed an item yet. Takes the lock only when
+    /// someone waits; a waiter registering after this look sees what the caller did before it.
+    pub(crate) fn has_unserved(&self) -> bool {
+        self.has_waiters() && self.line.lock().entries.iter().any(|e| e.handed.is_none())
+    }
+
     /// Serves the line with `item`: handed straight to the longest waiter not yet served if it
     /// has waited `fifo_after`, else given to `keep` (back to the free workers) with the
     /// longest waiter that is neither served nor already woken sent to compete for it: each
