@@ -346,7 +346,10 @@ impl<W: Send + 'static> Pool<W> {
         Ok(Lease::borrowed(shared, entry))
     }
 
-    /// Leases a worker if one is free now; never blocks.
+    /// Leases a worker if one is free now; never waits for another client. When every
+    /// worker is leased and the pool has room (`max_overflow`, or fewer open than `size`), it
+    /// opens one on this thread, as poolboy's non-blocking checkout does: that takes as long as
+    /// a start (bound it with `start_timeout`).
     ///
     /// # Errors
     /// [`Error::Overload`] when every worker is leased; [`Error::Disconnected`] when none is
@@ -494,7 +497,9 @@ impl<W: Send + 'static> Pool<W> {
         {
             let _one_at_a_time = shared.resizing.lock();
             shared.size.store(size, Ordering::SeqCst);
-            let min_idle = shared.min_idle_option.map_or(size, |min_idle| min_idle.min(size));
+            let min_idle = shared
+                .min_idle_option
+                .map_or(size, |min_idle| min_idle.min(size));
             shared.min_idle.store(min_idle, Ordering::SeqCst);
         }
         shared.shrink();
@@ -606,14 +611,11 @@ impl<W: Send + 'static> Shared<W> {
             self.check_open()?;
             let entry = match self.free.take(stripe) {
                 Some(entry) => entry,
-                None => match self.start_for_caller() {
-                    Some(entry) => entry,
-                    None => {
-                        self.fuse()?;
-                        let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                        self.wait_for(stripe, deadline, timeout)?
-                    }
-                },
+                None => {
+                    self.fuse()?;
+                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
+                    self.wait_for(stripe, deadline, timeout)?
+                }
             };
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
@@ -627,7 +629,9 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// A worker for a non-blocking checkout.
+    /// A worker for a non-blocking checkout: it never waits for another client, but when the
+    /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
+    /// as poolboy's non-blocking checkout does.
     fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
         self.check_open()?;
         let stripe = Stripe::current();
@@ -678,6 +682,7 @@ impl<W: Send + 'static> Shared<W> {
                 entry
             },
             deadline,
+            || self.start_for_line(),
             |entry| self.close_worker(entry),
         );
         match waited {

@@ -135,8 +135,25 @@ impl<W: Send + 'static> Shared<W> {
         Some(short.max(unserved)).filter(|&wanted| wanted > 0)
     }
 
-    /// A checkout found nothing free: if the pool may open another worker (overflow, or
-    /// fewer open than `size`), open it on this thread, for this caller (poolboy's way).
+    /// A blocking checkout is in line: if the pool may open another worker (overflow, or
+    /// fewer open than `size`) and no start is on its way for each waiter, claim one; a start
+    /// thread opens it and it is offered to the line, so the caller waits no longer than its
+    /// timeout, however slow the start.
+    pub(crate) fn start_for_line(&self) {
+        if self.counts.starting() >= self.waiters.len()
+            || self.closed.load(Ordering::Acquire)
+            || self.backoff_left(Instant::now()).is_some()
+        {
+            return;
+        }
+        if self.counts.claim(1, self.limit(), true) > 0 {
+            self.launch();
+        }
+    }
+
+    /// A non-blocking checkout found nothing free: if the pool may open another worker
+    /// (overflow, or fewer open than `size`), open it on this thread, for this caller
+    /// (poolboy's way).
     pub(crate) fn start_for_caller(&self) -> Option<Box<Entry<W>>> {
         if self.closed.load(Ordering::Acquire)
             || self.backoff_left(Instant::now()).is_some()

@@ -115,12 +115,15 @@ impl<T> WaitList<T> {
     }
 
     /// Waits in line until an item is handed over or `take` finds one, until `deadline`
-    /// (`None`: no limit), or until the line is closed. An item handed over at the moment of
-    /// closing goes to `on_closed`, after the line's lock is let go.
+    /// (`None`: no limit), or until the line is closed. `registered` runs once the waiter is
+    /// in line, with the line's lock let go (it may start an item that is then offered to the
+    /// line). An item handed over at the moment of closing goes to `on_closed`, after the
+    /// line's lock is let go.
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
         deadline: Option<Instant>,
+        registered: impl FnOnce(),
         on_closed: impl FnOnce(T),
     ) -> Result<T, WaitError> {
         let mut line = self.line.lock();
@@ -139,6 +142,9 @@ impl<T> WaitList<T> {
         });
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        drop(line);
+        registered();
+        let mut line = self.line.lock();
         let mut timed_out = false;
         let mut left_over = None;
         let outcome = loop {
