@@ -865,6 +865,10 @@ impl<W: Send + 'static> Shared<W> {
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
             drop_contained(&self.name, entry);
+            // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
+            // against a waiter's registration and fence, then its claim (`start_for_line`):
+            // one of the two sees the other (`seqcst_point` gives loom that order).
+            seqcst_point();
             if self.waiters.has_unserved() {
                 self.refill();
             }

@@ -17,7 +17,7 @@ struct Entry<T> {
     ticket: u64,
     since: Instant,
     handed: Option<T>,
-    /// A wake-up was sent and the waiter has not run since: no need for another.
+    /// A wake-up was sent since the waiter last went to sleep: no need for another.
     woken: bool,
     wake: Arc<Condvar>,
 }
@@ -169,12 +169,13 @@ impl<T> WaitList<T> {
                 line.entries.remove(at);
                 break Err(WaitError::Timeout);
             }
+            // About to sleep, having looked with the line locked: a wake-up sent before now
+            // (while this waiter was not asleep, e.g. running `registered`) was for an item
+            // it has just missed, so it is due a fresh one.
+            line.entries[at].woken = false;
             let (guard, expired) = wake.wait_until(line, deadline);
             line = guard;
             timed_out = expired;
-            if let Some(entry) = line.entries.iter_mut().find(|e| e.ticket == ticket) {
-                entry.woken = false;
-            }
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         drop(line);
