@@ -106,7 +106,7 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
             .entry
             .take()
             .expect("a lease holds its worker until it ends");
-        lease.pool.shared().detach(entry)
+        lease.pool.shared().detach(*entry)
     }
 
     #[inline]

@@ -912,7 +912,7 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Detaches a leased worker: the pool forgets it and starts another.
-    pub(crate) fn detach(&self, entry: Box<Entry<W>>) -> W {
+    pub(crate) fn detach(&self, entry: Entry<W>) -> W {
         if let Some(watch) = &self.watch {
             watch.end(entry.id);
         }
