@@ -44,7 +44,8 @@ impl Counts {
         self.starting.load(Ordering::Relaxed)
     }
 
-    /// Workers open now (a claim counted before its start is, at worst, one too few here).
+    /// Workers open now (for a moment between a claim's two counts, the claimed starts
+    /// count as open too).
     pub(crate) fn open(&self) -> usize {
         self.total().saturating_sub(self.starting())
     }
