@@ -69,13 +69,24 @@ enum Envelope<B: Behaviour> {
 // ---------------------------------------------------------------------------------------
 // Spinning: bounded in time, adaptive, and never by more threads than there are cores.
 
-/// The longest a waiting side spins before it parks.
-const SPIN_MAX: Duration = Duration::from_micros(50);
-/// The shortest spin an adaptive budget falls to (a spin that keeps failing costs this).
-const SPIN_MIN: Duration = Duration::from_micros(2);
-/// After this long a spinner yields its core between looks, so that a runnable thread on
-/// the same core (perhaps the one it waits for) gets to run.
-const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(5);
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+fn knobs() -> &'static (Duration, Duration, Duration, usize, u64) {
+    static K: OnceLock<(Duration, Duration, Duration, usize, u64)> = OnceLock::new();
+    K.get_or_init(|| {
+        (
+            Duration::from_nanos(knob("CYL_MAX", 50_000)),
+            Duration::from_nanos(knob("CYL_MIN", 1_000)),
+            Duration::from_nanos(knob("CYL_YIELD", 5_000)),
+            knob("CYL_CAP", cores() as u64) as usize,
+            knob("CYL_PROBE", 32),
+        )
+    })
+}
 
 /// Threads spinning in [`spin_until`] right now, across the process.
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
@@ -94,7 +105,8 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
     if budget.is_zero() {
         return false;
     }
-    if SPINNING.fetch_add(1, Ordering::Relaxed) >= cores() {
+    let (_, _, before_yield, cap, _) = *knobs();
+    if SPINNING.fetch_add(1, Ordering::Relaxed) >= cap {
         SPINNING.fetch_sub(1, Ordering::Relaxed);
         return false;
     }
@@ -112,7 +124,7 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
         if spun >= budget {
             break;
         }
-        if spun >= SPIN_BEFORE_YIELD {
+        if spun >= before_yield {
             thread::yield_now();
         }
     }
@@ -120,26 +132,48 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
     ready_now
 }
 
-/// A spin budget that doubles after a spin that paid off and halves after one that did not.
-struct Budget(AtomicU64);
+/// A spin budget that doubles after a spin that paid off and halves after one that did not,
+/// down to none; then one wait in `probe` spins a little, to notice when spinning pays again.
+struct Budget {
+    nanos: AtomicU64,
+    skipped: AtomicU64,
+}
 
 impl Budget {
     fn new() -> Self {
-        Budget(AtomicU64::new(SPIN_MAX.as_nanos() as u64))
+        Budget {
+            nanos: AtomicU64::new(knobs().0.as_nanos() as u64),
+            skipped: AtomicU64::new(0),
+        }
     }
     fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-    fn learn(&self, paid_off: bool) {
-        let now = self.0.load(Ordering::Relaxed);
-        let next = if paid_off {
-            (now * 2).min(SPIN_MAX.as_nanos() as u64)
-        } else {
-            (now / 2).max(SPIN_MIN.as_nanos() as u64)
-        };
-        if next != now {
-            self.0.store(next, Ordering::Relaxed);
+        let nanos = self.nanos.load(Ordering::Relaxed);
+        if nanos > 0 {
+            return Duration::from_nanos(nanos);
         }
+        let skipped = self.skipped.load(Ordering::Relaxed) + 1;
+        if skipped >= knobs().4 {
+            self.skipped.store(0, Ordering::Relaxed);
+            knobs().1
+        } else {
+            self.skipped.store(skipped, Ordering::Relaxed);
+            Duration::ZERO
+        }
+    }
+    fn learn(&self, spun: Duration, paid_off: bool) {
+        let (max, min, ..) = *knobs();
+        if spun.is_zero() || max < min {
+            return;
+        }
+        let now = spun.as_nanos() as u64;
+        let next = if paid_off {
+            (now * 2).clamp(min.as_nanos() as u64, max.as_nanos() as u64)
+        } else if now / 2 < min.as_nanos() as u64 {
+            0
+        } else {
+            now / 2
+        };
+        self.nanos.store(next, Ordering::Relaxed);
     }
 }
 
@@ -236,13 +270,14 @@ impl<R: Send + 'static> ReplySlot<R> {
     /// Waits for the reply of call `seq`, until `deadline` if there is one.
     fn wait(&self, seq: u64, deadline: Option<Instant>, timeout: Duration) -> Result<R, Error> {
         let ready = || self.done.load(Ordering::Acquire) == seq;
-        let mut budget = self.spin.get();
-        if let Some(deadline) = deadline {
-            budget = budget.min(deadline.saturating_duration_since(Instant::now()));
-        }
         if !ready() {
-            let paid_off = spin_until(budget, ready);
-            self.spin.learn(paid_off);
+            let budget = self.spin.get();
+            let mut capped = budget;
+            if let Some(deadline) = deadline {
+                capped = budget.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            let paid_off = spin_until(capped, ready);
+            self.spin.learn(budget, paid_off);
         }
         while !ready() {
             self.sleeping.store(true, Ordering::SeqCst);
@@ -356,8 +391,9 @@ impl<B: Behaviour> Mailbox<B> {
             if let Some(envelope) = self.try_take() {
                 return envelope;
             }
-            let paid_off = spin_until(spin.get(), || self.len.load(Ordering::Acquire) != 0);
-            spin.learn(paid_off);
+            let budget = spin.get();
+            let paid_off = spin_until(budget, || self.len.load(Ordering::Acquire) != 0);
+            spin.learn(budget, paid_off);
             if paid_off {
                 continue;
             }
