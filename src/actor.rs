@@ -181,22 +181,20 @@ impl Budget {
 // The reply slot: one per calling thread and reply type, reused by every call.
 
 struct ReplySlot<R> {
-    state: Mutex<SlotState<R>>,
-    /// The sequence number of the last reply put in `state` (a look without the lock).
+    /// The reply of the call `awaited` names, put in by the actor: `Some(None)` when the
+    /// actor died first.
+    reply: Mutex<Option<Option<R>>>,
+    /// The call whose reply is awaited (0: none, its caller gave up or took its reply).
+    /// Set by the caller before it posts the call; cleared under the `reply` lock.
+    awaited: AtomicU64,
+    /// The sequence number of the last call begun (the caller's alone).
+    issued: AtomicU64,
+    /// The sequence number of the last reply put in (a look without the lock).
     done: AtomicU64,
     /// The caller is parked, or about to: whoever puts a reply in must unpark it.
     sleeping: AtomicBool,
     caller: Thread,
     spin: Budget,
-}
-
-struct SlotState<R> {
-    /// The sequence number of the last call begun.
-    issued: u64,
-    /// The call whose reply is awaited (0: none, the caller gave up).
-    awaited: u64,
-    /// The reply of `awaited`: `Some(None)` when the actor died first.
-    reply: Option<Option<R>>,
 }
 
 thread_local! {
@@ -207,11 +205,9 @@ thread_local! {
 impl<R: Send + 'static> ReplySlot<R> {
     fn new() -> Self {
         ReplySlot {
-            state: Mutex::new(SlotState {
-                issued: 0,
-                awaited: 0,
-                reply: None,
-            }),
+            reply: Mutex::new(None),
+            awaited: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
             done: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             caller: thread::current(),
@@ -238,39 +234,47 @@ impl<R: Send + 'static> ReplySlot<R> {
         found.unwrap_or_else(|_| Arc::new(Self::new()))
     }
 
-    /// Starts a call: its sequence number, now awaited.
+    /// Starts a call: its sequence number, now awaited. No lock: a late reply to an earlier
+    /// call, delivered meanwhile, reads 0 or this number, never its own.
     fn begin(&self) -> u64 {
-        let mut state = self.state.lock();
-        state.issued += 1;
-        state.awaited = state.issued;
-        state.reply = None;
-        state.issued
+        let seq = self.issued.load(Ordering::Relaxed) + 1;
+        self.issued.store(seq, Ordering::Relaxed);
+        // Published to the actor by the mailbox's lock, which the call goes through next.
+        self.awaited.store(seq, Ordering::Release);
+        seq
     }
 
     /// Puts in the reply of call `seq` (`None`: the actor died first), unless its caller
     /// has moved on; then the reply is dropped.
     fn deliver(&self, seq: u64, reply: Option<R>) {
-        let mut state = self.state.lock();
-        if state.awaited != seq {
-            drop(state);
+        let mut slot = self.reply.lock();
+        if self.awaited.load(Ordering::Acquire) != seq {
+            drop(slot);
             drop(reply);
             return;
         }
-        state.awaited = 0;
-        state.reply = Some(reply);
-        // Under the lock: the caller takes the reply only after this, so a late store
-        // can never overwrite the number of a later call.
+        self.awaited.store(0, Ordering::Relaxed);
+        *slot = Some(reply);
+        // Under the lock: the caller takes the reply, and begins its next call, only after
+        // this, so a late store can never overwrite the number of a later call.
         self.done.store(seq, Ordering::SeqCst);
-        drop(state);
+        drop(slot);
         if self.sleeping.load(Ordering::SeqCst) {
             self.caller.unpark();
         }
     }
 
-    /// Waits for the reply of call `seq`, until `deadline` if there is one.
-    fn wait(&self, seq: u64, deadline: Option<Instant>, timeout: Duration) -> Result<R, Error> {
+    /// Waits for the reply of call `seq`, until `deadline` if there is one. `spin`: whether
+    /// to spin first (not when the actor had to be woken: its reply takes an OS wake-up).
+    fn wait(
+        &self,
+        seq: u64,
+        deadline: Option<Instant>,
+        timeout: Duration,
+        spin: bool,
+    ) -> Result<R, Error> {
         let ready = || self.done.load(Ordering::Acquire) == seq;
-        if !ready() {
+        if spin && !ready() {
             let budget = self.spin.get();
             let mut capped = budget;
             if let Some(deadline) = deadline {
@@ -297,21 +301,31 @@ impl<R: Send + 'static> ReplySlot<R> {
             }
         }
         self.sleeping.store(false, Ordering::Relaxed);
-        let reply = self.state.lock().reply.take();
+        let reply = self.reply.lock().take();
         reply.flatten().ok_or(Error::WorkerDied)
     }
 
     /// The caller's deadline passed: a reply that came in meanwhile still counts; otherwise
     /// the call is no longer awaited, and its reply will be dropped when it comes.
     fn give_up(&self, timeout: Duration) -> Result<R, Error> {
-        let mut state = self.state.lock();
-        match state.reply.take() {
+        let mut slot = self.reply.lock();
+        match slot.take() {
             Some(reply) => reply.ok_or(Error::WorkerDied),
             None => {
-                state.awaited = 0;
+                self.awaited.store(0, Ordering::Relaxed);
                 Err(Error::Timeout(timeout))
             }
         }
+    }
+
+    /// The call could not be posted: whatever its dropped envelope put in goes.
+    fn abandon(&self) {
+        let left = {
+            let mut slot = self.reply.lock();
+            self.awaited.store(0, Ordering::Relaxed);
+            slot.take()
+        };
+        drop(left);
     }
 }
 
@@ -357,9 +371,9 @@ struct Queue<B: Behaviour> {
 }
 
 impl<B: Behaviour> Mailbox<B> {
-    /// Queues `envelope` and wakes the worker if it sleeps; gives it back if the worker
-    /// has ended.
-    fn post(&self, envelope: Envelope<B>, worker: &Thread) -> Result<(), Envelope<B>> {
+    /// Queues `envelope` and wakes the worker if it sleeps (then returns true); gives it
+    /// back if the worker has ended.
+    fn post(&self, envelope: Envelope<B>, worker: &Thread) -> Result<bool, Envelope<B>> {
         {
             let mut queue = self.queue.lock();
             if queue.closed {
@@ -370,8 +384,9 @@ impl<B: Behaviour> Mailbox<B> {
         }
         if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             worker.unpark();
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn try_take(&self) -> Option<Envelope<B>> {
@@ -603,10 +618,17 @@ impl<B: Behaviour> Actor<B> {
             slot: Some(slot.clone()),
             seq,
         };
-        self.mailbox
+        match self
+            .mailbox
             .post(Envelope::Call(request, reply_to), &self.thread)
-            .map_err(|_| Error::WorkerDied)?;
-        slot.wait(seq, deadline, timeout.unwrap_or(Duration::MAX))
+        {
+            Ok(woke) => slot.wait(seq, deadline, timeout.unwrap_or(Duration::MAX), !woke),
+            Err(envelope) => {
+                drop(envelope);
+                slot.abandon();
+                Err(Error::WorkerDied)
+            }
+        }
     }
 
     /// Sends `request` without waiting for it to be handled.
@@ -634,6 +656,7 @@ impl<B: Behaviour> Actor<B> {
         }
         self.mailbox
             .post(Envelope::Cast(request), &self.thread)
+            .map(|_| ())
             .map_err(|_| Error::WorkerDied)
     }
 

@@ -4,7 +4,7 @@
 //! `WorkerDied` (the actor panicked) or `Timeout` (a `call_timeout` that gave up); dead
 //! actors are replaced as the threads meet them. A watchdog fails the test after 120 s.
 //!
-//! 100 000 calls per thread in release builds; 10 000 in debug builds (`cargo test`), to keep
+//! 100 000 calls per thread in release builds; 30 000 in debug builds (`cargo test`), to keep
 //! the run under half a minute on 2 cores.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 const THREADS: u64 = 16;
 const ACTORS: usize = 4;
 const CALLS: u64 = if cfg!(debug_assertions) {
-    10_000
+    30_000
 } else {
     100_000
 };
