@@ -69,24 +69,16 @@ enum Envelope<B: Behaviour> {
 // ---------------------------------------------------------------------------------------
 // Spinning: bounded in time, adaptive, and never by more threads than there are cores.
 
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-fn knobs() -> &'static (Duration, Duration, Duration, usize, u64) {
-    static K: OnceLock<(Duration, Duration, Duration, usize, u64)> = OnceLock::new();
-    K.get_or_init(|| {
-        (
-            Duration::from_nanos(knob("CYL_MAX", 50_000)),
-            Duration::from_nanos(knob("CYL_MIN", 1_000)),
-            Duration::from_nanos(knob("CYL_YIELD", 5_000)),
-            knob("CYL_CAP", cores() as u64) as usize,
-            knob("CYL_PROBE", 32),
-        )
-    })
-}
+/// The longest a waiting side spins before it parks.
+const SPIN_MAX: Duration = Duration::from_micros(20);
+/// The shortest spin of an adaptive budget; below it, the budget is none.
+const SPIN_MIN: Duration = Duration::from_micros(1);
+/// After this long a spinner yields its core between looks, so that a runnable thread on
+/// the same core (perhaps the one it waits for) gets to run.
+const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(4);
+/// A waiter whose budget fell to none still spins (for `SPIN_MIN`) once in this many waits,
+/// to notice when spinning pays again.
+const PROBE_EVERY: u64 = 32;
 
 /// Threads spinning in [`spin_until`] right now, across the process.
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
@@ -105,8 +97,7 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
     if budget.is_zero() {
         return false;
     }
-    let (_, _, before_yield, cap, _) = *knobs();
-    if SPINNING.fetch_add(1, Ordering::Relaxed) >= cap {
+    if SPINNING.fetch_add(1, Ordering::Relaxed) >= cores() {
         SPINNING.fetch_sub(1, Ordering::Relaxed);
         return false;
     }
@@ -124,7 +115,7 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
         if spun >= budget {
             break;
         }
-        if spun >= before_yield {
+        if spun >= SPIN_BEFORE_YIELD {
             thread::yield_now();
         }
     }
@@ -133,7 +124,9 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
 }
 
 /// A spin budget that doubles after a spin that paid off and halves after one that did not,
-/// down to none; then one wait in `probe` spins a little, to notice when spinning pays again.
+/// down to none; then one wait in [`PROBE_EVERY`] spins a little, to notice when spinning
+/// pays again. Owned by one waiting side (a caller's slot, an actor's thread): relaxed atomics
+/// only because a slot is shared.
 struct Budget {
     nanos: AtomicU64,
     skipped: AtomicU64,
@@ -142,7 +135,7 @@ struct Budget {
 impl Budget {
     fn new() -> Self {
         Budget {
-            nanos: AtomicU64::new(knobs().0.as_nanos() as u64),
+            nanos: AtomicU64::new(SPIN_MAX.as_nanos() as u64),
             skipped: AtomicU64::new(0),
         }
     }
@@ -152,23 +145,23 @@ impl Budget {
             return Duration::from_nanos(nanos);
         }
         let skipped = self.skipped.load(Ordering::Relaxed) + 1;
-        if skipped >= knobs().4 {
+        if skipped >= PROBE_EVERY {
             self.skipped.store(0, Ordering::Relaxed);
-            knobs().1
+            SPIN_MIN
         } else {
             self.skipped.store(skipped, Ordering::Relaxed);
             Duration::ZERO
         }
     }
     fn learn(&self, spun: Duration, paid_off: bool) {
-        let (max, min, ..) = *knobs();
-        if spun.is_zero() || max < min {
+        if spun.is_zero() {
             return;
         }
+        let (max, min) = (SPIN_MAX.as_nanos() as u64, SPIN_MIN.as_nanos() as u64);
         let now = spun.as_nanos() as u64;
         let next = if paid_off {
-            (now * 2).clamp(min.as_nanos() as u64, max.as_nanos() as u64)
-        } else if now / 2 < min.as_nanos() as u64 {
+            (now * 2).clamp(min, max)
+        } else if now / 2 < min {
             0
         } else {
             now / 2
