@@ -76,9 +76,28 @@ const SPIN_MIN: Duration = Duration::from_micros(1);
 /// After this long a spinner yields its core between looks, so that a runnable thread on
 /// the same core (perhaps the one it waits for) gets to run.
 const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(4);
-/// A waiter whose budget fell to none still spins (for `SPIN_MIN`) once in this many waits,
-/// to notice when spinning pays again.
+/// A waiter whose budget fell to none still spins (a full `SPIN_MAX`) once in this many
+/// waits, to notice when spinning pays again: a shorter probe never outlasts the OS wake-up
+/// of the other side, so both sides would stay parked after the load that made them park
+/// has gone. The probe costs at most `SPIN_MAX / PROBE_EVERY` per wait.
 const PROBE_EVERY: u64 = 32;
+
+/// After its spin, a waiter yields its core this many times (looking between) before it
+/// parks. When there are more runnable threads than cores, the thread it waits for may be
+/// queued on its own core: yielding lets it run, and the hand-off costs no OS wake-up on
+/// either side. When there are not, a yield returns at once.
+const YIELDS: u32 = 4;
+
+/// Yields up to [`YIELDS`] times while `ready()` is false; returns whether it turned true.
+fn yield_until(ready: impl Fn() -> bool) -> bool {
+    for _ in 0..YIELDS {
+        if ready() {
+            return true;
+        }
+        thread::yield_now();
+    }
+    ready()
+}
 
 /// Threads spinning in [`spin_until`] right now, across the process.
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
@@ -124,8 +143,7 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
 }
 
 /// A spin budget that doubles after a spin that paid off and halves after one that did not,
-/// down to none; then one wait in [`PROBE_EVERY`] spins a little, to notice when spinning
-/// pays again. Owned by one waiting side (a caller's slot, an actor's thread): relaxed atomics
+/// down to none; then one wait in [`PROBE_EVERY`] spins, to notice when spinning pays again. Owned by one waiting side (a caller's slot, an actor's thread): relaxed atomics
 /// only because a slot is shared.
 struct Budget {
     nanos: AtomicU64,
@@ -147,7 +165,7 @@ impl Budget {
         let skipped = self.skipped.load(Ordering::Relaxed) + 1;
         if skipped >= PROBE_EVERY {
             self.skipped.store(0, Ordering::Relaxed);
-            SPIN_MIN
+            SPIN_MAX
         } else {
             self.skipped.store(skipped, Ordering::Relaxed);
             Duration::ZERO
@@ -276,6 +294,9 @@ impl<R: Send + 'static> ReplySlot<R> {
             let paid_off = spin_until(capped, ready);
             self.spin.learn(budget, paid_off);
         }
+        if deadline.is_none() {
+            yield_until(ready);
+        }
         while !ready() {
             self.sleeping.store(true, Ordering::SeqCst);
             if self.done.load(Ordering::SeqCst) == seq {
@@ -402,7 +423,7 @@ impl<B: Behaviour> Mailbox<B> {
             let budget = spin.get();
             let paid_off = spin_until(budget, || self.len.load(Ordering::Acquire) != 0);
             spin.learn(budget, paid_off);
-            if paid_off {
+            if paid_off || yield_until(|| self.len.load(Ordering::Acquire) != 0) {
                 continue;
             }
             self.sleeping.store(true, Ordering::SeqCst);
