@@ -3,9 +3,11 @@
 //! A call's round trip is two hand-offs between threads: the request into the actor's
 //! mailbox, the reply into the caller's reply slot. Each waiting side first spins for a
 //! short, adaptive while (a hand-off between two running threads takes a few hundred
-//! nanoseconds; an OS wake-up takes microseconds, many more on a virtual machine), then
-//! parks. At most as many threads spin at once as there are cores, so oversubscribed
-//! callers park at once instead of stealing the cores the actors need.
+//! nanoseconds; an OS wake-up takes microseconds, many more on a virtual machine), yielding
+//! its core between looks after half a microsecond, then yields a few more times, then
+//! parks. At most as many threads spin at once as there are cores, and a side whose spins
+//! keep failing stops spinning (probing now and then), so oversubscribed callers do not
+//! steal the cores the actors need. A caller that had to wake its actor does not spin.
 //!
 //! The reply slot is reused: one per calling thread and reply type, kept in a thread-local
 //! registry, so a call allocates nothing. Each call takes the next sequence number of its
