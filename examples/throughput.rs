@@ -3,7 +3,8 @@
 //! cell is the best of three 200 ms runs. The criterion benches under `benches/` measure the
 //! same operations with confidence intervals.
 //!
-//! Run it with `cargo run --release --example throughput` (about 30 seconds).
+//! Run it with `cargo run --release --example throughput` (about 30 seconds); the `call`
+//! section alone with `cargo run --release --example throughput -- call`.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -15,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use cylinder::Actor;
 use support::*;
+
+/// The `call` section: calls per try, split among the clients, and tries (best kept).
+const CALLS: u64 = 100_000;
+const CALL_TRIES: usize = 5;
 
 const RUN: Duration = Duration::from_millis(200);
 const TRIES: usize = 3;
@@ -119,6 +124,9 @@ fn main() {
     }
     if wanted("transaction") {
         transaction_section();
+    }
+    if wanted("call") {
+        call_section();
     }
 }
 
@@ -241,4 +249,96 @@ fn transaction_section() {
     );
     let cell = measure(1, false, &|| keep(bare.call(7).unwrap()));
     row("transaction", "bare mailbox call", 1, &cell, Some(&ours));
+}
+
+/// Makes `CALLS` calls in all, split evenly among `clients` threads started together, best of
+/// `CALL_TRIES`: returns the aggregate calls per second and the mean time of one call on one
+/// client (wall time x clients / calls).
+fn measure_calls(clients: usize, op: &(dyn Fn() + Sync)) -> Cell {
+    let mut best: Option<Cell> = None;
+    let per_client = CALLS / clients as u64;
+    for _ in 0..CALL_TRIES {
+        let elapsed = run_parallel(clients, per_client, op).as_secs_f64();
+        let calls = (per_client * clients as u64) as f64;
+        let cell = Cell {
+            ops_per_sec: calls / elapsed,
+            ns_per_op_per_thread: elapsed * 1e9 / per_client as f64,
+            worst: Duration::ZERO,
+        };
+        if best
+            .as_ref()
+            .map_or(true, |b| cell.ops_per_sec > b.ops_per_sec)
+        {
+            best = Some(cell);
+        }
+    }
+    best.expect("at least one try")
+}
+
+fn call_section() {
+    header(
+        &format!(
+            "call: a round trip to a worker thread, {CALLS} calls per try split among the clients, best of {CALL_TRIES}"
+        ),
+        "actor call",
+    );
+    let floor = PingPong::new();
+    let floor_cell = measure_calls(1, &|| keep(floor.call(7)));
+    drop(floor);
+    let actor = Actor::spawn(Echo).expect("an echo thread starts");
+    let bare = measure_calls(1, &|| keep(actor.call(7).unwrap()));
+    drop(actor);
+    row(
+        "call",
+        "crossbeam bounded(1) ping-pong (floor)",
+        1,
+        &floor_cell,
+        Some(&bare),
+    );
+    row("call", "cylinder Actor::call", 1, &bare, Some(&bare));
+    let one = echo_pool(1);
+    let cell = measure_calls(1, &|| {
+        keep(one.transaction(|w| w.call(7)).unwrap().unwrap())
+    });
+    row(
+        "call",
+        "Pool::transaction + call, 1 actor",
+        1,
+        &cell,
+        Some(&bare),
+    );
+    drop(one);
+    let eight = echo_pool(8);
+    let cell = measure_calls(8, &|| {
+        keep(eight.transaction(|w| w.call(7)).unwrap().unwrap())
+    });
+    row(
+        "call",
+        "Pool::transaction + call, 8 actors",
+        8,
+        &cell,
+        Some(&bare),
+    );
+    drop(eight);
+    let four = echo_pool(4);
+    let cell = measure_calls(16, &|| {
+        keep(four.transaction(|w| w.call(7)).unwrap().unwrap())
+    });
+    row(
+        "call",
+        "Pool::transaction + call, 4 actors",
+        16,
+        &cell,
+        Some(&bare),
+    );
+    drop(four);
+    let shared = echo_balancer(4);
+    let cell = measure_calls(16, &|| keep(shared.get().unwrap().call(7).unwrap()));
+    row(
+        "call",
+        "Balancer::get + call, 4 shared actors",
+        16,
+        &cell,
+        Some(&bare),
+    );
 }

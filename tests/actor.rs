@@ -93,3 +93,110 @@ fn stop_ends_the_thread_after_its_mailbox() {
     actor.stop();
     assert!(!actor.is_alive());
 }
+
+#[test]
+fn is_alive_is_an_inherent_method_too() {
+    let actor = Actor::spawn(Echo).unwrap();
+    assert!(Actor::is_alive(&actor));
+    actor.stop();
+    assert!(!Actor::is_alive(&actor));
+    assert!(format!("{actor:?}").contains("alive: false"));
+}
+
+/// Echoes its request after sleeping for the given number of microseconds.
+struct SlowEcho;
+
+impl Behaviour for SlowEcho {
+    type Request = (u64, u64);
+    type Reply = u64;
+    fn handle_call(&mut self, (value, sleep_us): (u64, u64)) -> u64 {
+        std::thread::sleep(Duration::from_micros(sleep_us));
+        value
+    }
+}
+
+#[test]
+fn a_late_reply_is_never_taken_for_the_next_one() {
+    let actor = Actor::spawn(SlowEcho).unwrap();
+    for round in 0..20u64 {
+        // Times out; its reply (round * 2) comes while the next call waits. (A caller
+        // descheduled for longer than the handler may find its own reply in time.)
+        let late = actor.call_timeout((round * 2, 3_000), Duration::from_micros(200));
+        assert!(
+            matches!(late, Err(Error::Timeout(_))) || matches!(late, Ok(v) if v == round * 2),
+            "{late:?}"
+        );
+        assert_eq!(actor.call((round * 2 + 1, 0)).unwrap(), round * 2 + 1);
+    }
+}
+
+#[test]
+fn a_late_reply_from_another_actor_is_dropped() {
+    // One thread, one reply type, two actors: the reply slot is shared between them.
+    let slow = Actor::spawn(SlowEcho).unwrap();
+    let fast = Actor::spawn(SlowEcho).unwrap();
+    for round in 0..10u64 {
+        let late = slow.call_timeout((1_000 + round, 5_000), Duration::from_micros(100));
+        // A caller descheduled for longer than the handler may find its reply in time.
+        assert!(
+            matches!(late, Err(Error::Timeout(_))) || matches!(late, Ok(v) if v == 1_000 + round),
+            "{late:?}"
+        );
+        assert_eq!(
+            fast.call_timeout((round, 10_000), Duration::from_secs(10))
+                .unwrap(),
+            round
+        );
+    }
+}
+
+#[test]
+fn many_threads_call_one_actor_at_once() {
+    let actor = Actor::spawn(SlowEcho).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let actor = &actor;
+            scope.spawn(move || {
+                for i in 0..2_000u64 {
+                    let value = t << 32 | i;
+                    assert_eq!(actor.call((value, 0)).unwrap(), value);
+                }
+            });
+        }
+    });
+    assert_eq!(actor.queue_len(), Some(0));
+}
+
+#[test]
+fn callers_queued_behind_a_panic_get_worker_died() {
+    let actor = Actor::spawn(Echo).unwrap();
+    actor
+        .cast(Request::Sleep(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::scope(|scope| {
+        let crash = scope.spawn(|| actor.call(Request::Crash));
+        std::thread::sleep(Duration::from_millis(10));
+        let behind = scope.spawn(|| actor.call(Request::Echo(1)));
+        assert!(matches!(crash.join().unwrap(), Err(Error::WorkerDied)));
+        let behind = behind.join().unwrap();
+        // Queued behind the crash (or posted after it): never answered, never hung.
+        assert!(matches!(behind, Err(Error::WorkerDied)), "{behind:?}");
+    });
+    assert!(!actor.is_alive());
+}
+
+#[test]
+fn stop_from_several_threads_waits_for_the_thread() {
+    let actor = Actor::spawn(Echo).unwrap();
+    actor
+        .cast(Request::Sleep(Duration::from_millis(30)))
+        .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                actor.stop();
+                assert!(!actor.is_alive());
+            });
+        }
+    });
+}

@@ -1,12 +1,12 @@
-//! The hot paths allocate nothing: 10 000 `get()`s and 10 000 checkout/release pairs in
-//! steady state, counted by a global allocator.
+//! The hot paths allocate nothing: 10 000 `get()`s, 10 000 checkout/release pairs and
+//! 10 000 `Actor::call`s in steady state, counted by a global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cylinder::{Balancer, BoxError, Pool, Worker};
+use cylinder::{Actor, Balancer, Behaviour, BoxError, Pool, Worker};
 
 /// Counts the allocations made by a thread while its `COUNTING` is on. Only the test's
 /// own thread counts: the pool's reaper threads start up (and allocate) on their own time.
@@ -16,6 +16,8 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
 }
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// The count is global: the tests of this file take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn counting() -> bool {
     COUNTING.try_with(Cell::get).unwrap_or(false)
@@ -55,6 +57,7 @@ fn allocations_during(work: impl FnOnce()) -> usize {
 
 #[test]
 fn steady_state_hot_paths_allocate_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let set: Vec<Arc<Conn>> = (0..8).map(|i| Arc::new(Conn(i))).collect();
     let balancer = Balancer::builder()
         .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
@@ -96,4 +99,48 @@ fn steady_state_hot_paths_allocate_nothing() {
         std::hint::black_box(Box::new(7u64));
     });
     assert_eq!(boxed, 1);
+}
+
+/// Echoes; `Count(true)` turns allocation counting on for the actor's own thread, so that
+/// both sides of a call are counted.
+struct Echo;
+
+enum Msg {
+    Echo(u64),
+    Count(bool),
+}
+
+impl Behaviour for Echo {
+    type Request = Msg;
+    type Reply = u64;
+    fn handle_call(&mut self, msg: Msg) -> u64 {
+        match msg {
+            Msg::Echo(n) => n,
+            Msg::Count(on) => {
+                COUNTING.with(|c| c.set(on));
+                0
+            }
+        }
+    }
+}
+
+#[test]
+fn steady_state_calls_allocate_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let actor = Actor::spawn(Echo).unwrap();
+    // Warm up: the caller's reply slot and the mailbox's buffer are made on first use.
+    for n in 0..100 {
+        assert_eq!(actor.call(Msg::Echo(n)).unwrap(), n);
+    }
+    actor.call(Msg::Count(true)).unwrap();
+    let calls = allocations_during(|| {
+        for n in 0..10_000 {
+            std::hint::black_box(actor.call(Msg::Echo(n)).unwrap());
+        }
+        actor
+            .call_timeout(Msg::Echo(1), std::time::Duration::from_secs(10))
+            .unwrap();
+        actor.call(Msg::Count(false)).unwrap();
+    });
+    assert_eq!(calls, 0, "Actor::call allocated (caller and actor threads)");
 }

@@ -188,3 +188,55 @@ pub fn run_parallel_worst(
 pub fn keep<T>(value: T) {
     black_box(value);
 }
+
+/// A balancer over `size` shared echo threads: many callers may queue on one actor.
+pub fn echo_balancer(size: usize) -> Balancer<Actor<Echo>> {
+    let set: Vec<Arc<Actor<Echo>>> = (0..size)
+        .map(|_| Arc::new(Actor::spawn(Echo).expect("an echo thread starts")))
+        .collect();
+    Balancer::builder()
+        .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
+        .expect("a balancer over echo threads builds")
+}
+
+/// The floor of a call round trip: a bare crossbeam `bounded(1)` ping-pong with one echo
+/// thread, one request channel and one reply channel, both made once.
+pub struct PingPong {
+    request: Option<crossbeam::channel::Sender<u64>>,
+    reply: crossbeam::channel::Receiver<u64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl PingPong {
+    pub fn new() -> PingPong {
+        let (request, inbox) = crossbeam::channel::bounded::<u64>(1);
+        let (outbox, reply) = crossbeam::channel::bounded::<u64>(1);
+        let thread = thread::spawn(move || {
+            for n in inbox.iter() {
+                if outbox.send(n).is_err() {
+                    return;
+                }
+            }
+        });
+        PingPong {
+            request: Some(request),
+            reply,
+            thread: Some(thread),
+        }
+    }
+
+    /// One round trip: send `n`, wait for it to come back.
+    pub fn call(&self, n: u64) -> u64 {
+        self.request.as_ref().unwrap().send(n).unwrap();
+        self.reply.recv().unwrap()
+    }
+}
+
+impl Drop for PingPong {
+    fn drop(&mut self) {
+        self.request = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
