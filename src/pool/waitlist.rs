@@ -88,6 +88,12 @@ impl<T> WaitList<T> {
             }
         }
         keep(item);
+        Self::wake_next(&mut line);
+    }
+
+    /// Sends the longest waiter that is neither served nor already woken to compete for an
+    /// item kept free.
+    fn wake_next(line: &mut Line<T>) {
         if let Some(entry) = line
             .entries
             .iter_mut()
@@ -158,7 +164,11 @@ impl<T> WaitList<T> {
                 break Err(WaitError::Closed);
             }
             if let Some(item) = line.entries[at].handed.take() {
-                line.entries.remove(at);
+                // Woken for an item kept free, then handed another before it looked: the
+                // kept item is still owed a waiter, so the wake-up goes on to the next one.
+                if line.entries.remove(at).is_some_and(|entry| entry.woken) {
+                    Self::wake_next(&mut line);
+                }
                 break Ok(item);
             }
             if let Some(item) = take() {
