@@ -145,3 +145,195 @@ fn a_woken_waiter_handed_another_worker_passes_its_wake_up_on() {
         stranded.first()
     );
 }
+
+/// Blocking waiters (short and no-limit timeouts), barging threads (`try_checkout` and
+/// `checkout_timeout(0)` in a tight loop) and a start that is slow and fails now and then,
+/// with `min_idle(0)` and overflow: the pool never has more than `size + max_overflow` open,
+/// every no-limit waiter is served, and once quiet the counts add up and the overflow is gone.
+fn line_under_barging_and_flaky_starts(fifo_after: Duration) {
+    const SIZE: usize = 2;
+    const OVERFLOW: usize = 2;
+    let starts = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(AtomicUsize::new(0));
+    let over = Arc::new(AtomicBool::new(false));
+    struct Tracked(Arc<AtomicUsize>);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let (counter, alive) = (starts.clone(), live.clone());
+    let pool = Pool::builder()
+        .size(SIZE)
+        .min_idle(0)
+        .max_overflow(OVERFLOW)
+        .fifo_after(fifo_after)
+        .reconnect_delay(Duration::from_millis(2))
+        .build(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(Duration::from_micros(200 * (n % 5)));
+            if n % 7 == 3 {
+                return Err("flaky start".into());
+            }
+            alive.fetch_add(1, Ordering::SeqCst);
+            Ok(Tracked(alive.clone()))
+        })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pool, stop, over, live) = (pool.clone(), stop.clone(), over.clone(), live.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if pool.stats().size > SIZE + OVERFLOW
+                    || live.load(Ordering::SeqCst) > SIZE + OVERFLOW
+                {
+                    over.store(true, Ordering::SeqCst);
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        threads.push(thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if i % 2 == 0 {
+                    drop(pool.try_checkout());
+                } else {
+                    drop(pool.checkout_timeout(Duration::ZERO));
+                }
+            }
+        }));
+    }
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut waiters = Vec::new();
+    for i in 0..6u64 {
+        let (pool, served) = (pool.clone(), served.clone());
+        waiters.push(thread::spawn(move || {
+            for round in 0..30u64 {
+                let timeout = if (i + round) % 3 == 0 {
+                    Duration::MAX
+                } else {
+                    Duration::from_micros(100 + 300 * ((i + round) % 4))
+                };
+                match pool.checkout_timeout(timeout) {
+                    Ok(lease) => {
+                        served.fetch_add(1, Ordering::SeqCst);
+                        thread::sleep(Duration::from_micros(50));
+                        drop(lease);
+                    }
+                    Err(err) => assert!(
+                        timeout != Duration::MAX,
+                        "a no-limit checkout failed: {err:?}"
+                    ),
+                }
+            }
+        }));
+    }
+    let waiters_done = within(Duration::from_secs(20), move || {
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+    });
+    stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    watcher.join().unwrap();
+    assert!(
+        waiters_done.is_some(),
+        "fifo_after {fifo_after:?}: a waiter never left the line: {:?}",
+        pool.stats()
+    );
+    assert!(!over.load(Ordering::SeqCst), "more than size + max_overflow open");
+    assert!(served.load(Ordering::SeqCst) > 0);
+    let settled = eventually(Duration::from_secs(5), || {
+        let stats = pool.stats();
+        stats.starting == 0
+            && stats.waiters == 0
+            && stats.size <= SIZE
+            && stats.free + stats.leased == stats.size
+            && live.load(Ordering::SeqCst) == stats.size
+    });
+    assert!(
+        settled,
+        "fifo_after {fifo_after:?}: not settled: {:?}, live {}",
+        pool.stats(),
+        live.load(Ordering::SeqCst)
+    );
+    pool.close();
+    assert!(eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0));
+}
+
+#[test]
+fn line_under_barging_and_flaky_starts_fifo_zero() {
+    line_under_barging_and_flaky_starts(Duration::ZERO);
+}
+
+#[test]
+fn line_under_barging_and_flaky_starts_fifo_default() {
+    line_under_barging_and_flaky_starts(Duration::from_millis(1));
+}
+
+#[test]
+fn line_under_barging_and_flaky_starts_fifo_never() {
+    line_under_barging_and_flaky_starts(Duration::MAX);
+}
+
+/// `close()` while blocking checkouts register and claim starts for the line (slow starts,
+/// `min_idle(0)`, overflow): every checkout ends with `Closed` (or a worker), no thread hangs,
+/// and every started worker, delivered after the close or not, is dropped.
+#[test]
+fn close_while_waiters_register_and_starts_are_in_flight() {
+    for round in 0..20u64 {
+        let live = Arc::new(AtomicUsize::new(0));
+        struct Tracked(Arc<AtomicUsize>);
+        impl Drop for Tracked {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let alive = live.clone();
+        let pool = Pool::builder()
+            .size(2)
+            .min_idle(0)
+            .max_overflow(2)
+            .build(move || {
+                thread::sleep(Duration::from_millis(2));
+                alive.fetch_add(1, Ordering::SeqCst);
+                Ok(Tracked(alive.clone()))
+            })
+            .unwrap();
+        let gate = Arc::new(Barrier::new(9));
+        let mut threads = Vec::new();
+        for _ in 0..8 {
+            let (pool, gate) = (pool.clone(), gate.clone());
+            threads.push(thread::spawn(move || {
+                gate.wait();
+                for _ in 0..50 {
+                    match pool.checkout_timeout(Duration::MAX) {
+                        Ok(lease) => drop(lease),
+                        Err(cylinder::Error::Closed) => return,
+                        Err(err) => panic!("unexpected {err:?}"),
+                    }
+                }
+            }));
+        }
+        gate.wait();
+        thread::sleep(Duration::from_micros(500 * (round % 8)));
+        pool.close();
+        let joined = within(Duration::from_secs(10), move || {
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        });
+        assert!(joined.is_some(), "round {round}: a checkout hung across close()");
+        assert!(
+            eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0),
+            "round {round}: {} workers outlived close(): {:?}",
+            live.load(Ordering::SeqCst),
+            pool.stats()
+        );
+    }
+}
