@@ -337,3 +337,39 @@ fn close_while_waiters_register_and_starts_are_in_flight() {
         );
     }
 }
+
+/// With `min_idle(0)` nothing is kept open, so after a failed start only a checkout can
+/// claim the next one. A blocking checkout that meets the fuse (no worker open, none
+/// starting, the last start failed) fails before it registers, so it never claims a start:
+/// once the backend is back and `reconnect_delay` is over, blocking checkouts must still get a
+/// worker (as `try_checkout`, which starts inline, does).
+#[test]
+fn min_idle_zero_blocking_checkouts_recover_after_a_failed_start() {
+    let down = Arc::new(AtomicBool::new(true));
+    let flag = down.clone();
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(0)
+        .reconnect_delay(Duration::from_millis(10))
+        .build(move || {
+            if flag.load(Ordering::SeqCst) {
+                Err("down".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    // The first checkout claims a start for the line; it fails, and the checkout gives up.
+    assert!(pool.checkout_timeout(Duration::from_millis(5)).is_err());
+    down.store(false, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(50)); // past reconnect_delay
+    let recovered = eventually(Duration::from_secs(3), || {
+        pool.checkout_timeout(Duration::from_millis(100)).is_ok()
+    });
+    assert!(
+        recovered,
+        "blocking checkouts kept failing after the backend came back: {:?} (last: {:?})",
+        pool.stats(),
+        pool.checkout_timeout(Duration::from_millis(100)).map(drop)
+    );
+}
