@@ -373,3 +373,91 @@ fn min_idle_zero_blocking_checkouts_recover_after_a_failed_start() {
         pool.checkout_timeout(Duration::from_millis(100)).map(drop)
     );
 }
+
+/// Resizes down and up while blocking checkouts wait in line and slow starts (some over
+/// `start_timeout`) are delivered to it, with waiters giving up at about the time a start
+/// lands: every no-limit waiter is served, no started worker is lost or stays counted, and
+/// once quiet the counts add up at the last size.
+#[test]
+fn resize_and_timeouts_racing_slow_starts_for_the_line() {
+    let live = Arc::new(AtomicUsize::new(0));
+    struct Tracked(Arc<AtomicUsize>);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let (alive, n) = (live.clone(), Arc::new(AtomicU64::new(0)));
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(0)
+        .max_overflow(1)
+        .fifo_after(Duration::ZERO)
+        .start_timeout(Duration::from_millis(20))
+        .reconnect_delay(Duration::from_millis(1))
+        .build(move || {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            // Now and then past start_timeout: that worker comes late and is dropped.
+            thread::sleep(Duration::from_millis(if k % 11 == 5 { 30 } else { 1 + k % 3 }));
+            alive.fetch_add(1, Ordering::SeqCst);
+            Ok(Tracked(alive.clone()))
+        })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let resizer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut k = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                pool.resize(1 + k % 4).unwrap();
+                k += 1;
+                thread::sleep(Duration::from_millis(3));
+            }
+            pool.resize(3).unwrap();
+        })
+    };
+    let mut waiters = Vec::new();
+    for i in 0..6u64 {
+        let pool = pool.clone();
+        waiters.push(thread::spawn(move || {
+            for round in 0..80u64 {
+                let timeout = if (i + round) % 2 == 0 {
+                    Duration::MAX
+                } else {
+                    Duration::from_millis(1 + (i + round) % 3)
+                };
+                match pool.checkout_timeout(timeout) {
+                    Ok(lease) => {
+                        thread::sleep(Duration::from_micros(300));
+                        drop(lease);
+                    }
+                    Err(err) => assert!(timeout != Duration::MAX, "no-limit checkout: {err:?}"),
+                }
+            }
+        }));
+    }
+    let done = within(Duration::from_secs(20), move || {
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+    });
+    stop.store(true, Ordering::SeqCst);
+    resizer.join().unwrap();
+    assert!(done.is_some(), "a waiter never left the line: {:?}", pool.stats());
+    let settled = eventually(Duration::from_secs(5), || {
+        let stats = pool.stats();
+        stats.starting == 0
+            && stats.waiters == 0
+            && stats.size <= 3
+            && stats.free + stats.leased == stats.size
+            && live.load(Ordering::SeqCst) == stats.size
+    });
+    assert!(
+        settled,
+        "not settled: {:?}, live {}",
+        pool.stats(),
+        live.load(Ordering::SeqCst)
+    );
+    pool.close();
+    assert!(eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0));
+}
