@@ -55,8 +55,8 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 /// next hands it one.
 #[test]
 fn a_woken_waiter_handed_another_worker_passes_its_wake_up_on() {
-    const N: usize = 4;
-    const ROUNDS: u64 = 100;
+    const N: usize = 6;
+    const ROUNDS: u64 = 200;
     let mut stranded = Vec::new();
     for round in 0..ROUNDS {
         let mut rng = Rng::new(round + 1);

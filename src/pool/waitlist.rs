@@ -216,7 +216,7 @@ mod tests {
     /// (Root cause of `a_woken_waiter_handed_another_worker_passes_its_wake_up_on`.)
     #[test]
     fn a_woken_waiter_handed_another_item_passes_its_wake_up_on() {
-        let line = Arc::new(WaitList::<u32>::new(Duration::from_millis(50)));
+        let line = Arc::new(WaitList::<u32>::new(Duration::from_millis(500)));
         let free = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
         let (in_registered, paused) = mpsc::channel();
         let (resume, go) = mpsc::channel::<()>();
@@ -253,7 +253,7 @@ mod tests {
         // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
         // not asleep: it is in `registered`).
         line.offer(1, |item| free.lock().unwrap().push(item));
-        thread::sleep(Duration::from_millis(60));
+        thread::sleep(Duration::from_millis(600));
         // Past it: handed straight to the first waiter, which has not looked yet.
         line.offer(2, |item| free.lock().unwrap().push(item));
         resume.send(()).unwrap();
