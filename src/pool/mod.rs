@@ -307,7 +307,8 @@ impl<W: Send + 'static> Pool<W> {
     /// # Errors
     /// [`Error::Timeout`] when none came free in time; [`Error::Disconnected`] (with the
     /// last start's error as its cause) when no worker is running and the last start failed
-    /// (at once), or when starts kept failing while it waited; [`Error::Closed`].
+    /// (at once, while the pool waits out `reconnect_delay`), or when starts kept failing
+    /// while it waited; [`Error::Closed`].
     ///
     /// ```
     /// use cylinder::Pool;
@@ -652,10 +653,13 @@ impl<W: Send + 'static> Shared<W> {
 
     /// revolver's fuse: with nothing running, nothing starting and the last start failed,
     /// fail at once with that start's error rather than wait for a worker that cannot come.
+    /// Only while the pool waits out `reconnect_delay`: after it, a blocking checkout must get
+    /// into line and claim the next start (with `min_idle(0)` nothing else would).
     fn fuse(&self) -> Result<(), Error> {
         if self.failing.load(Ordering::Acquire)
             && self.counts.open() == 0
             && self.counts.starting() == 0
+            && self.backoff_left(Instant::now()).is_some()
         {
             if let Some(cause) = self.last_failure() {
                 return Err(Error::Disconnected(cause));

@@ -88,6 +88,12 @@ impl<T> WaitList<T> {
             }
         }
         keep(item);
+        Self::wake_next(&mut line);
+    }
+
+    /// Sends the longest waiter that is neither served nor already woken to compete for an
+    /// item kept free.
+    fn wake_next(line: &mut Line<T>) {
         if let Some(entry) = line
             .entries
             .iter_mut()
@@ -158,7 +164,11 @@ impl<T> WaitList<T> {
                 break Err(WaitError::Closed);
             }
             if let Some(item) = line.entries[at].handed.take() {
-                line.entries.remove(at);
+                // Woken for an item kept free, then handed another before it looked: the
+                // kept item is still owed a waiter, so the wake-up goes on to the next one.
+                if line.entries.remove(at).is_some_and(|entry| entry.woken) {
+                    Self::wake_next(&mut line);
+                }
                 break Ok(item);
             }
             if let Some(item) = take() {
@@ -192,5 +202,77 @@ impl<T> WaitList<T> {
         for entry in &line.entries {
             entry.wake.notify_one();
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread;
+
+    /// A waiter woken for an item kept free, then handed another before it looked, leaves
+    /// with the handed one: the kept item must not stay free while the next waiter sleeps.
+    /// (Root cause of `a_woken_waiter_handed_another_worker_passes_its_wake_up_on`.)
+    #[test]
+    fn a_woken_waiter_handed_another_item_passes_its_wake_up_on() {
+        let line = Arc::new(WaitList::<u32>::new(Duration::from_millis(500)));
+        let free = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let (in_registered, paused) = mpsc::channel();
+        let (resume, go) = mpsc::channel::<()>();
+        let first = {
+            let (line, free) = (line.clone(), free.clone());
+            thread::spawn(move || {
+                line.wait(
+                    || free.lock().unwrap().pop(),
+                    Some(Instant::now() + Duration::from_secs(5)),
+                    || {
+                        in_registered.send(()).unwrap();
+                        go.recv().unwrap();
+                    },
+                    |_| {},
+                )
+            })
+        };
+        paused.recv().unwrap();
+        let second = {
+            let (line, free) = (line.clone(), free.clone());
+            thread::spawn(move || {
+                line.wait(
+                    || free.lock().unwrap().pop(),
+                    None,
+                    || {},
+                    |_| {},
+                )
+            })
+        };
+        while line.len() < 2 {
+            thread::yield_now();
+        }
+        thread::sleep(Duration::from_millis(20)); // the second waiter is asleep
+        // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
+        // not asleep: it is in `registered`).
+        line.offer(1, |item| free.lock().unwrap().push(item));
+        thread::sleep(Duration::from_millis(600));
+        // Past it: handed straight to the first waiter, which has not looked yet.
+        line.offer(2, |item| free.lock().unwrap().push(item));
+        resume.send(()).unwrap();
+        assert_eq!(first.join().unwrap(), Ok(2));
+        // The second waiter has no deadline: it is served by item 1 or never (a later
+        // release, after a generous bound, only rescues the thread).
+        let began = Instant::now();
+        while !second.is_finished() && began.elapsed() < Duration::from_secs(3) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let stranded = !second.is_finished();
+        if stranded {
+            line.offer(3, |item| free.lock().unwrap().push(item));
+        }
+        let got = second.join().unwrap();
+        assert!(
+            !stranded,
+            "the second waiter slept while item 1 was free (then took {got:?})"
+        );
+        assert_eq!(got, Ok(1));
     }
 }
