@@ -83,7 +83,10 @@ fn a_woken_waiter_handed_another_worker_passes_its_wake_up_on() {
             }));
             let began = Instant::now();
             while pool.stats().waiters == before {
-                assert!(began.elapsed() < Duration::from_secs(5), "a waiter did not register");
+                assert!(
+                    began.elapsed() < Duration::from_secs(5),
+                    "a waiter did not register"
+                );
                 thread::yield_now();
             }
             first_in_line.get_or_insert_with(Instant::now);
@@ -246,7 +249,10 @@ fn line_under_barging_and_flaky_starts(fifo_after: Duration) {
         "fifo_after {fifo_after:?}: a waiter never left the line: {:?}",
         pool.stats()
     );
-    assert!(!over.load(Ordering::SeqCst), "more than size + max_overflow open");
+    assert!(
+        !over.load(Ordering::SeqCst),
+        "more than size + max_overflow open"
+    );
     assert!(served.load(Ordering::SeqCst) > 0);
     let settled = eventually(Duration::from_secs(5), || {
         let stats = pool.stats();
@@ -263,7 +269,9 @@ fn line_under_barging_and_flaky_starts(fifo_after: Duration) {
         live.load(Ordering::SeqCst)
     );
     pool.close();
-    assert!(eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0));
+    assert!(eventually(Duration::from_secs(5), || live
+        .load(Ordering::SeqCst)
+        == 0));
 }
 
 #[test]
@@ -328,7 +336,10 @@ fn close_while_waiters_register_and_starts_are_in_flight() {
                 thread.join().unwrap();
             }
         });
-        assert!(joined.is_some(), "round {round}: a checkout hung across close()");
+        assert!(
+            joined.is_some(),
+            "round {round}: a checkout hung across close()"
+        );
         assert!(
             eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0),
             "round {round}: {} workers outlived close(): {:?}",
@@ -398,7 +409,11 @@ fn resize_and_timeouts_racing_slow_starts_for_the_line() {
         .build(move || {
             let k = n.fetch_add(1, Ordering::SeqCst);
             // Now and then past start_timeout: that worker comes late and is dropped.
-            thread::sleep(Duration::from_millis(if k % 11 == 5 { 30 } else { 1 + k % 3 }));
+            thread::sleep(Duration::from_millis(if k % 11 == 5 {
+                30
+            } else {
+                1 + k % 3
+            }));
             alive.fetch_add(1, Ordering::SeqCst);
             Ok(Tracked(alive.clone()))
         })
@@ -443,7 +458,11 @@ fn resize_and_timeouts_racing_slow_starts_for_the_line() {
     });
     stop.store(true, Ordering::SeqCst);
     resizer.join().unwrap();
-    assert!(done.is_some(), "a waiter never left the line: {:?}", pool.stats());
+    assert!(
+        done.is_some(),
+        "a waiter never left the line: {:?}",
+        pool.stats()
+    );
     let settled = eventually(Duration::from_secs(5), || {
         let stats = pool.stats();
         stats.starting == 0
@@ -459,5 +478,7 @@ fn resize_and_timeouts_racing_slow_starts_for_the_line() {
         live.load(Ordering::SeqCst)
     );
     pool.close();
-    assert!(eventually(Duration::from_secs(5), || live.load(Ordering::SeqCst) == 0));
+    assert!(eventually(Duration::from_secs(5), || live
+        .load(Ordering::SeqCst)
+        == 0));
 }

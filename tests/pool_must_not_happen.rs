@@ -383,3 +383,41 @@ fn close_from_a_callback_on_the_reaper_racing_close() {
     drop(held);
     slot.lock().unwrap().take();
 }
+
+/// A blocking checkout whose own start fails, with nothing else running or starting, leaves
+/// at once with the start's error (revolver's fuse) instead of sleeping out its timeout.
+#[test]
+fn a_waiter_whose_start_fails_leaves_with_the_cause() {
+    let up = Arc::new(AtomicBool::new(true));
+    let switch = up.clone();
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(0)
+        .reconnect_delay(Duration::from_millis(50))
+        .build(move || -> Result<u32, BoxError> {
+            thread::sleep(Duration::from_millis(20));
+            if switch.load(Ordering::SeqCst) {
+                Ok(1)
+            } else {
+                Err("connection refused".into())
+            }
+        })
+        .unwrap();
+    up.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        // Past reconnect_delay: the checkout gets into line and claims the next start,
+        // which fails; it must not wait for a worker that cannot come.
+        thread::sleep(Duration::from_millis(60));
+        let began = Instant::now();
+        let err = pool.checkout_timeout(Duration::from_secs(30)).unwrap_err();
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(matches!(err, Error::Disconnected(_)), "{err}");
+        assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    }
+    up.store(true, Ordering::SeqCst);
+    assert!(eventually(SLACK, || pool.checkout_timeout(SLACK).is_ok()));
+}

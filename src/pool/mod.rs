@@ -630,6 +630,15 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// Nothing running, nothing starting, and the last start failed: nothing can come until
+    /// the next try. A waiter in line gives up then (it already claimed its start); a new
+    /// checkout fails at once while the pool waits out `reconnect_delay` (see `fuse`).
+    pub(crate) fn fuse_blown(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+            && self.counts.open() == 0
+            && self.counts.starting() == 0
+    }
+
     /// A worker for a non-blocking checkout: it never waits for another client, but when the
     /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
     /// as poolboy's non-blocking checkout does.
@@ -656,11 +665,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Only while the pool waits out `reconnect_delay`: after it, a blocking checkout must get
     /// into line and claim the next start (with `min_idle(0)` nothing else would).
     fn fuse(&self) -> Result<(), Error> {
-        if self.failing.load(Ordering::Acquire)
-            && self.counts.open() == 0
-            && self.counts.starting() == 0
-            && self.backoff_left(Instant::now()).is_some()
-        {
+        if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
             if let Some(cause) = self.last_failure() {
                 return Err(Error::Disconnected(cause));
             }
@@ -685,6 +690,7 @@ impl<W: Send + 'static> Shared<W> {
                 }
                 entry
             },
+            || self.fuse_blown(),
             deadline,
             || self.start_for_line(),
             |entry| self.close_worker(entry),
@@ -692,6 +698,10 @@ impl<W: Send + 'static> Shared<W> {
         match waited {
             Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
+            Err(WaitError::GaveUp) => Err(Error::Disconnected(
+                self.last_failure()
+                    .unwrap_or_else(|| Cause::message("no worker could start")),
+            )),
             Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
         }
     }

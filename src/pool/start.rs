@@ -377,5 +377,9 @@ impl<W: Send + 'static> Shared<W> {
         drop(replaced);
         self.failing.store(true, Ordering::Release);
         self.signal.request();
+        // Waiters with nothing left to wait for leave with the cause (revolver's fuse).
+        if self.fuse_blown() {
+            self.waiters.wake_all();
+        }
     }
 }

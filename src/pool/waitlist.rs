@@ -33,6 +33,8 @@ struct Line<T> {
 pub(crate) enum WaitError {
     Timeout,
     Closed,
+    /// `give_up` said nothing can come.
+    GaveUp,
 }
 
 pub(crate) struct WaitList<T> {
@@ -128,6 +130,7 @@ impl<T> WaitList<T> {
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
+        mut give_up: impl FnMut() -> bool,
         deadline: Option<Instant>,
         registered: impl FnOnce(),
         on_closed: impl FnOnce(T),
@@ -175,6 +178,10 @@ impl<T> WaitList<T> {
                 line.entries.remove(at);
                 break Ok(item);
             }
+            if give_up() {
+                line.entries.remove(at);
+                break Err(WaitError::GaveUp);
+            }
             if timed_out {
                 line.entries.remove(at);
                 break Err(WaitError::Timeout);
@@ -196,6 +203,14 @@ impl<T> WaitList<T> {
     }
 
     /// Closes the line: every waiter wakes and leaves with `WaitError::Closed`.
+    /// Wakes every waiter to look again (and to give up if nothing can come).
+    pub(crate) fn wake_all(&self) {
+        let line = self.line.lock();
+        for entry in &line.entries {
+            entry.wake.notify_one();
+        }
+    }
+
     pub(crate) fn close(&self) {
         let mut line = self.line.lock();
         line.closed = true;
@@ -225,6 +240,7 @@ mod tests {
             thread::spawn(move || {
                 line.wait(
                     || free.lock().unwrap().pop(),
+                    || false,
                     Some(Instant::now() + Duration::from_secs(5)),
                     || {
                         in_registered.send(()).unwrap();
@@ -238,20 +254,15 @@ mod tests {
         let second = {
             let (line, free) = (line.clone(), free.clone());
             thread::spawn(move || {
-                line.wait(
-                    || free.lock().unwrap().pop(),
-                    None,
-                    || {},
-                    |_| {},
-                )
+                line.wait(|| free.lock().unwrap().pop(), || false, None, || {}, |_| {})
             })
         };
         while line.len() < 2 {
             thread::yield_now();
         }
         thread::sleep(Duration::from_millis(20)); // the second waiter is asleep
-        // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
-        // not asleep: it is in `registered`).
+                                                  // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
+                                                  // not asleep: it is in `registered`).
         line.offer(1, |item| free.lock().unwrap().push(item));
         thread::sleep(Duration::from_millis(600));
         // Past it: handed straight to the first waiter, which has not looked yet.
