@@ -9,17 +9,8 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use common::{eventually, within};
 use cylinder::{BoxError, Error, Event, Lease, OwnedLease, Pool, PoolStats};
-
-/// Runs `f` on its own thread; `None` if it did not finish within `limit`.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
-}
 
 /// A worker that counts the live ones, and catches a double lease.
 struct Tracked {

@@ -2,11 +2,14 @@
 //! stranded waiters, starts that are lost or counted twice. Every test is bounded (timeouts
 //! and watchdogs), and none asserts on speed.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::within;
 use cylinder::{OwnedLease, Pool};
 
 /// A small xorshift, seeded per call site: no dependency, reproducible enough.
@@ -33,15 +36,6 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(1));
     }
     f()
-}
-
-/// Runs `f` on its own thread; `None` if it did not finish within `limit`.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
 }
 
 /// A waiter woken for a worker kept free (`offer` below `fifo_after`) that, before it got the

@@ -9,17 +9,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::within;
 use cylinder::{Event, Pool};
-
-/// Runs `f` on its own thread and returns its result, or `None` if it did not finish within
-/// `limit` (the thread is left behind: a deadlock fails the test rather than hanging it).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
-}
 
 /// Invariant 4/5: an `on_event` callback that closes the pool on the reaper's own thread, while
 /// another thread closes it too, must not deadlock. `Handle::close` holds the reaper's mutex

@@ -140,3 +140,16 @@ pub fn probe_pool() -> cylinder::PoolBuilder<Probe> {
         .test_on_checkout(|probe: &mut Probe| probe.is_alive())
         .is_broken(|probe: &mut Probe| !probe.is_alive())
 }
+
+/// Runs `f` on its own thread and returns its result, or `None` if it did not finish within
+/// `limit` (the thread is left behind: a deadlock fails the test rather than hanging it).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
