@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::within;
+use common::{eventually, within};
 use cylinder::{OwnedLease, Pool};
 
 /// A small xorshift, seeded per call site: no dependency, reproducible enough.
@@ -27,15 +27,33 @@ impl Rng {
     }
 }
 
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let began = Instant::now();
-    while began.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    f()
+/// Waits for the pool to settle (nothing starting or waiting, at most `most` open, `free +
+/// leased == size`, and as many live workers as the pool counts), then closes it and waits
+/// for every worker to be dropped.
+fn settles_then_closes<W: Send + 'static>(
+    pool: &Pool<W>,
+    live: &AtomicUsize,
+    most: usize,
+    what: &str,
+) {
+    let settled = eventually(Duration::from_secs(5), || {
+        let stats = pool.stats();
+        stats.starting == 0
+            && stats.waiters == 0
+            && stats.size <= most
+            && stats.free + stats.leased == stats.size
+            && live.load(Ordering::SeqCst) == stats.size
+    });
+    assert!(
+        settled,
+        "{what}: not settled: {:?}, live {}",
+        pool.stats(),
+        live.load(Ordering::SeqCst)
+    );
+    pool.close();
+    assert!(eventually(Duration::from_secs(5), || live
+        .load(Ordering::SeqCst)
+        == 0));
 }
 
 /// A waiter woken for a worker kept free (`offer` below `fifo_after`) that, before it got the
@@ -248,24 +266,7 @@ fn line_under_barging_and_flaky_starts(fifo_after: Duration) {
         "more than size + max_overflow open"
     );
     assert!(served.load(Ordering::SeqCst) > 0);
-    let settled = eventually(Duration::from_secs(5), || {
-        let stats = pool.stats();
-        stats.starting == 0
-            && stats.waiters == 0
-            && stats.size <= SIZE
-            && stats.free + stats.leased == stats.size
-            && live.load(Ordering::SeqCst) == stats.size
-    });
-    assert!(
-        settled,
-        "fifo_after {fifo_after:?}: not settled: {:?}, live {}",
-        pool.stats(),
-        live.load(Ordering::SeqCst)
-    );
-    pool.close();
-    assert!(eventually(Duration::from_secs(5), || live
-        .load(Ordering::SeqCst)
-        == 0));
+    settles_then_closes(&pool, &live, SIZE, &format!("fifo_after {fifo_after:?}"));
 }
 
 #[test]
@@ -457,22 +458,5 @@ fn resize_and_timeouts_racing_slow_starts_for_the_line() {
         "a waiter never left the line: {:?}",
         pool.stats()
     );
-    let settled = eventually(Duration::from_secs(5), || {
-        let stats = pool.stats();
-        stats.starting == 0
-            && stats.waiters == 0
-            && stats.size <= 3
-            && stats.free + stats.leased == stats.size
-            && live.load(Ordering::SeqCst) == stats.size
-    });
-    assert!(
-        settled,
-        "not settled: {:?}, live {}",
-        pool.stats(),
-        live.load(Ordering::SeqCst)
-    );
-    pool.close();
-    assert!(eventually(Duration::from_secs(5), || live
-        .load(Ordering::SeqCst)
-        == 0));
+    settles_then_closes(&pool, &live, 3, "resizes");
 }
