@@ -1,8 +1,9 @@
-/// A worker that a [`Pool`](crate::Pool) leases or a [`Balancer`](crate::Balancer) hands out.
+/// A shared child that a [`Balancer`](crate::Balancer) hands out (a [`Pool`](crate::Pool)
+/// needs no trait: it owns its workers and checks them with its hooks).
 ///
 /// Both methods have defaults, so a plain struct is a worker with one line. A worker that can
 /// fail (a thread that may panic, a connection that may drop) says so through `is_alive`, and
-/// is then taken out of service and replaced through its supervisor.
+/// then leaves rotation until its supervisor lists a replacement.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicBool, Ordering};
