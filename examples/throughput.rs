@@ -232,23 +232,36 @@ fn contended_section() {
 
 fn transaction_section() {
     header(
-        "transaction: a call to a worker thread through its mailbox",
+        "transaction: a call to a worker thread leased from the pool, and with no pool",
         "cylinder",
     );
-    let echo = echo_pool(WORKERS);
-    let bare = Actor::spawn(Echo).expect("an echo thread starts");
+    transaction_rows::<true>("");
+    transaction_rows::<false>(" (hand-off)");
+}
+
+/// The `transaction` rows of one kind of call (`INLINE`: an idle actor's call runs on the
+/// caller's thread).
+fn transaction_rows<const INLINE: bool>(kind: &str) {
+    let echo = echo_pool::<INLINE>(WORKERS);
+    let bare = Actor::spawn(Echo::<INLINE>).expect("an echo thread starts");
     let ours = measure(1, false, &|| {
         keep(echo.transaction(|w| w.call(7)).unwrap().unwrap())
     });
     row(
         "transaction",
-        "cylinder Pool::transaction + call",
+        &format!("cylinder Pool::transaction + call{kind}"),
         1,
         &ours,
         Some(&ours),
     );
     let cell = measure(1, false, &|| keep(bare.call(7).unwrap()));
-    row("transaction", "bare mailbox call", 1, &cell, Some(&ours));
+    row(
+        "transaction",
+        &format!("bare Actor::call{kind}"),
+        1,
+        &cell,
+        Some(&ours),
+    );
 }
 
 /// Makes `CALLS` calls in all, split evenly among `clients` threads started together, best of
@@ -285,58 +298,51 @@ fn call_section() {
     let floor = PingPong::new();
     let floor_cell = measure_calls(1, &|| keep(floor.call(7)));
     drop(floor);
-    let actor = Actor::spawn(Echo).expect("an echo thread starts");
-    let bare = measure_calls(1, &|| keep(actor.call(7).unwrap()));
-    drop(actor);
     row(
         "call",
         "crossbeam bounded(1) ping-pong (floor)",
         1,
         &floor_cell,
-        Some(&bare),
+        None,
     );
-    row("call", "cylinder Actor::call", 1, &bare, Some(&bare));
-    let one = echo_pool(1);
-    let cell = measure_calls(1, &|| {
-        keep(one.transaction(|w| w.call(7)).unwrap().unwrap())
-    });
+    call_rows::<true>("");
+    call_rows::<false>(" (hand-off)");
+}
+
+/// The `call` rows of one kind of call (`INLINE`: an idle actor's call runs on the caller's
+/// thread), each against the bare `Actor::call` of the same kind.
+fn call_rows<const INLINE: bool>(kind: &str) {
+    let actor = Actor::spawn(Echo::<INLINE>).expect("an echo thread starts");
+    let bare = measure_calls(1, &|| keep(actor.call(7).unwrap()));
+    drop(actor);
     row(
         "call",
-        "Pool::transaction + call, 1 actor",
+        &format!("cylinder Actor::call{kind}"),
         1,
-        &cell,
+        &bare,
         Some(&bare),
     );
-    drop(one);
-    let eight = echo_pool(8);
-    let cell = measure_calls(8, &|| {
-        keep(eight.transaction(|w| w.call(7)).unwrap().unwrap())
-    });
-    row(
-        "call",
-        "Pool::transaction + call, 8 actors",
-        8,
-        &cell,
-        Some(&bare),
-    );
-    drop(eight);
-    let four = echo_pool(4);
-    let cell = measure_calls(16, &|| {
-        keep(four.transaction(|w| w.call(7)).unwrap().unwrap())
-    });
-    row(
-        "call",
-        "Pool::transaction + call, 4 actors",
-        16,
-        &cell,
-        Some(&bare),
-    );
-    drop(four);
-    let shared = echo_balancer(4);
+    let pooled = |clients: usize, actors: usize| {
+        let pool = echo_pool::<INLINE>(actors);
+        let cell = measure_calls(clients, &|| {
+            keep(pool.transaction(|w| w.call(7)).unwrap().unwrap())
+        });
+        row(
+            "call",
+            &format!("Pool::transaction + call{kind}, {actors} actors"),
+            clients,
+            &cell,
+            Some(&bare),
+        );
+    };
+    pooled(1, 1);
+    pooled(8, 8);
+    pooled(16, 4);
+    let shared = echo_balancer::<INLINE>(4);
     let cell = measure_calls(16, &|| keep(shared.get().unwrap().call(7).unwrap()));
     row(
         "call",
-        "Balancer::get + call, 4 shared actors",
+        &format!("Balancer::get + call{kind}, 4 shared actors"),
         16,
         &cell,
         Some(&bare),

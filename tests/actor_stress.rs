@@ -2,7 +2,9 @@
 //! actors, whose handlers now and then panic, sleep past a caller's timeout, or answer at
 //! once. Every call must be answered with its own request's value, or fail with
 //! `WorkerDied` (the actor panicked) or `Timeout` (a `call_timeout` that gave up); dead
-//! actors are replaced as the threads meet them. A watchdog fails the test after 120 s.
+//! actors are replaced as the threads meet them. A watchdog fails the test after 120 s. It
+//! runs twice: with calls to an idle actor run on the caller's thread (the default), and
+//! with every call handed to the actor's thread. Handlers of one actor never run at once.
 //!
 //! 100 000 calls per thread in release builds; 30 000 in debug builds (`cargo test`), to keep
 //! the run under half a minute on 2 cores.
@@ -30,12 +32,24 @@ enum Act {
     Sleep(u64),
 }
 
-struct Chaos;
+/// Handlers of one actor found running at once: must stay 0.
+static OVERLAPS: AtomicU64 = AtomicU64::new(0);
 
-impl Behaviour for Chaos {
+/// `INLINE`: the behaviour's `INLINE_CALLS`. `inside`: its handlers running now.
+#[derive(Default)]
+struct Chaos<const INLINE: bool> {
+    inside: AtomicU64,
+}
+
+impl<const INLINE: bool> Behaviour for Chaos<INLINE> {
     type Request = (u64, Act);
     type Reply = u64;
+    const INLINE_CALLS: bool = INLINE;
     fn handle_call(&mut self, (value, act): (u64, Act)) -> u64 {
+        if self.inside.fetch_add(1, Ordering::SeqCst) != 0 {
+            OVERLAPS.fetch_add(1, Ordering::SeqCst);
+        }
+        let _leave = Leave(&self.inside);
         match act {
             Act::Echo => value,
             Act::Panic => panic!("a handler panics on purpose"),
@@ -44,6 +58,15 @@ impl Behaviour for Chaos {
                 value
             }
         }
+    }
+}
+
+/// Counts a handler out, also when it panics.
+struct Leave<'a>(&'a AtomicU64);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -69,15 +92,24 @@ struct Tally {
 
 #[test]
 fn every_call_is_answered_or_fails_and_none_hangs() {
+    stress::<true>();
+}
+
+#[test]
+fn every_call_handed_to_the_thread_is_answered_or_fails_and_none_hangs() {
+    stress::<false>();
+}
+
+fn stress<const INLINE: bool>() {
     // Silence the expected handler panics (one message each).
     std::panic::set_hook(Box::new(|info| {
         if !info.to_string().contains("on purpose") {
             eprintln!("{info}");
         }
     }));
-    let actors: Arc<Vec<RwLock<Arc<Actor<Chaos>>>>> = Arc::new(
+    let actors: Arc<Vec<RwLock<Arc<Actor<Chaos<INLINE>>>>>> = Arc::new(
         (0..ACTORS)
-            .map(|_| RwLock::new(Arc::new(Actor::spawn(Chaos).unwrap())))
+            .map(|_| RwLock::new(Arc::new(Actor::spawn(Chaos::<INLINE>::default()).unwrap())))
             .collect(),
     );
     let tally = Arc::new(Tally::default());
@@ -113,7 +145,7 @@ fn every_call_is_answered_or_fails_and_none_hangs() {
                         tally.died.fetch_add(1, Ordering::Relaxed);
                         let mut slot = actors[index].write();
                         if Arc::ptr_eq(&slot, &actor) {
-                            *slot = Arc::new(Actor::spawn(Chaos).unwrap());
+                            *slot = Arc::new(Actor::spawn(Chaos::<INLINE>::default()).unwrap());
                             tally.replaced.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -137,9 +169,14 @@ fn every_call_is_answered_or_fails_and_none_hangs() {
     let died = tally.died.load(Ordering::Relaxed);
     let timed_out = tally.timed_out.load(Ordering::Relaxed);
     println!(
-        "{answered} answered, {died} WorkerDied, {timed_out} timed out, {} actors replaced",
+        "inline calls {INLINE}: {answered} answered, {died} WorkerDied, {timed_out} timed out, {} actors replaced",
         tally.replaced.load(Ordering::Relaxed)
     );
     assert_eq!(answered + died + timed_out, THREADS * CALLS);
     assert!(died > 0 && answered > 0);
+    assert_eq!(
+        OVERLAPS.load(Ordering::SeqCst),
+        0,
+        "two handlers ran at once"
+    );
 }

@@ -101,18 +101,21 @@ fn steady_state_hot_paths_allocate_nothing() {
     assert_eq!(boxed, 1);
 }
 
-/// Echoes; `Count(true)` turns allocation counting on for the actor's own thread, so that
-/// both sides of a call are counted.
-struct Echo;
+/// Echoes; `Count(true)` turns allocation counting on for the thread that handles it. Sent
+/// with `call_timeout`, which always goes through the mailbox, it reaches the actor's own
+/// thread, so that both sides of a call are counted. `INLINE`: whether an idle actor's
+/// calls run on the caller's thread.
+struct Echo<const INLINE: bool>;
 
 enum Msg {
     Echo(u64),
     Count(bool),
 }
 
-impl Behaviour for Echo {
+impl<const INLINE: bool> Behaviour for Echo<INLINE> {
     type Request = Msg;
     type Reply = u64;
+    const INLINE_CALLS: bool = INLINE;
     fn handle_call(&mut self, msg: Msg) -> u64 {
         match msg {
             Msg::Echo(n) => n,
@@ -124,23 +127,35 @@ impl Behaviour for Echo {
     }
 }
 
-#[test]
-fn steady_state_calls_allocate_nothing() {
+fn calls_allocate_nothing<const INLINE: bool>() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let actor = Actor::spawn(Echo).unwrap();
+    let actor = Actor::spawn(Echo::<INLINE>).unwrap();
+    let long = std::time::Duration::from_secs(10);
     // Warm up: the caller's reply slot and the mailbox's buffer are made on first use.
     for n in 0..100 {
         assert_eq!(actor.call(Msg::Echo(n)).unwrap(), n);
+        assert_eq!(actor.call_timeout(Msg::Echo(n), long).unwrap(), n);
     }
-    actor.call(Msg::Count(true)).unwrap();
+    actor.call_timeout(Msg::Count(true), long).unwrap();
     let calls = allocations_during(|| {
         for n in 0..10_000 {
             std::hint::black_box(actor.call(Msg::Echo(n)).unwrap());
         }
-        actor
-            .call_timeout(Msg::Echo(1), std::time::Duration::from_secs(10))
-            .unwrap();
-        actor.call(Msg::Count(false)).unwrap();
+        actor.call_timeout(Msg::Echo(1), long).unwrap();
+        actor.call_timeout(Msg::Count(false), long).unwrap();
     });
-    assert_eq!(calls, 0, "Actor::call allocated (caller and actor threads)");
+    assert_eq!(
+        calls, 0,
+        "Actor::call allocated (caller and actor threads, inline calls: {INLINE})"
+    );
+}
+
+#[test]
+fn steady_state_calls_allocate_nothing() {
+    calls_allocate_nothing::<false>();
+}
+
+#[test]
+fn calls_run_on_the_caller_allocate_nothing() {
+    calls_allocate_nothing::<true>();
 }

@@ -114,21 +114,24 @@ impl Textbook {
     }
 }
 
-/// A worker thread that echoes: the mailbox round trip of the `transaction` group.
-pub struct Echo;
+/// A worker thread that echoes. `INLINE` is its [`Behaviour::INLINE_CALLS`]: by default a
+/// call to an idle echo runs on the caller's thread; `Echo<false>` always takes the mailbox
+/// round trip (the hand-off between two threads).
+pub struct Echo<const INLINE: bool = true>;
 
-impl Behaviour for Echo {
+impl<const INLINE: bool> Behaviour for Echo<INLINE> {
     type Request = u64;
     type Reply = u64;
+    const INLINE_CALLS: bool = INLINE;
     fn handle_call(&mut self, n: u64) -> u64 {
         n
     }
 }
 
-pub fn echo_pool(size: usize) -> Pool<Actor<Echo>> {
+pub fn echo_pool<const INLINE: bool>(size: usize) -> Pool<Actor<Echo<INLINE>>> {
     Pool::builder()
         .size(size)
-        .build(|| Ok(Actor::spawn(Echo)?))
+        .build(|| Ok(Actor::spawn(Echo::<INLINE>)?))
         .expect("a pool of echo threads builds")
 }
 
@@ -141,12 +144,16 @@ pub fn short_spin() {
 }
 
 /// Runs `op` `iters` times on each of `threads` threads, started together, and returns the
-/// mean time each thread spent in its loop: time / iters is the time per operation on each
-/// thread. Each thread times itself, so thread start-up and wake-up latency stay out.
+/// wall time from the first thread's start to the last thread's end: time / iters is the
+/// time per operation on each thread, and threads x iters / time the aggregate throughput.
+/// Thread start-up stays out (each thread warms up, then all start at a barrier). The mean
+/// of each thread's own loop time would not do: with more threads than cores, a thread whose
+/// loop fits in one time slice runs while the others wait, so each loop looks short and the
+/// aggregate would be counted as if they had all run at once.
 pub fn run_parallel(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Duration {
     let start = Barrier::new(threads);
-    let total: Duration = thread::scope(|scope| {
-        let timers: Vec<_> = (0..threads)
+    thread::scope(|scope| {
+        let spans: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     // Warm the thread's own state (stripe, arc-swap debt slot) before timing.
@@ -156,16 +163,25 @@ pub fn run_parallel(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Durat
                     for _ in 0..iters {
                         op();
                     }
-                    began.elapsed()
+                    (began, Instant::now())
                 })
             })
-            .collect();
-        timers
+            .collect::<Vec<_>>()
             .into_iter()
             .map(|t| t.join().expect("a bench thread panicked"))
-            .sum()
-    });
-    total / threads as u32
+            .collect();
+        let first = spans
+            .iter()
+            .map(|s| s.0)
+            .min()
+            .expect("at least one thread");
+        let last = spans
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .expect("at least one thread");
+        last - first
+    })
 }
 
 /// Like [`run_parallel`], also returning the longest time one `op` took on any thread.
@@ -190,9 +206,9 @@ pub fn keep<T>(value: T) {
 }
 
 /// A balancer over `size` shared echo threads: many callers may queue on one actor.
-pub fn echo_balancer(size: usize) -> Balancer<Actor<Echo>> {
-    let set: Vec<Arc<Actor<Echo>>> = (0..size)
-        .map(|_| Arc::new(Actor::spawn(Echo).expect("an echo thread starts")))
+pub fn echo_balancer<const INLINE: bool>(size: usize) -> Balancer<Actor<Echo<INLINE>>> {
+    let set: Vec<Arc<Actor<Echo<INLINE>>>> = (0..size)
+        .map(|_| Arc::new(Actor::spawn(Echo::<INLINE>).expect("an echo thread starts")))
         .collect();
     Balancer::builder()
         .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
