@@ -527,7 +527,12 @@ impl<B: Behaviour> Mailbox<B> {
             self.len.store(0, Ordering::Release);
             std::mem::take(&mut queue.items)
         };
-        drop(left);
+        // A request's drop may panic. The rest are still dropped (their callers answered),
+        // and the panic goes no further: not into a caller whose handler panicked and who
+        // closes the mailbox, not out of the actor's thread before it drops its behaviour.
+        for envelope in left {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(envelope)));
+        }
     }
 }
 

@@ -1,0 +1,386 @@
+//! Attempts to break calls run on the caller's thread (`Behaviour::INLINE_CALLS`): panicking
+//! drops of queued values, calls from unwinding and from thread-local destructors, races of
+//! an inline call with `stop`, with a panic on the actor's thread, and with a pool that
+//! replaces dead actors.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use common::{eventually, within};
+use cylinder::{Actor, Behaviour, Error, Pool};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        if !info.to_string().contains("on purpose") {
+            eprintln!("{info}");
+        }
+    }));
+}
+
+/// Panics when dropped, unless defused.
+struct Bomb(bool);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.0 {
+            panic!("a request's drop panics on purpose");
+        }
+    }
+}
+
+enum Ask {
+    Echo(u64),
+    /// Waits at the barrier, then until `release`, then panics if the flag says so.
+    BlockThen(Arc<Barrier>, Arc<AtomicBool>, bool),
+    /// A request whose drop panics unless the handler defuses it.
+    Bomb(Bomb),
+    Crash,
+}
+
+#[derive(Default)]
+struct Target {
+    drops: Arc<AtomicUsize>,
+    dropped_on: Arc<Mutex<Option<String>>>,
+    inside: Arc<AtomicU32>,
+    overlaps: Arc<AtomicU32>,
+}
+
+impl Behaviour for Target {
+    type Request = Ask;
+    type Reply = u64;
+    fn handle_call(&mut self, ask: Ask) -> u64 {
+        if self.inside.fetch_add(1, Ordering::SeqCst) != 0 {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        struct Leave<'a>(&'a AtomicU32);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.inside);
+        match ask {
+            Ask::Echo(n) => n,
+            Ask::BlockThen(barrier, release, crash) => {
+                barrier.wait();
+                while !release.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                if crash {
+                    panic!("a handler crashes on purpose");
+                }
+                0
+            }
+            Ask::Bomb(mut bomb) => {
+                bomb.0 = false;
+                1
+            }
+            Ask::Crash => panic!("a handler crashes on purpose"),
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+        *self.dropped_on.lock().unwrap() = thread::current().name().map(String::from);
+    }
+}
+
+/// A handler panics on the caller's thread while a call waits in the mailbox whose request
+/// panics when dropped. The mailbox is closed by the caller: that drop must not unwind into
+/// the caller (who must get `WorkerDied`), and the actor must still end as usual, its
+/// behaviour dropped once on its own thread.
+#[test]
+fn a_panicking_drop_of_a_queued_request_does_not_escape_into_an_inline_caller() {
+    quiet_panics();
+    for _ in 0..20 {
+        let target = Target::default();
+        let (drops, dropped_on) = (target.drops.clone(), target.dropped_on.clone());
+        let actor = Arc::new(Actor::spawn(target).unwrap());
+        let barrier = Arc::new(Barrier::new(2));
+        let release = Arc::new(AtomicBool::new(false));
+        let crasher = {
+            let (actor, barrier, release) = (actor.clone(), barrier.clone(), release.clone());
+            thread::spawn(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    actor.call(Ask::BlockThen(barrier, release, true))
+                }))
+            })
+        };
+        barrier.wait();
+        // The actor is held by the crasher's thread: this call waits in the mailbox.
+        let queued = {
+            let actor = actor.clone();
+            thread::spawn(move || actor.call(Ask::Bomb(Bomb(true))))
+        };
+        assert!(eventually(LIMIT, || actor.queue_len() == Some(1)));
+        release.store(true, Ordering::SeqCst);
+        let crashed = within(LIMIT, move || crasher.join().unwrap());
+        match crashed {
+            Some(Ok(Err(Error::WorkerDied))) => {}
+            Some(Ok(other)) => panic!("the crashing call answered {other:?}"),
+            Some(Err(_)) => panic!("a queued request panicking drop escaped into the caller"),
+            None => panic!("the crashing call hung"),
+        }
+        let answered = within(LIMIT, move || queued.join().unwrap());
+        assert!(matches!(answered, Some(Err(Error::WorkerDied))));
+        assert!(!actor.is_alive());
+        assert!(within(LIMIT, move || actor.stop()).is_some(), "stop hung");
+        assert!(eventually(LIMIT, || drops.load(Ordering::SeqCst) == 1));
+        assert_eq!(
+            dropped_on.lock().unwrap().as_deref(),
+            Some("cylinder-worker")
+        );
+    }
+}
+
+/// The same on the actor's own thread: a handler panics there with a call queued whose
+/// request panics when dropped. The thread must still drop its behaviour, once, itself.
+#[test]
+fn a_panicking_drop_of_a_queued_request_does_not_cost_the_behaviour_its_drop() {
+    quiet_panics();
+    for _ in 0..20 {
+        let target = Target::default();
+        let (drops, dropped_on) = (target.drops.clone(), target.dropped_on.clone());
+        let actor = Arc::new(Actor::spawn(target).unwrap());
+        let barrier = Arc::new(Barrier::new(2));
+        let release = Arc::new(AtomicBool::new(false));
+        // `call_timeout` always goes to the thread: the panic happens there.
+        let crasher = {
+            let (actor, barrier, release) = (actor.clone(), barrier.clone(), release.clone());
+            thread::spawn(move || actor.call_timeout(Ask::BlockThen(barrier, release, true), LIMIT))
+        };
+        barrier.wait();
+        let queued = {
+            let actor = actor.clone();
+            thread::spawn(move || actor.call(Ask::Bomb(Bomb(true))))
+        };
+        assert!(eventually(LIMIT, || actor.queue_len() == Some(1)));
+        release.store(true, Ordering::SeqCst);
+        let crashed = within(LIMIT, move || crasher.join().unwrap());
+        assert!(matches!(crashed, Some(Err(Error::WorkerDied))));
+        let answered = within(LIMIT, move || queued.join().unwrap());
+        assert!(matches!(answered, Some(Err(Error::WorkerDied))));
+        assert!(within(LIMIT, move || actor.stop()).is_some(), "stop hung");
+        assert!(
+            eventually(LIMIT, || drops.load(Ordering::SeqCst) == 1),
+            "the behaviour was not dropped"
+        );
+        assert_eq!(
+            dropped_on.lock().unwrap().as_deref(),
+            Some("cylinder-worker")
+        );
+    }
+}
+
+/// A call made from a `Drop` that runs while its thread unwinds from a panic: the handler
+/// runs on that thread (idle actor) and panics too. The nested panic must be caught and
+/// answered with `WorkerDied`, not abort the process.
+#[test]
+fn a_handler_that_panics_during_the_callers_unwinding_answers_worker_died() {
+    quiet_panics();
+    let actor = Arc::new(Actor::spawn(Target::default()).unwrap());
+    struct CallOnDrop(Arc<Actor<Target>>, Arc<Mutex<Option<Result<u64, Error>>>>);
+    impl Drop for CallOnDrop {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() = Some(self.0.call(Ask::Crash));
+        }
+    }
+    let seen = Arc::new(Mutex::new(None));
+    let unwound = {
+        let (actor, seen) = (actor.clone(), seen.clone());
+        within(LIMIT, move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _guard = CallOnDrop(actor, seen);
+                panic!("the caller panics on purpose");
+            }))
+            .is_err()
+        })
+    };
+    assert_eq!(unwound, Some(true));
+    assert!(matches!(
+        seen.lock().unwrap().take(),
+        Some(Err(Error::WorkerDied))
+    ));
+    assert!(!actor.is_alive());
+}
+
+/// Calls from a thread-local destructor, to a handler that itself uses a thread-local and
+/// `thread::current()`: the call must be answered (as it was when it always ran on the
+/// actor's thread), not kill the actor.
+#[test]
+fn a_call_from_a_thread_local_destructor_is_answered() {
+    struct UsesThreadLocals;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    impl Behaviour for UsesThreadLocals {
+        type Request = u64;
+        type Reply = u64;
+        fn handle_call(&mut self, x: u64) -> u64 {
+            let _ = thread::current().id();
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                s.push(x);
+                s.iter().sum()
+            })
+        }
+    }
+    static ACTOR: OnceLock<Actor<UsesThreadLocals>> = OnceLock::new();
+    static ANSWER: Mutex<Option<Result<u64, Error>>> = Mutex::new(None);
+    let actor = ACTOR.get_or_init(|| Actor::spawn(UsesThreadLocals).unwrap());
+    struct CallsOnExit;
+    impl Drop for CallsOnExit {
+        fn drop(&mut self) {
+            let answer = ACTOR.get().unwrap().call(5);
+            *ANSWER.lock().unwrap() = Some(answer);
+        }
+    }
+    thread_local! {
+        static ON_EXIT: CallsOnExit = const { CallsOnExit };
+    }
+    let done = within(LIMIT, || {
+        thread::spawn(|| {
+            // Make the handler's thread-local live (and be destroyed) on this thread first,
+            // then register the exiting call after it, so it runs after SCRATCH is gone.
+            SCRATCH.with(|s| s.borrow_mut().clear());
+            ON_EXIT.with(|_| {});
+        })
+        .join()
+        .is_ok()
+    });
+    assert_eq!(done, Some(true));
+    let answer = ANSWER.lock().unwrap().take();
+    assert!(
+        matches!(answer, Some(Ok(_))),
+        "a call from a thread-local destructor failed: {answer:?}"
+    );
+    assert!(
+        actor.is_alive(),
+        "a call from a destructor killed the actor"
+    );
+}
+
+/// Inline calls race `stop()` from another thread: every call is answered or gets
+/// `WorkerDied`, `WorkerDied` only from a dead actor, nothing after `stop` returned is Ok,
+/// and the behaviour is dropped once, on the actor's thread.
+#[test]
+fn inline_calls_racing_stop() {
+    for round in 0..200 {
+        let target = Target::default();
+        let (drops, dropped_on, overlaps) = (
+            target.drops.clone(),
+            target.dropped_on.clone(),
+            target.overlaps.clone(),
+        );
+        let actor = Arc::new(Actor::spawn(target).unwrap());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let (actor, stopped) = (actor.clone(), stopped.clone());
+                thread::spawn(move || loop {
+                    let after_stop = stopped.load(Ordering::SeqCst);
+                    match actor.call(Ask::Echo(7)) {
+                        Ok(7) => assert!(!after_stop, "Ok from a stopped actor"),
+                        Ok(other) => panic!("wrong reply {other}"),
+                        Err(Error::WorkerDied) => {
+                            assert!(!actor.is_alive(), "WorkerDied from a live actor");
+                            return;
+                        }
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        if round % 2 == 0 {
+            thread::yield_now();
+        }
+        let stopper = {
+            let (actor, stopped) = (actor.clone(), stopped.clone());
+            within(LIMIT, move || {
+                actor.stop();
+                stopped.store(true, Ordering::SeqCst);
+            })
+        };
+        assert!(stopper.is_some(), "stop hung");
+        for caller in callers {
+            assert!(within(LIMIT, move || caller.join().unwrap()).is_some());
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            dropped_on.lock().unwrap().as_deref(),
+            Some("cylinder-worker")
+        );
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// Inline calls race a panic on the actor's thread (a cast that crashes) and a panic on
+/// another caller: `WorkerDied` only from a dead actor, no hang, one drop.
+#[test]
+fn inline_calls_racing_panics_on_the_thread_and_on_callers() {
+    quiet_panics();
+    for round in 0..200 {
+        let target = Target::default();
+        let (drops, overlaps) = (target.drops.clone(), target.overlaps.clone());
+        let actor = Arc::new(Actor::spawn(target).unwrap());
+        let callers: Vec<_> = (0..3)
+            .map(|i| {
+                let actor = actor.clone();
+                thread::spawn(move || {
+                    for n in 0.. {
+                        let result = if i == 0 && n == 50 + round % 7 {
+                            actor.call(Ask::Crash)
+                        } else if i == 1 && n == 40 + round % 11 {
+                            actor.cast(Ask::Crash).map(|_| 0)
+                        } else {
+                            actor.call(Ask::Echo(n))
+                        };
+                        match result {
+                            Ok(_) => {}
+                            Err(Error::WorkerDied) => {
+                                assert!(!actor.is_alive(), "WorkerDied from a live actor");
+                                return;
+                            }
+                            Err(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            let joined = within(LIMIT, move || caller.join().is_ok());
+            assert_eq!(joined, Some(true), "a caller hung or failed");
+        }
+        assert!(within(LIMIT, move || actor.stop()).is_some(), "stop hung");
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// A pool of actors: a transaction whose call panics (inline) leaves a dead actor, which the
+/// pool must notice and replace; no later transaction gets `WorkerDied` from it.
+#[test]
+fn a_pool_replaces_an_actor_whose_inline_handler_panicked() {
+    quiet_panics();
+    let pool = Pool::builder()
+        .size(1)
+        .build(|| Ok(Actor::spawn(Target::default())?))
+        .unwrap();
+    let died = pool.transaction(|actor| actor.call(Ask::Crash)).unwrap();
+    assert!(matches!(died, Err(Error::WorkerDied)));
+    let answer = within(LIMIT, move || {
+        pool.transaction(|actor| actor.call(Ask::Echo(3)))
+    });
+    assert!(
+        matches!(answer, Some(Ok(Ok(3)))),
+        "the pool handed out the dead actor: {answer:?}"
+    );
+}
