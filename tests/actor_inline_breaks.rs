@@ -465,3 +465,66 @@ fn panic_hook_reports_to_an_actor() {
     ));
     assert!(!REPORTER.get().unwrap().is_alive());
 }
+
+/// Bursts of casts and calls (inline, handed off, with and without timeout) from several
+/// senders at once: each sender's messages are handled in the order it sent them, none is
+/// handled twice or lost, and a call's reply is its own.
+#[test]
+fn bursts_from_many_senders_keep_each_senders_order() {
+    const SENDERS: u64 = 6;
+    const EACH: u64 = 3_000;
+    /// The last number handled from each sender; counts what it handled.
+    struct Ordered {
+        last: Vec<u64>,
+        handled: u64,
+        broken: Arc<AtomicU32>,
+    }
+    impl Behaviour for Ordered {
+        type Request = (u64, u64);
+        type Reply = (u64, u64);
+        fn handle_call(&mut self, (sender, n): (u64, u64)) -> (u64, u64) {
+            let last = &mut self.last[sender as usize];
+            if n != *last + 1 {
+                self.broken.fetch_add(1, Ordering::SeqCst);
+            }
+            *last = n;
+            self.handled += 1;
+            (sender, n)
+        }
+    }
+    let broken = Arc::new(AtomicU32::new(0));
+    let actor = Arc::new(
+        Actor::spawn(Ordered {
+            last: vec![0; SENDERS as usize],
+            handled: 0,
+            broken: broken.clone(),
+        })
+        .unwrap(),
+    );
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let actor = actor.clone();
+            thread::spawn(move || {
+                for n in 1..=EACH {
+                    match (n + s) % 5 {
+                        0 | 1 => actor.cast((s, n)).unwrap(),
+                        2 => assert_eq!(actor.call_timeout((s, n), LIMIT).unwrap(), (s, n)),
+                        _ => assert_eq!(actor.call((s, n)).unwrap(), (s, n)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        assert!(within(LIMIT * 2, move || sender.join().is_ok()) == Some(true));
+    }
+    // A call from each sender's point of view: every message before it was handled.
+    let (_, _) = actor.call((0, EACH + 1)).unwrap();
+    assert_eq!(
+        broken.load(Ordering::SeqCst),
+        0,
+        "a sender's order was broken"
+    );
+    let stopped = within(LIMIT, move || actor.stop());
+    assert!(stopped.is_some());
+}
