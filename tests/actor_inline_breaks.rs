@@ -528,3 +528,87 @@ fn bursts_from_many_senders_keep_each_senders_order() {
     let stopped = within(LIMIT, move || actor.stop());
     assert!(stopped.is_some());
 }
+
+/// A handler that reaches back into its own actor (inline or on the thread): a cast to
+/// itself waits behind it, `queue_len` and `is_alive` answer, a `call_timeout` to itself
+/// times out (the actor is busy with this very call), `stop` does not wait for itself, and
+/// dropping the last other handle from inside does not hang. Nothing deadlocks.
+#[test]
+fn a_handler_that_reaches_back_into_its_own_actor() {
+    #[derive(Default)]
+    struct Reentrant {
+        me: Arc<Mutex<Option<Arc<Actor<Reentrant>>>>>,
+        seen: Vec<u64>,
+    }
+    enum Back {
+        Note(u64),
+        CastQueueAliveTimeout,
+        Seen,
+        StopAndDropMe,
+    }
+    impl Behaviour for Reentrant {
+        type Request = Back;
+        type Reply = (Vec<u64>, Option<usize>, bool, bool);
+        fn handle_call(&mut self, back: Back) -> Self::Reply {
+            let me = self.me.lock().unwrap().clone();
+            match back {
+                Back::Note(n) => {
+                    self.seen.push(n);
+                    (Vec::new(), None, true, false)
+                }
+                Back::CastQueueAliveTimeout => {
+                    let me = me.unwrap();
+                    me.cast(Back::Note(1)).unwrap();
+                    let queued = me.queue_len();
+                    let alive = me.is_alive();
+                    let timed_out = matches!(
+                        me.call_timeout(Back::Note(2), Duration::from_millis(20)),
+                        Err(Error::Timeout(_))
+                    );
+                    (Vec::new(), queued, alive, timed_out)
+                }
+                Back::Seen => (self.seen.clone(), None, true, false),
+                Back::StopAndDropMe => {
+                    let me = me.unwrap();
+                    me.stop();
+                    // The other handle: the caller still holds one.
+                    self.me.lock().unwrap().take();
+                    drop(me);
+                    (Vec::new(), None, true, false)
+                }
+            }
+        }
+    }
+    for inline_caller in [true, false] {
+        let behaviour = Reentrant::default();
+        let me = behaviour.me.clone();
+        let actor = Arc::new(Actor::spawn(behaviour).unwrap());
+        *me.lock().unwrap() = Some(actor.clone());
+        let outcome = within(LIMIT, {
+            let actor = actor.clone();
+            move || {
+                let first = if inline_caller {
+                    actor.call(Back::CastQueueAliveTimeout)
+                } else {
+                    actor.call_timeout(Back::CastQueueAliveTimeout, LIMIT)
+                };
+                let seen = actor.call(Back::Seen).map(|r| r.0);
+                let stopped = actor.call(Back::StopAndDropMe);
+                actor.stop();
+                (first, seen, stopped, actor.is_alive())
+            }
+        });
+        let (first, seen, stopped, alive) = outcome.expect("a handler reaching back deadlocked");
+        let (_, queued, alive_inside, timed_out) = first.unwrap();
+        assert_eq!(queued, Some(1));
+        assert!(alive_inside);
+        assert!(timed_out);
+        assert_eq!(
+            seen.unwrap(),
+            vec![1, 2],
+            "the cast and the late call, in order"
+        );
+        assert!(stopped.is_ok());
+        assert!(!alive);
+    }
+}
