@@ -63,7 +63,11 @@ pub trait Behaviour: Send + 'static {
     /// instead of a few hundred (or microseconds, when a side has to be woken).
     ///
     /// Say `false` when the handler must run on the actor's own thread: it keeps state in
-    /// thread-locals, or the thread has a priority or CPU affinity of its own.
+    /// thread-locals, or the thread has a priority or CPU affinity of its own, or it may be
+    /// called from a thread-local destructor (run there, a handler that touches a
+    /// thread-local, its own or a library's, may find it gone, panic, and kill the actor). A
+    /// caller that is panicking (a call from a panic hook, or from a `Drop` while unwinding)
+    /// always hands its call to the actor's thread.
     /// [`call_timeout`](Actor::call_timeout) and [`cast`](Actor::cast) always go through the
     /// mailbox, so that a slow handler never outlasts the caller's timeout.
     ///
@@ -527,7 +531,12 @@ impl<B: Behaviour> Mailbox<B> {
             self.len.store(0, Ordering::Release);
             std::mem::take(&mut queue.items)
         };
-        drop(left);
+        // A request's drop may panic. The rest are still dropped (their callers answered),
+        // and the panic goes no further: not into a caller whose handler panicked and who
+        // closes the mailbox, not out of the actor's thread before it drops its behaviour.
+        for envelope in left {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(envelope)));
+        }
     }
 }
 
@@ -684,7 +693,9 @@ impl<B: Behaviour> Actor<B> {
     /// Runs a call on this thread if the actor is idle ([`Behaviour::INLINE_CALLS`]); gives
     /// the request back if it is not.
     fn call_here(&self, request: B::Request) -> Result<Result<B::Reply, Error>, B::Request> {
-        if !B::INLINE_CALLS {
+        // Not while this thread panics: in a panic hook, a handler's panic would abort the
+        // process (a panic in the hook), where on the actor's thread it only kills the actor.
+        if !B::INLINE_CALLS || thread::panicking() {
             return Err(request);
         }
         let Some(mut held) = self.shared.behaviour.try_lock() else {
