@@ -303,7 +303,8 @@ impl<R: Send + 'static> ReplySlot<R> {
         let mut slot = self.reply.lock();
         if self.awaited.load(Ordering::Acquire) != seq {
             drop(slot);
-            drop(reply);
+            // A late reply whose drop panics must not kill the actor that answered it.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(reply)));
             return;
         }
         self.awaited.store(0, Ordering::Relaxed);
@@ -374,7 +375,8 @@ impl<R: Send + 'static> ReplySlot<R> {
         }
     }
 
-    /// The call could not be posted: whatever its dropped envelope put in goes.
+    /// The call could not be posted: it is no longer awaited, so its envelope's drop puts
+    /// nothing in (and anything that is there goes).
     fn abandon(&self) {
         let left = {
             let mut slot = self.reply.lock();
@@ -806,8 +808,9 @@ impl<B: Behaviour> Actor<B> {
         {
             Ok(woke) => slot.wait(seq, deadline, timeout.unwrap_or(Duration::MAX), !woke),
             Err(envelope) => {
-                drop(envelope);
+                // The slot first: a request whose drop panics must not leave it awaiting.
                 slot.abandon();
+                drop(envelope);
                 Err(Error::WorkerDied)
             }
         }

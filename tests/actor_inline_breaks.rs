@@ -612,3 +612,41 @@ fn a_handler_that_reaches_back_into_its_own_actor() {
         assert!(!alive);
     }
 }
+
+/// A reply that panics when dropped: dropped late, on the actor's thread, after its caller
+/// gave up, it must not kill the actor that answered it.
+struct Grenade(u64);
+
+impl Drop for Grenade {
+    fn drop(&mut self) {
+        if self.0 == 1 {
+            panic!("a late reply explodes on purpose");
+        }
+    }
+}
+
+struct SlowGrenades;
+
+impl Behaviour for SlowGrenades {
+    type Request = u64;
+    type Reply = Grenade;
+    fn handle_call(&mut self, ms: u64) -> Grenade {
+        thread::sleep(Duration::from_millis(ms));
+        Grenade(if ms > 0 { 1 } else { 0 })
+    }
+}
+
+#[test]
+fn a_late_reply_whose_drop_panics_does_not_kill_the_actor() {
+    quiet_panics();
+    let actor = Actor::spawn(SlowGrenades).unwrap();
+    let late = actor.call_timeout(50, Duration::from_millis(1));
+    assert!(matches!(late, Err(Error::Timeout(_))));
+    // Queued behind the late call: answered once the late reply has been dropped.
+    let next = actor.call_timeout(0, Duration::from_secs(30));
+    assert!(
+        matches!(next, Ok(Grenade(0))),
+        "the actor died of a late reply"
+    );
+    assert!(actor.is_alive());
+}
