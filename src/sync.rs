@@ -41,11 +41,18 @@ mod imp {
     pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
 
     impl<T> Mutex<T> {
+        #[inline]
         pub(crate) fn new(value: T) -> Self {
             Mutex(parking_lot::Mutex::new(value))
         }
+        #[inline]
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
+        }
+        /// The lock if it is free now; `None` if another thread holds it.
+        #[inline]
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            self.0.try_lock()
         }
     }
 
@@ -137,6 +144,13 @@ mod imp {
             self.0
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            match self.0.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
         }
     }
 
@@ -257,6 +271,55 @@ pub(crate) fn seqcst_point() {
     #[cfg(loom)]
     fence(Ordering::SeqCst);
 }
+
+/// Threads: std's, or loom's under loom (whose threads share one OS thread and are
+/// scheduled by the model). Plain re-exports in the real build.
+pub(crate) mod thread {
+    #[cfg(not(loom))]
+    pub(crate) use std::thread::{
+        current, panicking, park, park_timeout, yield_now, Builder, JoinHandle, Thread,
+    };
+
+    #[cfg(loom)]
+    pub(crate) use loom::thread::{
+        current, panicking, park, yield_now, Builder, JoinHandle, Thread,
+    };
+
+    /// Loom has no clock: a timed park is modelled as one whose time ran out at once (a
+    /// yield to the other threads), which a real `park_timeout` may also do (it may return
+    /// early, spuriously or because the time passed). Its callers re-check what they wait
+    /// for, and their deadline, after it returns.
+    #[cfg(loom)]
+    pub(crate) fn park_timeout(_timeout: std::time::Duration) {
+        loom::thread::yield_now();
+    }
+}
+
+/// `std::thread_local!` with a `const` initialiser, or under loom `loom::thread_local!`:
+/// loom's threads share one OS thread, so a std thread-local would be shared by all of them
+/// (and would outlive the execution that filled it).
+#[cfg(not(loom))]
+macro_rules! per_thread {
+    ($(#[$attr:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        std::thread_local! {
+            $(#[$attr])* static $name: $t = const { $init };
+        }
+    };
+}
+
+/// `std::thread_local!` with a `const` initialiser, or under loom `loom::thread_local!`:
+/// loom's threads share one OS thread, so a std thread-local would be shared by all of them
+/// (and would outlive the execution that filled it).
+#[cfg(loom)]
+macro_rules! per_thread {
+    ($(#[$attr:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        loom::thread_local! {
+            $(#[$attr])* static $name: $t = $init;
+        }
+    };
+}
+
+pub(crate) use per_thread;
 
 /// `now + timeout`, or `None` (wait without limit) when that is past the end of time,
 /// as it is for `Duration::MAX`.
