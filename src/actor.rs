@@ -516,7 +516,16 @@ impl<B: Behaviour> Mailbox<B> {
             self.len.fetch_add(1, Ordering::SeqCst);
         }
         seqcst_point();
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+        // A compare-and-swap, not a swap: the same effect (only a true is cleared), and a
+        // failed one writes nothing. Loom needs that: it leaves a store that an RMW raced
+        // unordered with the actor's next `sleeping = true`, and a later look could then
+        // read the stale false although the real modification order forbids it.
+        if self.sleeping.load(Ordering::SeqCst)
+            && self
+                .sleeping
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
             worker.unpark();
             return Ok(true);
         }

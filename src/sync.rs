@@ -272,8 +272,10 @@ pub(crate) fn seqcst_point() {
     fence(Ordering::SeqCst);
 }
 
-/// Threads: std's, or loom's under loom (whose threads share one OS thread and are
-/// scheduled by the model). Plain re-exports in the real build.
+/// Threads: std's in the real build (plain re-exports). Under loom, loom's threads (which
+/// share one OS thread and are scheduled by the model) with a park token of our own: loom's
+/// `Thread::unpark` also wakes a thread blocked in `join` or on a mutex, which then trips an
+/// assertion inside loom (tokio-rs/loom#249), whereas std's only makes the token available.
 pub(crate) mod thread {
     #[cfg(not(loom))]
     pub(crate) use std::thread::{
@@ -281,17 +283,134 @@ pub(crate) mod thread {
     };
 
     #[cfg(loom)]
-    pub(crate) use loom::thread::{
-        current, panicking, park, yield_now, Builder, JoinHandle, Thread,
-    };
-
-    /// Loom has no clock: a timed park is modelled as one whose time ran out at once (a
-    /// yield to the other threads), which a real `park_timeout` may also do (it may return
-    /// early, spuriously or because the time passed). Its callers re-check what they wait
-    /// for, and their deadline, after it returns.
+    pub(crate) use loom::thread::{panicking, yield_now};
     #[cfg(loom)]
-    pub(crate) fn park_timeout(_timeout: std::time::Duration) {
-        loom::thread::yield_now();
+    pub(crate) use model::{current, park, park_timeout, Builder, JoinHandle, Thread};
+
+    #[cfg(loom)]
+    mod model {
+        use std::cell::RefCell;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        /// A thread's park token, as std's: `unpark` makes it available, `park` waits for it
+        /// and takes it.
+        #[derive(Debug, Default)]
+        struct Token {
+            available: loom::sync::Mutex<bool>,
+            given: loom::sync::Condvar,
+        }
+
+        impl Token {
+            fn park(&self) {
+                let mut available = self.available.lock().unwrap();
+                while !*available {
+                    available = self.given.wait(available).unwrap();
+                }
+                *available = false;
+            }
+            fn unpark(&self) {
+                *self.available.lock().unwrap() = true;
+                self.given.notify_one();
+            }
+        }
+
+        loom::thread_local! {
+            /// This thread's token: made at its first use, or by `Builder::spawn`.
+            static TOKEN: RefCell<Option<Arc<Token>>> = RefCell::new(None);
+        }
+
+        fn my_token() -> Arc<Token> {
+            TOKEN.with(|token| token.borrow_mut().get_or_insert_with(Arc::default).clone())
+        }
+
+        /// A thread's handle: loom's, and its park token. Public (unnamable) because
+        /// `Actor::thread` returns it.
+        #[derive(Clone, Debug)]
+        #[allow(unreachable_pub)]
+        pub struct Thread {
+            thread: loom::thread::Thread,
+            token: Arc<Token>,
+        }
+
+        #[allow(unreachable_pub)]
+        impl Thread {
+            /// The thread's id.
+            pub fn id(&self) -> loom::thread::ThreadId {
+                self.thread.id()
+            }
+            /// The thread's name.
+            pub fn name(&self) -> Option<&str> {
+                self.thread.name()
+            }
+            /// Makes the thread's park token available.
+            pub fn unpark(&self) {
+                self.token.unpark();
+            }
+        }
+
+        pub(crate) fn current() -> Thread {
+            Thread {
+                thread: loom::thread::current(),
+                token: my_token(),
+            }
+        }
+
+        pub(crate) fn park() {
+            my_token().park();
+        }
+
+        /// Loom has no clock: a timed park is modelled as one whose time ran out at once (a
+        /// yield to the other threads), which a real `park_timeout` may also do (it may
+        /// return early, spuriously or because the time passed). Its callers re-check what
+        /// they wait for, and their deadline, after it returns. The token is left as it is.
+        pub(crate) fn park_timeout(_timeout: Duration) {
+            loom::thread::yield_now();
+        }
+
+        #[derive(Debug)]
+        pub(crate) struct JoinHandle<T> {
+            handle: loom::thread::JoinHandle<T>,
+            thread: Thread,
+        }
+
+        impl<T> JoinHandle<T> {
+            pub(crate) fn join(self) -> std::thread::Result<T> {
+                self.handle.join()
+            }
+            pub(crate) fn thread(&self) -> &Thread {
+                &self.thread
+            }
+        }
+
+        #[derive(Debug)]
+        pub(crate) struct Builder(loom::thread::Builder);
+
+        impl Builder {
+            pub(crate) fn new() -> Self {
+                Builder(loom::thread::Builder::new())
+            }
+            pub(crate) fn name(self, name: String) -> Self {
+                Builder(self.0.name(name))
+            }
+            pub(crate) fn spawn<F, T>(self, f: F) -> std::io::Result<JoinHandle<T>>
+            where
+                F: FnOnce() -> T + Send + 'static,
+                T: Send + 'static,
+            {
+                let token = Arc::new(Token::default());
+                let its_token = token.clone();
+                let handle = self.0.spawn(move || {
+                    TOKEN.with(|token| *token.borrow_mut() = Some(its_token));
+                    f()
+                })?;
+                let thread = Thread {
+                    thread: handle.thread().clone(),
+                    token,
+                };
+                Ok(JoinHandle { handle, thread })
+            }
+        }
     }
 }
 
