@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::sync::thread::{self, JoinHandle, Thread};
-use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, UnwindMutex};
 use crate::worker::Worker;
 
 /// What a worker thread does with its messages: the callbacks of an Erlang `gen_server`.
@@ -471,7 +471,7 @@ struct Queue<B: Behaviour> {
 struct Shared<B: Behaviour> {
     mailbox: Mailbox<B>,
     /// `None` once the actor's thread ended and dropped it.
-    behaviour: Mutex<Option<B>>,
+    behaviour: UnwindMutex<Option<B>>,
 }
 
 crate::sync::per_thread! {
@@ -666,7 +666,7 @@ impl<B: Behaviour> Actor<B> {
                 sleeping: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
             },
-            behaviour: Mutex::new(Some(behaviour)),
+            behaviour: UnwindMutex::new(Some(behaviour)),
         });
         let serving = shared.clone();
         let handle = thread::Builder::new()

@@ -145,6 +145,7 @@ mod imp {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         }
+        #[allow(dead_code)] // Parity with the real build; the crate's one try_lock is on an `UnwindMutex`.
         pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             match self.0.try_lock() {
                 Ok(guard) => Some(guard),
@@ -187,6 +188,81 @@ mod imp {
         }
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
+        }
+    }
+
+    /// Stand-in for a mutex that a panic may unwind through while it is held (parking_lot's,
+    /// which does not poison). Loom's `Mutex` keeps its data in a std mutex and panics at
+    /// the next lock once a panic has poisoned it, so this one is a loom `AtomicBool` taken
+    /// with a compare-and-swap (yielding while it is held: loom's way of modelling a
+    /// blocking wait) and released with a store, over data in a std mutex whose poison is
+    /// ignored. The std mutex is only ever locked by the holder of the flag, so it never
+    /// blocks.
+    #[derive(Debug, Default)]
+    pub(crate) struct UnwindMutex<T> {
+        held: loom::sync::atomic::AtomicBool,
+        data: std::sync::Mutex<T>,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct UnwindMutexGuard<'a, T> {
+        data: Option<std::sync::MutexGuard<'a, T>>,
+        held: &'a loom::sync::atomic::AtomicBool,
+    }
+
+    impl<T> UnwindMutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            UnwindMutex {
+                held: loom::sync::atomic::AtomicBool::new(false),
+                data: std::sync::Mutex::new(value),
+            }
+        }
+        fn take(&self) -> Option<UnwindMutexGuard<'_, T>> {
+            use loom::sync::atomic::Ordering::{Acquire, Relaxed};
+            self.held
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .ok()?;
+            let data = self
+                .data
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Some(UnwindMutexGuard {
+                data: Some(data),
+                held: &self.held,
+            })
+        }
+        pub(crate) fn lock(&self) -> UnwindMutexGuard<'_, T> {
+            loop {
+                if let Some(guard) = self.take() {
+                    return guard;
+                }
+                loom::thread::yield_now();
+            }
+        }
+        pub(crate) fn try_lock(&self) -> Option<UnwindMutexGuard<'_, T>> {
+            self.take()
+        }
+    }
+
+    impl<T> std::ops::Deref for UnwindMutexGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.data.as_ref().expect("held until dropped")
+        }
+    }
+
+    impl<T> std::ops::DerefMut for UnwindMutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.data.as_mut().expect("held until dropped")
+        }
+    }
+
+    impl<T> Drop for UnwindMutexGuard<'_, T> {
+        fn drop(&mut self) {
+            // The data first: once the flag is down, another thread may lock it.
+            self.data = None;
+            self.held
+                .store(false, loom::sync::atomic::Ordering::Release);
         }
     }
 
@@ -261,6 +337,13 @@ mod imp {
 }
 
 pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard, SwapCell};
+
+/// A mutex that a panic may unwind through while it is held (the actor's behaviour, held
+/// across its handlers): in the real build it is [`Mutex`] (parking_lot's does not poison).
+#[cfg(not(loom))]
+pub(crate) type UnwindMutex<T> = Mutex<T>;
+#[cfg(loom)]
+pub(crate) use imp::UnwindMutex;
 
 /// Marks a point where the real code relies on the total order of `SeqCst` operations. Loom
 /// treats `SeqCst` loads, stores and read-modify-writes as acquire-release (it models only
