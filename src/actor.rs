@@ -18,14 +18,12 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::{self, JoinHandle, Thread};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use crate::error::Error;
+use crate::sync::thread::{self, JoinHandle, Thread};
+use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, UnwindMutex};
 use crate::worker::Worker;
 
 /// What a worker thread does with its messages: the callbacks of an Erlang `gen_server`.
@@ -109,28 +107,34 @@ enum Envelope<B: Behaviour> {
 // Spinning: bounded in time, adaptive, and never by more threads than there are cores.
 
 /// The longest a waiting side spins before it parks.
+#[cfg(not(loom))]
 const SPIN_MAX: Duration = Duration::from_micros(20);
 /// The shortest spin of an adaptive budget; below it, the budget is none.
+#[cfg(not(loom))]
 const SPIN_MIN: Duration = Duration::from_micros(1);
 /// After this long a spinner yields its core between looks, so that a runnable thread on
 /// the same core (perhaps the one it waits for) gets to run. A hand-off between two cores
 /// takes a few hundred nanoseconds; when both threads share one core (a loaded machine),
 /// every nanosecond spun before the yield is lost: with 4 µs here a same-core round trip
 /// took about 12 µs on the 2-core test machine, with 0.5 µs about 6 µs.
+#[cfg(not(loom))]
 const SPIN_BEFORE_YIELD: Duration = Duration::from_nanos(500);
 /// A waiter whose budget fell to none still spins (a full `SPIN_MAX`) once in this many
 /// waits, to notice when spinning pays again: a shorter probe never outlasts the OS wake-up
 /// of the other side, so both sides would stay parked after the load that made them park
 /// has gone. The probe costs at most `SPIN_MAX / PROBE_EVERY` per wait.
+#[cfg(not(loom))]
 const PROBE_EVERY: u64 = 32;
 
 /// After its spin, a waiter yields its core this many times (looking between) before it
 /// parks. When there are more runnable threads than cores, the thread it waits for may be
 /// queued on its own core: yielding lets it run, and the hand-off costs no OS wake-up on
 /// either side. When there are not, a yield returns at once.
+#[cfg(not(loom))]
 const YIELDS: u32 = 4;
 
 /// Yields up to [`YIELDS`] times while `ready()` is false; returns whether it turned true.
+#[cfg(not(loom))]
 fn yield_until(ready: impl Fn() -> bool) -> bool {
     for _ in 0..YIELDS {
         if ready() {
@@ -141,16 +145,26 @@ fn yield_until(ready: impl Fn() -> bool) -> bool {
     ready()
 }
 
+/// Under loom (no clock, and a yield is a step of the model): one yield, then a look.
+#[cfg(loom)]
+fn yield_until(ready: impl Fn() -> bool) -> bool {
+    thread::yield_now();
+    ready()
+}
+
 /// Threads spinning in [`spin_until`] right now, across the process.
+#[cfg(not(loom))]
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
 
+#[cfg(not(loom))]
 fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Spins until `ready()` or `budget` has passed, unless as many threads as there are cores
 /// already spin. Returns whether `ready()` turned true.
+#[cfg(not(loom))]
 fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
     if ready() {
         return true;
@@ -184,14 +198,23 @@ fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
     ready_now
 }
 
+/// Under loom (no clock): one look. A spin only delays the slow path; the model explores
+/// the other threads' steps around that look instead.
+#[cfg(loom)]
+fn spin_until(_budget: Duration, ready: impl Fn() -> bool) -> bool {
+    ready()
+}
+
 /// A spin budget that doubles after a spin that paid off and halves after one that did not,
 /// down to none; then one wait in [`PROBE_EVERY`] spins, to notice when spinning pays again. Owned by one waiting side (a caller's slot, an actor's thread): relaxed atomics
 /// only because a slot is shared.
+#[cfg(not(loom))]
 struct Budget {
     nanos: AtomicU64,
     skipped: AtomicU64,
 }
 
+#[cfg(not(loom))]
 impl Budget {
     fn new() -> Self {
         Budget {
@@ -230,6 +253,22 @@ impl Budget {
     }
 }
 
+/// Under loom the spin is one look whatever the budget (see the loom [`spin_until`]), so the
+/// budget is none and learns nothing: no state for the model to explore.
+#[cfg(loom)]
+struct Budget;
+
+#[cfg(loom)]
+impl Budget {
+    fn new() -> Self {
+        Budget
+    }
+    fn get(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn learn(&self, _spun: Duration, _paid_off: bool) {}
+}
+
 // ---------------------------------------------------------------------------------------
 // The reply slot: one per calling thread and reply type, reused by every call.
 
@@ -250,9 +289,9 @@ struct ReplySlot<R> {
     spin: Budget,
 }
 
-thread_local! {
+crate::sync::per_thread! {
     /// This thread's reply slots, one per reply type (an `Arc<ReplySlot<R>>` each).
-    static REPLY_SLOTS: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    static REPLY_SLOTS: RefCell<Vec<Box<dyn Any>>> = RefCell::new(Vec::new());
 }
 
 impl<R: Send + 'static> ReplySlot<R> {
@@ -313,6 +352,7 @@ impl<R: Send + 'static> ReplySlot<R> {
         // this, so a late store can never overwrite the number of a later call.
         self.done.store(seq, Ordering::SeqCst);
         drop(slot);
+        seqcst_point();
         if self.sleeping.load(Ordering::SeqCst) {
             self.caller.unpark();
         }
@@ -342,6 +382,7 @@ impl<R: Send + 'static> ReplySlot<R> {
         }
         while !ready() {
             self.sleeping.store(true, Ordering::SeqCst);
+            seqcst_point();
             if self.done.load(Ordering::SeqCst) == seq {
                 break;
             }
@@ -436,12 +477,12 @@ struct Queue<B: Behaviour> {
 struct Shared<B: Behaviour> {
     mailbox: Mailbox<B>,
     /// `None` once the actor's thread ended and dropped it.
-    behaviour: Mutex<Option<B>>,
+    behaviour: UnwindMutex<Option<B>>,
 }
 
-thread_local! {
+crate::sync::per_thread! {
     /// The actor whose handler this thread runs now (its `Shared`'s address; 0: none).
-    static HANDLING: Cell<usize> = const { Cell::new(0) };
+    static HANDLING: Cell<usize> = Cell::new(0);
 }
 
 /// Marks this thread as running a handler of one actor, until dropped.
@@ -480,7 +521,17 @@ impl<B: Behaviour> Mailbox<B> {
             queue.items.push_back(envelope);
             self.len.fetch_add(1, Ordering::SeqCst);
         }
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+        seqcst_point();
+        // A compare-and-swap, not a swap: the same effect (only a true is cleared), and a
+        // failed one writes nothing. Loom needs that: it leaves a store that an RMW raced
+        // unordered with the actor's next `sleeping = true`, and a later look could then
+        // read the stale false although the real modification order forbids it.
+        if self.sleeping.load(Ordering::SeqCst)
+            && self
+                .sleeping
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
             worker.unpark();
             return Ok(true);
         }
@@ -517,6 +568,7 @@ impl<B: Behaviour> Mailbox<B> {
                 continue;
             }
             self.sleeping.store(true, Ordering::SeqCst);
+            seqcst_point();
             if self.len.load(Ordering::SeqCst) == 0 && self.alive.load(Ordering::SeqCst) {
                 thread::park();
             }
@@ -625,7 +677,7 @@ impl<B: Behaviour> Actor<B> {
                 sleeping: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
             },
-            behaviour: Mutex::new(Some(behaviour)),
+            behaviour: UnwindMutex::new(Some(behaviour)),
         });
         let serving = shared.clone();
         let handle = thread::Builder::new()
