@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::sync::thread::{self, JoinHandle, Thread};
-use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, UnwindMutex};
+use crate::sync::{
+    seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, UnwindMutex,
+};
 use crate::worker::Worker;
 
 /// What a worker thread does with its messages: the callbacks of an Erlang `gen_server`.
@@ -460,7 +462,9 @@ struct Mailbox<B: Behaviour> {
     len: AtomicUsize,
     /// The worker is parked, or about to: the next sender must unpark it.
     sleeping: AtomicBool,
-    alive: AtomicBool,
+    /// Read on every call and by a pool on every lease, written once: on a line of its own,
+    /// away from the fields both sides write on every message.
+    alive: CachePadded<AtomicBool>,
 }
 
 struct Queue<B: Behaviour> {
@@ -675,7 +679,7 @@ impl<B: Behaviour> Actor<B> {
                 }),
                 len: AtomicUsize::new(0),
                 sleeping: AtomicBool::new(false),
-                alive: AtomicBool::new(true),
+                alive: CachePadded::new(AtomicBool::new(true)),
             },
             behaviour: UnwindMutex::new(Some(behaviour)),
         });
