@@ -1,6 +1,12 @@
 //! Worker threads with a mailbox, and the hand-off of a call's reply.
 //!
-//! A call's round trip is two hand-offs between threads: the request into the actor's
+//! A call to an idle actor needs no hand-off at all: the caller takes the actor's behaviour
+//! (the lock the actor's thread holds while it handles messages), finds the mailbox empty,
+//! and runs the handler itself ([`Behaviour::INLINE_CALLS`]). The actor's thread takes a
+//! message only while it holds the behaviour, so an empty mailbox under that lock means
+//! every message sent before the call has been handled: order and exclusion are kept.
+//!
+//! Otherwise a call's round trip is two hand-offs between threads: the request into the actor's
 //! mailbox, the reply into the caller's reply slot. Each waiting side first spins for a
 //! short, adaptive while (a hand-off between two running threads takes a few hundred
 //! nanoseconds; an OS wake-up takes microseconds, many more on a virtual machine), yielding
@@ -63,8 +69,9 @@ pub trait Behaviour: Send + 'static {
     /// instead of a few hundred (or microseconds, when a side has to be woken).
     ///
     /// Say `false` when the handler must run on the actor's own thread: it keeps state in
-    /// thread-locals, or the thread has a priority or CPU affinity of its own, or it may be
-    /// called from a thread-local destructor (run there, a handler that touches a
+    /// thread-locals, holds a resource bound to the OS thread, expects to be woken by
+    /// [`Actor::thread`]`().unpark()`, the thread has a priority or CPU affinity of its own,
+    /// or it may be called from a thread-local destructor (run there, a handler that touches a
     /// thread-local, its own or a library's, may find it gone, panic, and kill the actor). A
     /// caller that is panicking (a call from a panic hook, or from a `Drop` while unwinding)
     /// always hands its call to the actor's thread.
@@ -605,9 +612,11 @@ impl<B: Behaviour> Mailbox<B> {
 /// false, so that a [`Factory`](crate::Factory) supervisor starts a fresh one in its place.
 ///
 /// Any number of threads may call one actor at once (it is `Sync`; a balancer shares it).
-/// A call allocates nothing: each calling thread reuses its own reply slot. A waiting side
-/// spins briefly before it parks, so back-to-back calls cost no OS wake-up, and an actor
-/// that gets no message for a while sleeps.
+/// A call to an idle actor runs its handler on the calling thread, unless the behaviour
+/// says otherwise ([`Behaviour::INLINE_CALLS`]); a call to a busy one goes through the
+/// mailbox. A call allocates nothing: each calling thread reuses its own reply slot. A
+/// waiting side spins briefly before it parks, so back-to-back calls cost no OS wake-up,
+/// and an actor that gets no message for a while sleeps.
 ///
 /// ```
 /// use cylinder::{Actor, Behaviour};
@@ -790,7 +799,8 @@ impl<B: Behaviour> Actor<B> {
     }
 
     /// Sends `request` and waits for the reply. [`Error::WorkerDied`] if the actor ended,
-    /// or its handler panicked, before it replied.
+    /// or its handler panicked, before it replied. If the actor is idle, the handler runs on
+    /// this thread instead ([`Behaviour::INLINE_CALLS`]).
     ///
     /// ```
     /// use cylinder::{Actor, Behaviour};
