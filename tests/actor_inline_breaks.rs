@@ -93,12 +93,14 @@ impl Drop for Target {
     }
 }
 
-/// A handler panics on the caller's thread while a call waits in the mailbox whose request
-/// panics when dropped. The mailbox is closed by the caller: that drop must not unwind into
-/// the caller (who must get `WorkerDied`), and the actor must still end as usual, its
-/// behaviour dropped once on its own thread.
-#[test]
-fn a_panicking_drop_of_a_queued_request_does_not_escape_into_an_inline_caller() {
+/// How the crashing call of [`a_crash_with_a_bomb_queued`] is made.
+type CrashCall = fn(&Actor<Target>, Ask) -> Result<u64, Error>;
+
+/// A handler panics while a call waits in the mailbox whose request panics when dropped.
+/// The mailbox is closed by whoever ran the handler: that drop must not unwind into a caller
+/// (the crashing one gets `WorkerDied`, so does the queued one), and the actor must still end
+/// as usual, its behaviour dropped once on its own thread.
+fn a_crash_with_a_bomb_queued(crash: CrashCall) {
     quiet_panics();
     for _ in 0..20 {
         let target = Target::default();
@@ -110,12 +112,12 @@ fn a_panicking_drop_of_a_queued_request_does_not_escape_into_an_inline_caller() 
             let (actor, barrier, release) = (actor.clone(), barrier.clone(), release.clone());
             thread::spawn(move || {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    actor.call(Ask::BlockThen(barrier, release, true))
+                    crash(&actor, Ask::BlockThen(barrier, release, true))
                 }))
             })
         };
         barrier.wait();
-        // The actor is held by the crasher's thread: this call waits in the mailbox.
+        // The behaviour is held by the crashing call: this call waits in the mailbox.
         let queued = {
             let actor = actor.clone();
             thread::spawn(move || actor.call(Ask::Bomb(Bomb(true))))
@@ -126,48 +128,12 @@ fn a_panicking_drop_of_a_queued_request_does_not_escape_into_an_inline_caller() 
         match crashed {
             Some(Ok(Err(Error::WorkerDied))) => {}
             Some(Ok(other)) => panic!("the crashing call answered {other:?}"),
-            Some(Err(_)) => panic!("a queued request panicking drop escaped into the caller"),
+            Some(Err(_)) => panic!("a queued request's panicking drop escaped into the caller"),
             None => panic!("the crashing call hung"),
         }
         let answered = within(LIMIT, move || queued.join().unwrap());
         assert!(matches!(answered, Some(Err(Error::WorkerDied))));
         assert!(!actor.is_alive());
-        assert!(within(LIMIT, move || actor.stop()).is_some(), "stop hung");
-        assert!(eventually(LIMIT, || drops.load(Ordering::SeqCst) == 1));
-        assert_eq!(
-            dropped_on.lock().unwrap().as_deref(),
-            Some("cylinder-worker")
-        );
-    }
-}
-
-/// The same on the actor's own thread: a handler panics there with a call queued whose
-/// request panics when dropped. The thread must still drop its behaviour, once, itself.
-#[test]
-fn a_panicking_drop_of_a_queued_request_does_not_cost_the_behaviour_its_drop() {
-    quiet_panics();
-    for _ in 0..20 {
-        let target = Target::default();
-        let (drops, dropped_on) = (target.drops.clone(), target.dropped_on.clone());
-        let actor = Arc::new(Actor::spawn(target).unwrap());
-        let barrier = Arc::new(Barrier::new(2));
-        let release = Arc::new(AtomicBool::new(false));
-        // `call_timeout` always goes to the thread: the panic happens there.
-        let crasher = {
-            let (actor, barrier, release) = (actor.clone(), barrier.clone(), release.clone());
-            thread::spawn(move || actor.call_timeout(Ask::BlockThen(barrier, release, true), LIMIT))
-        };
-        barrier.wait();
-        let queued = {
-            let actor = actor.clone();
-            thread::spawn(move || actor.call(Ask::Bomb(Bomb(true))))
-        };
-        assert!(eventually(LIMIT, || actor.queue_len() == Some(1)));
-        release.store(true, Ordering::SeqCst);
-        let crashed = within(LIMIT, move || crasher.join().unwrap());
-        assert!(matches!(crashed, Some(Err(Error::WorkerDied))));
-        let answered = within(LIMIT, move || queued.join().unwrap());
-        assert!(matches!(answered, Some(Err(Error::WorkerDied))));
         assert!(within(LIMIT, move || actor.stop()).is_some(), "stop hung");
         assert!(
             eventually(LIMIT, || drops.load(Ordering::SeqCst) == 1),
@@ -178,6 +144,19 @@ fn a_panicking_drop_of_a_queued_request_does_not_cost_the_behaviour_its_drop() {
             Some("cylinder-worker")
         );
     }
+}
+
+/// The crashing handler runs on the caller's thread (idle actor), which closes the mailbox.
+#[test]
+fn a_panicking_drop_of_a_queued_request_does_not_escape_into_an_inline_caller() {
+    a_crash_with_a_bomb_queued(|actor, ask| actor.call(ask));
+}
+
+/// The crashing handler runs on the actor's thread (`call_timeout` always goes there): the
+/// thread must still drop its behaviour, once, itself.
+#[test]
+fn a_panicking_drop_of_a_queued_request_does_not_cost_the_behaviour_its_drop() {
+    a_crash_with_a_bomb_queued(|actor, ask| actor.call_timeout(ask, LIMIT));
 }
 
 /// A call made from a `Drop` that runs while its thread unwinds from a panic: the handler
