@@ -27,7 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{drop_contained, Error};
 use crate::sync::thread::{self, JoinHandle, Thread};
 use crate::sync::{
     seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, UnwindMutex,
@@ -352,7 +352,7 @@ impl<R: Send + 'static> ReplySlot<R> {
         if self.awaited.load(Ordering::Acquire) != seq {
             drop(slot);
             // A late reply whose drop panics must not kill the actor that answered it.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(reply)));
+            drop_contained(reply);
             return;
         }
         self.awaited.store(0, Ordering::Relaxed);
@@ -600,7 +600,7 @@ impl<B: Behaviour> Mailbox<B> {
         // and the panic goes no further: not into a caller whose handler panicked and who
         // closes the mailbox, not out of the actor's thread before it drops its behaviour.
         for envelope in left {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(envelope)));
+            drop_contained(envelope);
         }
     }
 }
@@ -754,7 +754,7 @@ impl<B: Behaviour> Actor<B> {
         }
         // The behaviour ends on the actor's own thread, after its last message.
         let behaviour = shared.behaviour.lock().take();
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(behaviour)));
+        drop_contained(behaviour);
     }
 
     /// Runs a call on this thread if the actor is idle ([`Behaviour::INLINE_CALLS`]); gives
@@ -792,7 +792,7 @@ impl<B: Behaviour> Actor<B> {
                      the worker is dead and will be replaced",
                     self.thread.id()
                 );
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+                drop_contained(panic);
                 Ok(Err(Error::WorkerDied))
             }
         }

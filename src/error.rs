@@ -185,6 +185,12 @@ pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result
     }
 }
 
+/// Drops a value whose `Drop` is user code (a worker, a request, a reply, a behaviour, a
+/// panic's payload), containing a panic of that `Drop`; returns whether it panicked.
+pub(crate) fn drop_contained<T>(value: T) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value))).is_err()
+}
+
 /// Rejects a zero duration for `option`.
 pub(crate) fn positive(option: &'static str, value: Duration) -> Result<Duration, Error> {
     if value.is_zero() {

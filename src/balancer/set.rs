@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::supervisor::{contained, Supervisor};
-use crate::error::{Cause, Error};
+use crate::error::{drop_contained, Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
 use crate::sync::{
@@ -259,7 +259,7 @@ impl<W: Worker> WorkerSet<W> {
         };
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
-        if catch_unwind(AssertUnwindSafe(move || drop(dropped))).is_err() {
+        if drop_contained(dropped) {
             log::error!("cylinder: {}: a worker's drop panicked", self.name);
         }
         for event in events {

@@ -878,7 +878,7 @@ impl<W: Send + 'static> Shared<W> {
     /// first; see `wait_for`).
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
-            drop_contained(&self.name, entry);
+            drop_worker(&self.name, entry);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
             // against a waiter's registration and fence, then its claim (`start_for_line`):
             // one of the two sees the other (`seqcst_point` gives loom that order).
@@ -940,7 +940,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Drops a worker the pool owns and forgets it.
     fn close_worker(&self, entry: Box<Entry<W>>) {
         self.counts.release();
-        drop_contained(&self.name, entry);
+        drop_worker(&self.name, entry);
     }
 
     /// Drops every free worker (after close).
@@ -1017,9 +1017,9 @@ impl<W: Send + 'static> Shared<W> {
 }
 
 /// Drops a worker; a panic in its `Drop` is contained and logged.
-fn drop_contained<W>(pool: &str, entry: Box<Entry<W>>) {
+fn drop_worker<W>(pool: &str, entry: Box<Entry<W>>) {
     let id = entry.id;
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(entry))).is_err() {
+    if crate::error::drop_contained(entry) {
         log::error!("cylinder: {pool}: dropping worker {id} panicked");
     }
 }
