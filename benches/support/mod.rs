@@ -184,23 +184,6 @@ pub fn run_parallel(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Durat
     })
 }
 
-/// Like [`run_parallel`], also returning the longest time one `op` took on any thread.
-pub fn run_parallel_worst(
-    threads: usize,
-    iters: u64,
-    op: &(dyn Fn() + Sync),
-) -> (Duration, Duration) {
-    let worst = std::sync::Mutex::new(Duration::ZERO);
-    let mean = run_parallel(threads, iters, &|| {
-        let began = Instant::now();
-        op();
-        let took = began.elapsed();
-        let mut worst = worst.lock().unwrap();
-        *worst = (*worst).max(took);
-    });
-    (mean, worst.into_inner().unwrap())
-}
-
 pub fn keep<T>(value: T) {
     black_box(value);
 }
