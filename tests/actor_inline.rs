@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use common::{eventually, within};
+use common::{eventually, quiet_panics, within};
 use cylinder::{Actor, Behaviour, Error};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -89,14 +89,6 @@ impl Behaviour for OnItsThread {
     fn handle_call(&mut self, ask: Ask) -> (u64, String) {
         self.0.handle_call(ask)
     }
-}
-
-fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        if !info.to_string().contains("on purpose") {
-            eprintln!("{info}");
-        }
-    }));
 }
 
 /// Spawns `probe` as an actor that knows its own handle.

@@ -10,18 +10,10 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use common::{eventually, within};
+use common::{eventually, quiet_panics, within};
 use cylinder::{Actor, Behaviour, Error, Pool};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        if !info.to_string().contains("on purpose") {
-            eprintln!("{info}");
-        }
-    }));
-}
 
 /// Panics when dropped, unless defused.
 struct Bomb(bool);

@@ -9,11 +9,14 @@
 //! 100 000 calls per thread in release builds; 30 000 in debug builds (`cargo test`), to keep
 //! the run under half a minute on 2 cores.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use common::quiet_panics;
 use cylinder::{Actor, Behaviour, Error};
 use parking_lot::RwLock;
 
@@ -102,11 +105,7 @@ fn every_call_handed_to_the_thread_is_answered_or_fails_and_none_hangs() {
 
 fn stress<const INLINE: bool>() {
     // Silence the expected handler panics (one message each).
-    std::panic::set_hook(Box::new(|info| {
-        if !info.to_string().contains("on purpose") {
-            eprintln!("{info}");
-        }
-    }));
+    quiet_panics();
     let actors: Arc<Vec<RwLock<Arc<Actor<Chaos<INLINE>>>>>> = Arc::new(
         (0..ACTORS)
             .map(|_| RwLock::new(Arc::new(Actor::spawn(Chaos::<INLINE>::default()).unwrap())))

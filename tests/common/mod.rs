@@ -153,3 +153,13 @@ pub fn within<T: Send + 'static>(
     });
     rx.recv_timeout(limit).ok()
 }
+
+/// Silences the panics a test causes on purpose (their message says "on purpose"); any other
+/// panic is still printed.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        if !info.to_string().contains("on purpose") {
+            eprintln!("{info}");
+        }
+    }));
+}
