@@ -96,6 +96,12 @@ impl<T> FreeList<T> {
         self.queue.push(item)
     }
 
+    /// How many items are queued (not parked): where the line's kept items go. Never reads
+    /// fewer than are queued when no take is under way.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// How many items are free: queued or parked. A parked count read while a thief's take
     /// is half done may be one too low for a moment (it wraps below zero): the sum is read
     /// as signed and never reported below zero.

@@ -692,6 +692,7 @@ impl<W: Send + 'static> Shared<W> {
             },
             || self.fuse_blown(),
             deadline,
+            || self.free.queued(),
             || self.start_for_line(),
             |entry| self.close_worker(entry),
         );
@@ -833,7 +834,8 @@ impl<W: Send + 'static> Shared<W> {
     #[inline]
     fn give_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
         if self.waiters.has_waiters() {
-            self.waiters.offer(entry, |entry| self.queue(entry));
+            self.waiters
+                .offer(entry, |entry| self.queue(entry), || self.free.queued());
             return;
         }
         if let Err(entry) = self.free.keep(entry, stripe) {
@@ -849,7 +851,8 @@ impl<W: Send + 'static> Shared<W> {
         seqcst_point();
         if self.waiters.has_waiters() {
             if let Some(entry) = self.free.take(stripe) {
-                self.waiters.offer(entry, |entry| self.queue(entry));
+                self.waiters
+                    .offer(entry, |entry| self.queue(entry), || self.free.queued());
             }
         }
     }

@@ -6,6 +6,13 @@
 //! longest waiter has waited `fifo_after`, the next release hands the worker straight to it
 //! instead, so no waiter is passed over for longer than that. A waiter that gives up takes
 //! nothing with it.
+//!
+//! A release wakes a waiter only while fewer waiters are on their way than workers are
+//! queued for the line: when the releasing thread takes its worker straight back (it is on a
+//! core; the woken waiter is not yet), a second release before the woken waiter looks wakes
+//! no one more, instead of a context switch per release. Every waiter on its way that leaves
+//! the line, served or not, tops the waiters on their way up again to the workers queued, so
+//! a burst of N releases still reaches N waiters.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,12 +82,11 @@ impl<T> WaitList<T> {
     }
 
     /// Serves the line with `item`: handed straight to the longest waiter not yet served if it
-    /// has waited `fifo_after`, else given to `keep` (back to the free workers) with the
-    /// longest waiter that is neither served nor already woken sent to compete for it: each
-    /// item kept for the line has its own waiter on the way, so a burst of N releases wakes N
-    /// waiters. `keep` runs with the line locked, so a waiter registering meanwhile sees its
-    /// effect.
-    pub(crate) fn offer(&self, item: T, keep: impl FnOnce(T)) {
+    /// has waited `fifo_after`, else given to `keep` (queued with the free workers), and
+    /// waiters woken until as many are on their way as `queued` says are queued, and at least
+    /// one (see `dispatch`). `keep` runs with the line locked, so a waiter registering
+    /// meanwhile sees its effect.
+    pub(crate) fn offer(&self, item: T, keep: impl FnOnce(T), queued: impl Fn() -> usize) {
         let mut line = self.line.lock();
         if let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) {
             if entry.since.elapsed() >= self.fifo_after {
@@ -90,19 +96,29 @@ impl<T> WaitList<T> {
             }
         }
         keep(item);
-        Self::wake_next(&mut line);
+        // The item just kept is counted even if a count read at this moment misses it.
+        Self::dispatch(&mut line, queued().max(1));
     }
 
-    /// Sends the longest waiter that is neither served nor already woken to compete for an
-    /// item kept free.
-    fn wake_next(line: &mut Line<T>) {
-        if let Some(entry) = line
+    /// Wakes waiters neither served nor already woken, longest first, until `free` are on
+    /// their way (woken, not yet looked). Each of those looks with the line locked; one that
+    /// leaves calls this again, so an item still queued then finds a waiter even if this
+    /// call counted too few.
+    fn dispatch(line: &mut Line<T>, free: usize) {
+        let mut on_the_way = line
             .entries
-            .iter_mut()
-            .find(|e| e.handed.is_none() && !e.woken)
-        {
-            entry.woken = true;
-            entry.wake.notify_one();
+            .iter()
+            .filter(|e| e.woken && e.handed.is_none())
+            .count();
+        for entry in line.entries.iter_mut() {
+            if on_the_way >= free {
+                break;
+            }
+            if entry.handed.is_none() && !entry.woken {
+                entry.woken = true;
+                entry.wake.notify_one();
+                on_the_way += 1;
+            }
         }
     }
 
@@ -125,13 +141,15 @@ impl<T> WaitList<T> {
     /// Waits in line until an item is handed over or `take` finds one, until `deadline`
     /// (`None`: no limit), or until the line is closed. `registered` runs once the waiter is
     /// in line, with the line's lock let go (it may start an item that is then offered to the
-    /// line). An item handed over at the moment of closing goes to `on_closed`, after the
+    /// line). `queued` counts the items queued for the line (see `offer`). An item handed
+    /// over at the moment of closing goes to `on_closed`, after the
     /// line's lock is let go.
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
         mut give_up: impl FnMut() -> bool,
         deadline: Option<Instant>,
+        queued: impl Fn() -> usize,
         registered: impl FnOnce(),
         on_closed: impl FnOnce(T),
     ) -> Result<T, WaitError> {
@@ -155,36 +173,26 @@ impl<T> WaitList<T> {
         registered();
         let mut line = self.line.lock();
         let mut timed_out = false;
-        let mut left_over = None;
-        let outcome = loop {
+        let (at, outcome) = loop {
             let at = line
                 .entries
                 .iter()
                 .position(|e| e.ticket == ticket)
                 .expect("a waiter's entry stays in line until it leaves");
             if line.closed {
-                left_over = line.entries.remove(at).and_then(|e| e.handed);
-                break Err(WaitError::Closed);
+                break (at, Err(WaitError::Closed));
             }
             if let Some(item) = line.entries[at].handed.take() {
-                // Woken for an item kept free, then handed another before it looked: the
-                // kept item is still owed a waiter, so the wake-up goes on to the next one.
-                if line.entries.remove(at).is_some_and(|entry| entry.woken) {
-                    Self::wake_next(&mut line);
-                }
-                break Ok(item);
+                break (at, Ok(item));
             }
             if let Some(item) = take() {
-                line.entries.remove(at);
-                break Ok(item);
+                break (at, Ok(item));
             }
             if give_up() {
-                line.entries.remove(at);
-                break Err(WaitError::GaveUp);
+                break (at, Err(WaitError::GaveUp));
             }
             if timed_out {
-                line.entries.remove(at);
-                break Err(WaitError::Timeout);
+                break (at, Err(WaitError::Timeout));
             }
             // About to sleep, having looked with the line locked: a wake-up sent before now
             // (while this waiter was not asleep, e.g. running `registered`) was for an item
@@ -194,15 +202,24 @@ impl<T> WaitList<T> {
             line = guard;
             timed_out = expired;
         };
+        let entry = line
+            .entries
+            .remove(at)
+            .expect("the entry was found just now");
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // It was on its way for a queued item (and may have been handed another, or found
+        // none): items still queued are owed waiters on their way.
+        if entry.woken && !line.closed {
+            Self::dispatch(&mut line, queued());
+        }
         drop(line);
-        if let Some(item) = left_over {
+        // Handed over at the moment of closing (otherwise taken above).
+        if let Some(item) = entry.handed {
             on_closed(item);
         }
         outcome
     }
 
-    /// Closes the line: every waiter wakes and leaves with `WaitError::Closed`.
     /// Wakes every waiter to look again (and to give up if nothing can come).
     pub(crate) fn wake_all(&self) {
         let line = self.line.lock();
@@ -211,6 +228,7 @@ impl<T> WaitList<T> {
         }
     }
 
+    /// Closes the line: every waiter wakes and leaves with `WaitError::Closed`.
     pub(crate) fn close(&self) {
         let mut line = self.line.lock();
         line.closed = true;
@@ -242,6 +260,7 @@ mod tests {
                     || free.lock().unwrap().pop(),
                     || false,
                     Some(Instant::now() + Duration::from_secs(5)),
+                    || free.lock().unwrap().len(),
                     || {
                         in_registered.send(()).unwrap();
                         go.recv().unwrap();
@@ -254,19 +273,28 @@ mod tests {
         let second = {
             let (line, free) = (line.clone(), free.clone());
             thread::spawn(move || {
-                line.wait(|| free.lock().unwrap().pop(), || false, None, || {}, |_| {})
+                line.wait(
+                    || free.lock().unwrap().pop(),
+                    || false,
+                    None,
+                    || free.lock().unwrap().len(),
+                    || {},
+                    |_| {},
+                )
             })
         };
         while line.len() < 2 {
             thread::yield_now();
         }
-        thread::sleep(Duration::from_millis(20)); // the second waiter is asleep
-                                                  // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
-                                                  // not asleep: it is in `registered`).
-        line.offer(1, |item| free.lock().unwrap().push(item));
+        // The second waiter is asleep.
+        thread::sleep(Duration::from_millis(20));
+        // Before the first waiter's `fifo_after`: kept free, the first waiter woken (it is
+        // not asleep: it is in `registered`).
+        let queued = || free.lock().unwrap().len();
+        line.offer(1, |item| free.lock().unwrap().push(item), queued);
         thread::sleep(Duration::from_millis(600));
         // Past it: handed straight to the first waiter, which has not looked yet.
-        line.offer(2, |item| free.lock().unwrap().push(item));
+        line.offer(2, |item| free.lock().unwrap().push(item), queued);
         resume.send(()).unwrap();
         assert_eq!(first.join().unwrap(), Ok(2));
         // The second waiter has no deadline: it is served by item 1 or never (a later
@@ -277,7 +305,7 @@ mod tests {
         }
         let stranded = !second.is_finished();
         if stranded {
-            line.offer(3, |item| free.lock().unwrap().push(item));
+            line.offer(3, |item| free.lock().unwrap().push(item), queued);
         }
         let got = second.join().unwrap();
         assert!(
