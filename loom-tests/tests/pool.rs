@@ -278,6 +278,26 @@ fn two_waiters_two_releases_one_holder_keeps() {
     });
 }
 
+/// A release while the waiter woken by the one before has not looked yet wakes no one more
+/// (the releasing thread took that worker straight back): the waiter on its way must still
+/// find the worker when it looks, whichever release put it there. A lost one is a deadlock.
+#[test]
+fn a_release_while_the_woken_waiter_is_on_its_way() {
+    model(|serve| {
+        let pool = pool_serving(1, serve);
+        let held = pool.checkout().unwrap();
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || use_once(&pool))
+        };
+        drop(held);
+        use_once(&pool);
+        waiter.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+    });
+}
+
 /// An owned lease moved to another thread and dropped there, racing a checkout: exclusion
 /// holds and the worker comes back.
 #[test]
