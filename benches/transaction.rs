@@ -1,12 +1,15 @@
 //! `transaction`: a call to a worker thread leased from the pool, against the same call with
 //! no pool: once where the idle actor's call runs on the caller's thread (the default), once
-//! through its mailbox (`Echo<false>`, the hand-off between two threads).
+//! through its mailbox (`Echo<false>`, the hand-off between two threads). With the call on
+//! the caller, the same call leased from the fastest peer pool (`object-pool`) and from the
+//! bare floor (a lock-free queue of actors: pop, call, push) shows what any lease adds.
 
 mod support;
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use crossbeam::queue::ArrayQueue;
 use cylinder::Actor;
 use support::{echo_pool, keep, Echo};
 
@@ -21,7 +24,22 @@ fn transaction(c: &mut Criterion) {
         b.iter(|| keep(pool.transaction(|w| w.call(7)).unwrap().unwrap()))
     });
     group.bench_function("bare-call", |b| b.iter(|| keep(bare.call(7).unwrap())));
-    drop((pool, bare));
+    let peer = object_pool::Pool::new(8, || Actor::spawn(Echo::<true>).expect("starts"));
+    group.bench_function("object-pool-transaction", |b| {
+        b.iter(|| keep(peer.try_pull().expect("8 free").call(7).unwrap()))
+    });
+    let floor = ArrayQueue::new(8);
+    for _ in 0..8 {
+        let _ = floor.push(Actor::spawn(Echo::<true>).expect("an echo thread starts"));
+    }
+    group.bench_function("floor-queue-transaction", |b| {
+        b.iter(|| {
+            let actor = floor.pop().expect("8 free");
+            keep(actor.call(7).unwrap());
+            let _ = floor.push(actor);
+        })
+    });
+    drop((pool, bare, peer, floor));
 
     let pool = echo_pool::<false>(8);
     let bare = Actor::spawn(Echo::<false>).expect("an echo thread starts");
