@@ -334,11 +334,6 @@ impl<W: Send + 'static> Shared<W> {
         // Counted open only now that it is in the pool: `stats()` read in between would
         // show a worker neither free nor leased.
         self.counts.started_one();
-        // A refill meanwhile (a waiter robbed of this worker by a running thread asks the
-        // reaper for one) counted this start as still on its way: ask again.
-        if self.waiters.has_unserved() && self.has_room() {
-            self.signal.request();
-        }
         emit(&self.events, event);
     }
 
