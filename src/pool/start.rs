@@ -69,11 +69,6 @@ impl Counts {
         claimed
     }
 
-    /// A claimed start is done: its worker is open, in the pool or with its caller.
-    fn started_one(&self) {
-        self.starting.fetch_sub(1, Ordering::SeqCst);
-    }
-
     /// One worker fewer: closed, detached, or a start given up.
     pub(crate) fn release(&self) {
         self.total.fetch_sub(1, Ordering::SeqCst);
@@ -170,7 +165,6 @@ impl<W: Send + 'static> Shared<W> {
         match self.start_one() {
             Ok(worker) => {
                 let (entry, event) = self.joined(worker);
-                self.counts.started_one();
                 emit(&self.events, event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
@@ -331,14 +325,10 @@ impl<W: Send + 'static> Shared<W> {
         } else {
             self.put_back(entry, Stripe::current());
         }
-        // Counted open only now that it is in the pool: `stats()` read in between would
-        // show a worker neither free nor leased.
-        self.counts.started_one();
         emit(&self.events, event);
     }
 
-    /// Gives a started worker its entry, with the event to report. The caller counts the
-    /// start done (`Counts::started_one`) once the worker is where it goes.
+    /// Counts a started worker in and gives it its entry, with the event to report.
     fn joined(&self, worker: W) -> (Box<Entry<W>>, Event) {
         if self.liveness.get().is_none() {
             if let Some(is_alive) = crate::worker::liveness::of::<W>() {
@@ -353,6 +343,7 @@ impl<W: Send + 'static> Shared<W> {
             leased_before: false,
         });
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
+        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
         self.failing.store(false, Ordering::Release);
         log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
         let event = if nth < self.first_fill as u64 {
