@@ -163,16 +163,22 @@ pub(crate) struct Shared<W: Send + 'static> {
 }
 
 /// A view of a pool's state, from [`Pool::stats`]. The counts are exact when the pool is
-/// quiet (then `free + leased == size`); under load each is a recent value.
+/// quiet (then `free + leased == size`); under load, or while a worker is being started,
+/// each is a recent value.
 ///
 /// ```
 /// use cylinder::{Lease, Pool};
 ///
 /// let pool = Pool::builder().size(2).build(|| Ok(())).unwrap();
-/// Lease::discard(pool.checkout().unwrap());
+/// let lease = pool.checkout().unwrap();
+/// let stats = pool.stats();
+/// assert_eq!((stats.size, stats.free, stats.leased), (2, 1, 1));
+/// assert_eq!(stats.free + stats.leased, stats.size);
+///
+/// // Dropped, not given back: the pool starts a replacement in the background.
+/// Lease::discard(lease);
 /// let stats = pool.stats();
 /// assert_eq!((stats.checkouts, stats.discards), (1, 1));
-/// assert_eq!(stats.free + stats.leased, stats.size);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -503,6 +509,10 @@ impl<W: Send + 'static> Pool<W> {
                 .map_or(size, |min_idle| min_idle.min(size));
             shared.min_idle.store(min_idle, Ordering::SeqCst);
         }
+        // The new size stored, then the pool's count read (`shrink`, `fill_now`), against a
+        // worker closed as above the old size, then the size read (`close_above`): one of
+        // the two sees the other, so a worker closed meanwhile is started again.
+        seqcst_point();
         shared.shrink();
         shared.fill_now();
         Ok(())

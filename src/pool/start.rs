@@ -36,8 +36,10 @@ pub(crate) struct Counts {
 const MAX_TIMED_STARTS: usize = 2 * PARALLEL_STARTS;
 
 impl Counts {
+    /// `SeqCst`: a resize's look at it after storing the new size, against a close's look
+    /// at the size after counting the worker out (see `Pool::resize`).
     pub(crate) fn total(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
+        self.total.load(Ordering::SeqCst)
     }
 
     pub(crate) fn starting(&self) -> usize {
@@ -104,7 +106,7 @@ impl Counts {
 impl<W: Send + 'static> Shared<W> {
     /// The most workers that may be open, overflow included.
     fn limit(&self) -> usize {
-        self.size.load(Ordering::Relaxed) + self.max_overflow
+        self.size.load(Ordering::SeqCst) + self.max_overflow
     }
 
     /// Whether the pool may open another worker now. `SeqCst`, to pair with a waiter's
@@ -130,7 +132,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         let short = self
             .min_idle
-            .load(Ordering::Relaxed)
+            .load(Ordering::SeqCst)
             .saturating_sub(self.counts.total());
         let unserved = self.waiters.len().saturating_sub(self.counts.starting());
         Some(short.max(unserved)).filter(|&wanted| wanted > 0)
@@ -165,6 +167,11 @@ impl<W: Send + 'static> Shared<W> {
         match self.start_one() {
             Ok(worker) => {
                 let (entry, event) = self.joined(worker);
+                // While it ran, this start counted as on its way to the line: a waiter that
+                // came meanwhile claimed none (`start_for_line`, `wanted`). Ask for one now.
+                if self.waiters.has_unserved() && self.has_room() {
+                    self.signal.request();
+                }
                 emit(&self.events, event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
