@@ -73,6 +73,7 @@ fn keepers_then<W: Send + 'static>(pool: &Pool<W>, n: usize, in_line: bool) -> K
 
 /// Waits up to `limit` for every keeper to be served. A round that leaves some stranded
 /// returns the stats seen then (after rescuing them by giving a worker back and forth).
+#[allow(clippy::result_large_err)] // a test's failure report, built once
 fn served<W: Send + 'static>(
     pool: &Pool<W>,
     keepers: Keepers<W>,
@@ -356,7 +357,7 @@ fn keepers_with_discards_takes_and_resizes() {
                     let how = rng.below(4);
                     thread::spawn(move || match how {
                         0 => OwnedLease::discard(lease),
-                        1 => drop(OwnedLease::take(lease)),
+                        1 => OwnedLease::take(lease),
                         _ => drop(lease),
                     })
                 })
@@ -639,7 +640,7 @@ fn waiters_that_take_or_discard_with_keepers() {
                         let lease = pool.checkout_timeout(Duration::MAX).unwrap();
                         match i % 3 {
                             0 => Lease::discard(lease),
-                            1 => drop(Lease::take(lease)),
+                            1 => Lease::take(lease),
                             _ => drop(lease),
                         }
                     })
