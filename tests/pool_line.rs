@@ -9,24 +9,10 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, within};
+use common::{eventually, within, Rng, Tracked};
 use cylinder::{OwnedLease, Pool};
 
 /// A small xorshift, seeded per call site: no dependency, reproducible enough.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 /// Waits for the pool to settle (nothing starting or waiting, at most `most` open, `free +
 /// leased == size`, and as many live workers as the pool counts), then closes it and waits
 /// for every worker to be dropped.
@@ -171,12 +157,6 @@ fn line_under_barging_and_flaky_starts(fifo_after: Duration) {
     let starts = Arc::new(AtomicU64::new(0));
     let live = Arc::new(AtomicUsize::new(0));
     let over = Arc::new(AtomicBool::new(false));
-    struct Tracked(Arc<AtomicUsize>);
-    impl Drop for Tracked {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
     let (counter, alive) = (starts.clone(), live.clone());
     let pool = Pool::builder()
         .size(SIZE)
@@ -291,12 +271,6 @@ fn line_under_barging_and_flaky_starts_fifo_never() {
 fn close_while_waiters_register_and_starts_are_in_flight() {
     for round in 0..20u64 {
         let live = Arc::new(AtomicUsize::new(0));
-        struct Tracked(Arc<AtomicUsize>);
-        impl Drop for Tracked {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
         let alive = live.clone();
         let pool = Pool::builder()
             .size(2)
@@ -387,12 +361,6 @@ fn min_idle_zero_blocking_checkouts_recover_after_a_failed_start() {
 #[test]
 fn resize_and_timeouts_racing_slow_starts_for_the_line() {
     let live = Arc::new(AtomicUsize::new(0));
-    struct Tracked(Arc<AtomicUsize>);
-    impl Drop for Tracked {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
     let (alive, n) = (live.clone(), Arc::new(AtomicU64::new(0)));
     let pool = Pool::builder()
         .size(2)

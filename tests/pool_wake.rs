@@ -1,8 +1,8 @@
 //! Adversarial tests for the line's wake rule (a release wakes a waiter only while fewer are
-//! on their way than workers are queued for the line): every scenario has waiters that keep what they get and have no deadline, so only
-//! the releases (and the waiters leaving) can serve them; a waiter left asleep while a worker
-//! is free is a lost wake-up. Each round is bounded: a stranded waiter is recorded with the
-//! pool's stats, rescued, and the test fails.
+//! on their way than workers are queued for the line): every scenario has waiters that keep
+//! what they get and have no deadline, so only the releases (and the waiters leaving) can
+//! serve them; a waiter left asleep while a worker is free is a lost wake-up. Each round is
+//! bounded: a stranded waiter is recorded with the pool's stats, rescued, and the test fails.
 
 mod common;
 
@@ -11,21 +11,8 @@ use std::sync::{mpsc, Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use cylinder::{Lease, OwnedLease, Pool, PoolStats};
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 /// Keepers in line: `n` threads that check out with no deadline and send their lease back.
 struct Keepers<W: Send + 'static> {
@@ -292,7 +279,7 @@ fn keepers_with_failing_checks_and_flaky_starts() {
                     let checks = checks.clone();
                     move |_: &mut ()| {
                         let n = checks.fetch_add(1, Ordering::Relaxed);
-                        // ~ a quarter fail, not the first N (the build's own fills pass).
+                        // About a quarter fail.
                         n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62 != 0
                     }
                 })
@@ -311,7 +298,13 @@ fn keepers_with_failing_checks_and_flaky_starts() {
             // Held leases: check out until we hold N (failed checks are retried within the
             // default timeout).
             let mut held = Vec::new();
+            let began = Instant::now();
             while held.len() < N {
+                assert!(
+                    began.elapsed() < Duration::from_secs(60),
+                    "round {round}: could not hold {N} leases: {:?}",
+                    pool.stats()
+                );
                 if let Ok(l) = pool.checkout_owned_timeout(Duration::from_secs(5)) {
                     held.push(l);
                 }
@@ -495,11 +488,12 @@ fn hot_rereleaser_then_keepers() {
     }
 }
 
-/// Thousands of waiters, each checks out with no deadline and gives its worker back at once.
+/// Hundreds of waiters, each checks out with no deadline and gives its worker back at once.
+/// (500 threads at a time: a CI container's thread limit must not be what fails.)
 #[test]
-fn thousands_of_waiters_chain() {
+fn hundreds_of_waiters_chain() {
     const SIZE: usize = 2;
-    const THREADS: usize = 1500;
+    const THREADS: usize = 500;
     for (name, fifo) in FIFOS {
         let pool = Pool::builder()
             .size(SIZE)

@@ -87,13 +87,18 @@ fn use_once(pool: &Pool<Slot>) {
 
 /// Runs `test` under loom once for each way of serving the line.
 fn model(test: impl Fn(Serve) + Sync + Send + Copy + 'static) {
-    model_within(usize::MAX, test)
+    model_within(usize::MAX, &BOTH, test)
 }
 
-/// `model`, with the preemption bound held at `most` whatever `LOOM_MAX_PREEMPTIONS` says: for
-/// the one model whose search at 4 takes longer than CI can give it.
-fn model_within(most: usize, test: impl Fn(Serve) + Sync + Send + Copy + 'static) {
-    for serve in BOTH {
+/// `model` for the ways of serving in `serves`, with the preemption bound held at `most`
+/// whatever `LOOM_MAX_PREEMPTIONS` says: for the models whose search at 4 takes longer than
+/// CI can give them.
+fn model_within(
+    most: usize,
+    serves: &[Serve],
+    test: impl Fn(Serve) + Sync + Send + Copy + 'static,
+) {
+    for &serve in serves {
         let mut builder = loom::model::Builder::new();
         let bound = builder.preemption_bound.unwrap_or(3).min(most);
         builder.preemption_bound = Some(bound);
@@ -195,7 +200,7 @@ fn a_dead_workers_replacement_reaches_a_waiter() {
 fn overflow_with_three_threads() {
     // Every checkout here may claim and run a start: at 4 preemptions the search runs for
     // well over 15 minutes on 2 cores; at 3 it takes about a minute.
-    model_within(3, |serve| {
+    model_within(3, &BOTH, |serve| {
         let pool = pool_with(1, 1, serve);
         three_users(&pool);
         let stats = pool.stats();
@@ -369,7 +374,7 @@ fn keeper(pool: &Arc<Pool<Slot>>) -> thread::JoinHandle<OwnedLease<Slot>> {
 /// one because one was "on its way" must not leave a keeper asleep beside a free worker.
 #[test]
 fn releaser_retakes_with_two_keepers() {
-    model_within(3, |serve| {
+    model_within(3, &BOTH, |serve| {
         let pool = pool_serving(2, serve);
         let first = pool.checkout().unwrap();
         let second = pool.checkout().unwrap();
@@ -429,7 +434,7 @@ fn an_impatient_waiter_on_its_way_beside_a_keeper() {
 /// `a_waiter_handed_another_while_on_its_way_fifo`.
 #[test]
 fn a_waiter_handed_another_while_on_its_way() {
-    model_one(Serve::Compete, handed_another_while_on_its_way);
+    model_within(3, &[Serve::Compete], handed_another_while_on_its_way);
 }
 
 /// The same with every release handing straight over. Found by a model that deadlocked at
@@ -439,15 +444,7 @@ fn a_waiter_handed_another_while_on_its_way() {
 /// second keeper. The resize's store and a close's count now meet in the `SeqCst` order.
 #[test]
 fn a_waiter_handed_another_while_on_its_way_fifo() {
-    model_one(Serve::Fifo, handed_another_while_on_its_way);
-}
-
-fn model_one(serve: Serve, test: impl Fn(Serve) + Sync + Send + Copy + 'static) {
-    let mut builder = loom::model::Builder::new();
-    // Held at 3 like the other models with two keepers and a resize: at 4 each runs for
-    // many minutes on 2 cores.
-    builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).min(3));
-    builder.check(move || test(serve));
+    model_within(3, &[Serve::Fifo], handed_another_while_on_its_way);
 }
 
 fn handed_another_while_on_its_way(serve: Serve) {
@@ -465,4 +462,23 @@ fn handed_another_while_on_its_way(serve: Serve) {
     }
     let stats = pool.stats();
     assert_eq!((stats.size, stats.leased, stats.waiters), (2, 0, 0));
+}
+
+/// A release that closes its worker as above the old size, racing a resize back up, with no
+/// waiter to ask for a start: the pool still returns to its size (the close sees the new
+/// `min_idle`, or the resize sees the close).
+#[test]
+fn a_close_above_the_old_size_racing_a_resize_up() {
+    model(|serve| {
+        let pool = pool_serving(2, serve);
+        let first = pool.checkout_owned().unwrap();
+        let second = pool.checkout().unwrap();
+        pool.resize(1).unwrap();
+        let releaser = thread::spawn(move || drop(first));
+        pool.resize(2).unwrap();
+        releaser.join().unwrap();
+        drop(second);
+        let stats = pool.stats();
+        assert_eq!((stats.size, stats.free, stats.leased), (2, 2, 0));
+    });
 }

@@ -264,10 +264,10 @@ impl<W: Send + 'static> PoolBuilder<W> {
     }
 
     /// How long a blocked checkout may be passed over. Until a waiter has waited this long, a
-    /// released worker goes back to the pool and a waiter is woken to compete for it with
-    /// running threads (fast: no context switch per lease); after that, the next release
-    /// hands the worker straight to the longest waiter. `Duration::ZERO` makes every hand-off
-    /// strictly first come, first served.
+    /// released worker goes back to the pool and, unless enough waiters are already on their
+    /// way, one is woken to compete for it with running threads (fast: no context switch per
+    /// lease); after that, the next release hands the worker straight to the longest waiter.
+    /// `Duration::ZERO` makes every hand-off strictly first come, first served.
     ///
     /// ```
     /// use std::time::Duration;

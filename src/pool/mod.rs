@@ -896,7 +896,10 @@ impl<W: Send + 'static> Shared<W> {
             // against a waiter's registration and fence, then its claim (`start_for_line`):
             // one of the two sees the other (`seqcst_point` gives loom that order).
             seqcst_point();
-            if self.waiters.has_unserved() {
+            // Below `min_idle` only if a resize up came in after the floor was read.
+            if self.waiters.has_unserved()
+                || self.counts.total() < self.min_idle.load(Ordering::SeqCst)
+            {
                 self.refill();
             }
             None

@@ -1,11 +1,11 @@
 //! The line of blocked checkouts, with eventual fairness.
 //!
-//! A release while clients wait normally puts the worker back and wakes the longest waiter,
-//! which then competes for it with running threads: a thread that is already on a core may
-//! take it first, which keeps throughput up (no context switch per hand-off). Once the
-//! longest waiter has waited `fifo_after`, the next release hands the worker straight to it
-//! instead, so no waiter is passed over for longer than that. A waiter that gives up takes
-//! nothing with it.
+//! A release while clients wait normally puts the worker back and wakes the longest waiter
+//! not yet woken (unless enough are on their way, below), which then competes for it with
+//! running threads: a thread that is already on a core may take it first, which keeps
+//! throughput up (no context switch per hand-off). Once the longest waiter has waited
+//! `fifo_after`, the next release hands the worker straight to it instead, so no waiter is
+//! passed over for longer than that. A waiter that gives up takes nothing with it.
 //!
 //! A release wakes a waiter only while fewer waiters are on their way than workers are
 //! queued for the line: when the releasing thread takes its worker straight back (it is on a
@@ -142,8 +142,7 @@ impl<T> WaitList<T> {
     /// (`None`: no limit), or until the line is closed. `registered` runs once the waiter is
     /// in line, with the line's lock let go (it may start an item that is then offered to the
     /// line). `queued` counts the items queued for the line (see `offer`). An item handed
-    /// over at the moment of closing goes to `on_closed`, after the
-    /// line's lock is let go.
+    /// over at the moment of closing goes to `on_closed`, after the line's lock is let go.
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
