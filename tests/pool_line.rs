@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, within, Rng, Tracked};
+use common::{eventually, settles, within, Rng, Tracked};
 use cylinder::{OwnedLease, Pool};
 
 /// A small xorshift, seeded per call site: no dependency, reproducible enough.
@@ -22,20 +22,7 @@ fn settles_then_closes<W: Send + 'static>(
     most: usize,
     what: &str,
 ) {
-    let settled = eventually(Duration::from_secs(5), || {
-        let stats = pool.stats();
-        stats.starting == 0
-            && stats.waiters == 0
-            && stats.size <= most
-            && stats.free + stats.leased == stats.size
-            && live.load(Ordering::SeqCst) == stats.size
-    });
-    assert!(
-        settled,
-        "{what}: not settled: {:?}, live {}",
-        pool.stats(),
-        live.load(Ordering::SeqCst)
-    );
+    settles(pool, live, most, what);
     pool.close();
     assert!(eventually(Duration::from_secs(5), || live
         .load(Ordering::SeqCst)

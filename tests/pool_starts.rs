@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, within, Tracked};
+use common::{eventually, settles, within, Tracked};
 use cylinder::{Error, Pool};
 
 /// A non-blocking checkout starts a worker on its own thread (`size(2)`, lazy, slow starts);
@@ -190,20 +190,7 @@ fn robbed_waiters_are_served(overflow: usize, start: Duration, seed: u64) {
         !over.load(Ordering::SeqCst),
         "seed {seed}: more than size + overflow open"
     );
-    let settled = eventually(Duration::from_secs(5), || {
-        let s = pool.stats();
-        s.starting == 0
-            && s.waiters == 0
-            && s.free + s.leased == s.size
-            && s.size <= SIZE
-            && live.load(Ordering::SeqCst) == s.size
-    });
-    assert!(
-        settled,
-        "seed {seed}: not settled: {:?}, live {}",
-        pool.stats(),
-        live.load(Ordering::SeqCst)
-    );
+    settles(&pool, &live, SIZE, &format!("seed {seed}"));
 }
 
 #[test]
@@ -284,20 +271,7 @@ fn resizes_during_starts_strand_no_waiter() {
         for w in waiters {
             w.join().unwrap();
         }
-        let settled = eventually(Duration::from_secs(5), || {
-            let s = pool.stats();
-            s.starting == 0
-                && s.waiters == 0
-                && s.free + s.leased == s.size
-                && s.size <= 3
-                && live.load(Ordering::SeqCst) == s.size
-        });
-        assert!(
-            settled,
-            "seed {seed}: not settled: {:?}, live {}",
-            pool.stats(),
-            live.load(Ordering::SeqCst)
-        );
+        settles(&pool, &live, 3, &format!("seed {seed}"));
     }
 }
 

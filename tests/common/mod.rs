@@ -189,3 +189,27 @@ impl Drop for Tracked {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Asserts that the pool settles within 5 s: nothing starting or waiting, at most `most` open,
+/// `free + leased == size`, and `live` (workers alive) equal to its size.
+pub fn settles<W: Send + 'static>(
+    pool: &cylinder::Pool<W>,
+    live: &AtomicUsize,
+    most: usize,
+    what: &str,
+) {
+    let settled = eventually(Duration::from_secs(5), || {
+        let stats = pool.stats();
+        stats.starting == 0
+            && stats.waiters == 0
+            && stats.size <= most
+            && stats.free + stats.leased == stats.size
+            && live.load(Ordering::SeqCst) == stats.size
+    });
+    assert!(
+        settled,
+        "{what}: not settled: {:?}, live {}",
+        pool.stats(),
+        live.load(Ordering::SeqCst)
+    );
+}
