@@ -23,11 +23,11 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{drop_contained, Error};
+use crate::contain;
+use crate::error::Error;
 use crate::sync::thread::{self, JoinHandle, Thread};
 use crate::sync::{
     seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, UnwindMutex,
@@ -352,7 +352,7 @@ impl<R: Send + 'static> ReplySlot<R> {
         if self.awaited.load(Ordering::Acquire) != seq {
             drop(slot);
             // A late reply whose drop panics must not kill the actor that answered it.
-            drop_contained(reply);
+            contain::dispose(reply);
             return;
         }
         self.awaited.store(0, Ordering::Relaxed);
@@ -505,6 +505,13 @@ impl Handling {
         Handling(HANDLING.with(|handling| handling.replace(this)))
     }
 
+    /// Whether this thread runs a handler of any actor now (or is an actor's thread).
+    fn any() -> bool {
+        HANDLING
+            .try_with(|handling| handling.get() != 0)
+            .unwrap_or(false)
+    }
+
     /// Whether this thread runs a handler of the actor `shared` now.
     fn of<B: Behaviour>(shared: &Shared<B>) -> bool {
         let this = shared as *const Shared<B> as usize;
@@ -600,7 +607,7 @@ impl<B: Behaviour> Mailbox<B> {
         // and the panic goes no further: not into a caller whose handler panicked and who
         // closes the mailbox, not out of the actor's thread before it drops its behaviour.
         for envelope in left {
-            drop_contained(envelope);
+            contain::dispose(envelope);
         }
     }
 }
@@ -709,7 +716,7 @@ impl<B: Behaviour> Actor<B> {
         let _handling = Handling::enter(shared);
         let inbox = &shared.mailbox;
         let spin = Budget::new();
-        let run = catch_unwind(AssertUnwindSafe(|| {
+        let run = contain::run(|| {
             while inbox.wait(&spin) {
                 let mut held = shared.behaviour.lock();
                 let Some(behaviour) = held.as_mut() else {
@@ -742,7 +749,7 @@ impl<B: Behaviour> Actor<B> {
                     }
                 }
             }
-        }));
+        });
         // Dead before the mailbox closes and fails the callers still queued.
         inbox.alive.store(false, Ordering::Release);
         inbox.close();
@@ -754,7 +761,7 @@ impl<B: Behaviour> Actor<B> {
         }
         // The behaviour ends on the actor's own thread, after its last message.
         let behaviour = shared.behaviour.lock().take();
-        drop_contained(behaviour);
+        contain::dispose(behaviour);
     }
 
     /// Runs a call on this thread if the actor is idle ([`Behaviour::INLINE_CALLS`]); gives
@@ -776,11 +783,11 @@ impl<B: Behaviour> Actor<B> {
             return Ok(Err(Error::WorkerDied));
         };
         let handling = Handling::enter(&self.shared);
-        let answer = catch_unwind(AssertUnwindSafe(|| behaviour.handle_call(request)));
+        let answer = contain::run(|| behaviour.handle_call(request));
         drop(handling);
         match answer {
             Ok(reply) => Ok(Ok(reply)),
-            Err(panic) => {
+            Err(_panicked) => {
                 // As when it panics on the actor's thread: dead before anyone can see the
                 // behaviour again, the callers queued meanwhile answered, the thread ended.
                 self.shared.mailbox.alive.store(false, Ordering::Release);
@@ -792,7 +799,6 @@ impl<B: Behaviour> Actor<B> {
                      the worker is dead and will be replaced",
                     self.thread.id()
                 );
-                drop_contained(panic);
                 Ok(Err(Error::WorkerDied))
             }
         }
@@ -818,6 +824,7 @@ impl<B: Behaviour> Actor<B> {
     /// assert_eq!(double.call(21).unwrap(), 42);
     /// ```
     pub fn call(&self, request: B::Request) -> Result<B::Reply, Error> {
+        self.not_from_itself()?;
         match self.call_here(request) {
             Ok(answered) => answered,
             Err(request) => self.round_trip(request, None),
@@ -849,7 +856,25 @@ impl<B: Behaviour> Actor<B> {
     /// assert_eq!(sleepy.call_timeout(0, Duration::from_secs(5)).unwrap(), 0);
     /// ```
     pub fn call_timeout(&self, request: B::Request, timeout: Duration) -> Result<B::Reply, Error> {
+        self.not_from_itself()?;
         self.round_trip(request, Some(timeout))
+    }
+
+    /// A handler of this actor calling it would wait for itself: [`Error::CallingSelf`].
+    #[inline]
+    fn not_from_itself(&self) -> Result<(), Error> {
+        if self.runs_here() {
+            return Err(Error::CallingSelf);
+        }
+        Ok(())
+    }
+
+    /// Whether this thread runs one of this actor's handlers now (on the actor's thread or
+    /// inline). Outside every handler it costs one thread-local read.
+    #[inline]
+    fn runs_here(&self) -> bool {
+        Handling::any()
+            && (Handling::of(&self.shared) || thread::current().id() == self.thread.id())
     }
 
     fn round_trip(
@@ -980,7 +1005,7 @@ impl<B: Behaviour> Actor<B> {
     /// ```
     pub fn stop(&self) {
         let _ = self.shared.mailbox.post(Envelope::Stop, &self.thread);
-        if thread::current().id() == self.thread.id() || Handling::of(&self.shared) {
+        if self.runs_here() {
             return;
         }
         // Held while joining, so a concurrent `stop` also returns only once the thread ended.

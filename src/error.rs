@@ -33,7 +33,12 @@ impl Cause {
     /// assert_eq!(cause.to_string(), "timed out");
     /// ```
     pub fn new(error: impl Into<BoxError>) -> Cause {
-        Cause(Arc::from(error.into()))
+        let error = error.into();
+        // A cause handed back as is (by a factory, say) is carried as is, not wrapped again.
+        match error.downcast::<Cause>() {
+            Ok(cause) => *cause,
+            Err(error) => Cause(Arc::from(error)),
+        }
     }
 
     /// A cause that is only a message.
@@ -126,6 +131,9 @@ pub enum Error {
     },
     /// The worker thread stopped (it panicked or was stopped) before it replied.
     WorkerDied,
+    /// An actor's handler called its own actor (`call`, on the actor's thread or inline):
+    /// the call would wait for itself, so it fails at once (Erlang's `calling_self`).
+    CallingSelf,
 }
 
 impl Error {
@@ -164,6 +172,9 @@ impl fmt::Display for Error {
                 write!(f, "invalid configuration: {option}: {reason}")
             }
             Error::WorkerDied => f.write_str("the worker died before it replied"),
+            Error::CallingSelf => {
+                f.write_str("an actor's handler called its own actor, which would wait for itself")
+            }
         }
     }
 }
@@ -175,20 +186,12 @@ impl std::error::Error for Error {
     }
 }
 
-/// Runs a user callback (a start, check, reset, supervisor), turning an error or a panic into
-/// its [`Cause`] instead of letting the panic unwind through the crate.
-pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Cause> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(Cause::new(error)),
-        Err(payload) => Err(Cause::panic(&*payload)),
+/// Rejects a name that cannot name a thread (the reaper's and start threads' names carry it).
+pub(crate) fn valid_name(name: &str) -> Result<(), Error> {
+    if name.contains('\0') {
+        return Err(Error::invalid("name", "must not contain a NUL byte"));
     }
-}
-
-/// Drops a value whose `Drop` is user code (a worker, a request, a reply, a behaviour, a
-/// panic's payload), containing a panic of that `Drop`; returns whether it panicked.
-pub(crate) fn drop_contained<T>(value: T) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value))).is_err()
+    Ok(())
 }
 
 /// Rejects a zero duration for `option`.

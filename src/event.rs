@@ -1,6 +1,5 @@
 //! Lifecycle events, for wiring metrics: an optional callback on either builder.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +73,7 @@ pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 /// take the pool down.
 pub(crate) fn emit(hook: &Option<EventHook>, event: Event) {
     if let Some(hook) = hook {
-        if catch_unwind(AssertUnwindSafe(|| hook(&event))).is_err() {
+        if crate::contain::run(|| hook(&event)).is_err() {
             log::error!("cylinder: the on_event callback panicked on {event:?}");
         }
     }

@@ -4,6 +4,7 @@
 
 mod actor;
 mod balancer;
+mod contain;
 mod error;
 mod event;
 mod pool;
@@ -20,7 +21,7 @@ pub use error::{BoxError, Cause, Error};
 pub use event::Event;
 pub use pool::{
     CheckOutcome, Lease, Manager, OnClientPanic, OwnedLease, Pool, PoolBuilder, PoolStats,
-    MAX_POOL_SIZE,
+    QueueMode, MAX_POOL_SIZE,
 };
 pub use worker::Worker;
 

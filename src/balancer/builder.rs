@@ -142,6 +142,7 @@ impl<W: Worker> BalancerBuilder<W> {
     /// assert_eq!(err.source().unwrap().to_string(), "no route to host");
     /// ```
     pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Balancer<W>, Error> {
+        crate::error::valid_name(&self.name)?;
         if !(0.0..=1.0).contains(&self.min_alive_ratio) {
             return Err(Error::invalid(
                 "min_alive_ratio",

@@ -16,6 +16,7 @@ pub use builder::BalancerBuilder;
 pub use select::Strategy;
 pub use supervisor::{Factory, Supervisor};
 
+use crate::contain;
 use crate::error::{Cause, Error};
 use crate::event::{emit, Event};
 use crate::reaper::Reaper;
@@ -222,6 +223,16 @@ impl<W: Worker> Deref for BalancerLease<W> {
     }
 }
 
+/// A lease counted in `Shared::leases` while it is looked for: given back on every exit
+/// (an error, a panic) unless it became a [`BalancerLease`], which gives it back itself.
+struct LeaseCount<'a>(&'a AtomicUsize);
+
+impl Drop for LeaseCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
 impl<W: Worker> Drop for BalancerLease<W> {
     fn drop(&mut self) {
         self.member.leased.store(false, Ordering::Release);
@@ -354,7 +365,11 @@ impl<W: Worker> Balancer<W> {
             Strategy::LeastLoaded => self.pick(
                 |snapshot, count| {
                     let (a, b) = (select::random_below(count), select::random_below(count));
-                    let load = |i: usize| snapshot.workers[i].queue_len().unwrap_or(0);
+                    // A queue length that panics is never the shorter (the scan marks it dead).
+                    let load = |i: usize| {
+                        contain::run(|| snapshot.workers[i].queue_len())
+                            .map_or(usize::MAX, |len| len.unwrap_or(0))
+                    };
                     if load(b) < load(a) {
                         b
                     } else {
@@ -428,23 +443,20 @@ impl<W: Worker> Balancer<W> {
     pub fn lease(&self) -> Result<BalancerLease<W>, Error> {
         let shared = &*self.shared;
         // Counted before the search, so that a `get` that sees no lease counted also sees
-        // no lease mark.
+        // no lease mark; given back by the guard on every exit but a lease.
         shared.leases.fetch_add(1, Ordering::AcqRel);
+        let counted = LeaseCount(&shared.leases);
         let stripe = Stripe::current();
-        match self.pick(
+        let (snapshot, index) = self.pick(
             |_, count| shared.cursor.start(stripe, count),
             Some(stripe),
             true,
-        ) {
-            Ok((snapshot, index)) => Ok(BalancerLease {
-                member: snapshot.members[index].clone(),
-                shared: self.shared.clone(),
-            }),
-            Err(err) => {
-                shared.leases.fetch_sub(1, Ordering::Release);
-                Err(err)
-            }
-        }
+        )?;
+        std::mem::forget(counted);
+        Ok(BalancerLease {
+            member: snapshot.members[index].clone(),
+            shared: self.shared.clone(),
+        })
     }
 
     /// Runs `f` on a leased worker and releases it: revolver's `transaction/2`. The worker
@@ -552,7 +564,8 @@ impl<W: Worker> Balancer<W> {
                 continue;
             }
             let worker = &snapshot.workers[index];
-            if !worker.is_alive() {
+            // A worker whose `is_alive` or `queue_len` panics counts as dead.
+            if !contain::run(|| worker.is_alive()).unwrap_or(false) {
                 shared.set.mark_dead(snapshot, index);
                 continue;
             }
@@ -561,9 +574,16 @@ impl<W: Worker> Balancer<W> {
                 continue;
             }
             if let Some(limit) = shared.max_queue_len {
-                if worker.queue_len().is_some_and(|len| len > limit) {
-                    busy = true;
-                    continue;
+                match contain::run(|| worker.queue_len()) {
+                    Ok(len) if len.is_some_and(|len| len > limit) => {
+                        busy = true;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        shared.set.mark_dead(snapshot, index);
+                        continue;
+                    }
                 }
             }
             if lease
@@ -606,7 +626,10 @@ impl<W: Worker> Balancer<W> {
             .workers
             .iter()
             .enumerate()
-            .filter(|(index, worker)| !snapshot.is_marked_dead(*index) && worker.is_alive())
+            .filter(|(index, worker)| {
+                !snapshot.is_marked_dead(*index)
+                    && contain::run(|| worker.is_alive()).unwrap_or(false)
+            })
             .map(|(_, worker)| f(worker))
             .collect()
     }

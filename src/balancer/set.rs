@@ -8,12 +8,12 @@
 //! drops departed workers after unlocking.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::supervisor::{contained, Supervisor};
-use crate::error::{drop_contained, Cause, Error};
+use super::supervisor::Supervisor;
+use crate::contain;
+use crate::error::{Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
 use crate::sync::{
@@ -28,6 +28,8 @@ use crate::worker::Worker;
 pub(crate) struct Member<W> {
     pub(crate) worker: Arc<W>,
     pub(crate) leased: AtomicBool,
+    /// Whether the supervisor was told it is out of service (once per worker).
+    retired: AtomicBool,
 }
 
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
@@ -174,6 +176,15 @@ impl<W: Worker> WorkerSet<W> {
             self.name
         );
         emit(&self.events, Event::WorkerDied);
+        // Told once per worker, with no lock held, so that its next `children` can list a
+        // replacement.
+        let member = &snapshot.members[index];
+        if !member.retired.swap(true, Ordering::AcqRel) {
+            let supervisor = &self.supervisor;
+            if contain::run(|| supervisor.retire(&member.worker)).is_err() {
+                log::error!("cylinder: {}: the supervisor's retire panicked", self.name);
+            }
+        }
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);
         }
@@ -259,7 +270,7 @@ impl<W: Worker> WorkerSet<W> {
         };
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
-        if drop_contained(dropped) {
+        if contain::dispose(dropped) {
             log::error!("cylinder: {}: a worker's drop panicked", self.name);
         }
         for event in events {
@@ -275,7 +286,8 @@ impl<W: Worker> WorkerSet<W> {
     ) -> Result<Found, Error> {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         // User code first, with no lock held: the supervisor, then each child's `is_alive`.
-        let listed = match contained(|| self.supervisor.children()) {
+        let listed = match contain::call(|| self.supervisor.children()).map_err(Error::Disconnected)
+        {
             Ok(listed) => listed,
             Err(err) => {
                 let cause = err
@@ -289,7 +301,7 @@ impl<W: Worker> WorkerSet<W> {
         // A worker whose `is_alive` panics counts as dead.
         let live: Vec<Arc<W>> = listed
             .into_iter()
-            .filter(|w| catch_unwind(AssertUnwindSafe(|| w.is_alive())).unwrap_or(false))
+            .filter(|w| contain::run(|| w.is_alive()).unwrap_or(false))
             .collect();
         if live.is_empty() {
             // Nothing live: the last set's cells stay known, for the reconnect.
@@ -318,6 +330,7 @@ impl<W: Worker> WorkerSet<W> {
                             None => Arc::new(Member {
                                 worker,
                                 leased: AtomicBool::new(false),
+                                retired: AtomicBool::new(false),
                             }),
                         }
                     }

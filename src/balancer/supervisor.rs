@@ -1,7 +1,6 @@
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::error::{BoxError, Cause, Error};
+use crate::error::{BoxError, Error};
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::worker::Worker;
 
@@ -31,7 +30,7 @@ pub trait Supervisor<W>: Send + Sync + 'static {
     /// The current children. `Err` or an empty list: the set is gone (disconnected).
     fn children(&self) -> Result<Vec<Arc<W>>, BoxError>;
 
-    /// Told that `worker` was taken out of service (found dead, or discarded by its client),
+    /// Told that `worker` was taken out of service (found dead by the balancer), once per worker,
     /// so that the next `children` can list a replacement. The default does nothing: a
     /// supervisor that restarts its children by itself needs no telling.
     fn retire(&self, worker: &Arc<W>) {
@@ -45,20 +44,6 @@ where
 {
     fn children(&self) -> Result<Vec<Arc<W>>, BoxError> {
         self()
-    }
-}
-
-/// Runs a supervisor or factory callback, turning a panic into an error instead of letting it
-/// unwind through the pool.
-pub(crate) fn contained<T>(call: impl FnOnce() -> Result<T, BoxError>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(call)) {
-        Ok(Ok(value)) => Ok(value),
-        // A cause handed back as is (a factory's) is carried as is, not wrapped again.
-        Ok(Err(cause)) => Err(Error::Disconnected(match cause.downcast::<Cause>() {
-            Ok(cause) => *cause,
-            Err(other) => Cause::new(other),
-        })),
-        Err(payload) => Err(Error::Disconnected(Cause::panic(&*payload))),
     }
 }
 
@@ -168,7 +153,7 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
             if slot.worker.as_ref().is_some_and(|w| w.is_alive()) {
                 continue;
             }
-            match contained(|| (self.start)()) {
+            match crate::contain::call(|| (self.start)()).map_err(Error::Disconnected) {
                 Ok(worker) => {
                     if slot.started_before {
                         self.restarts.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::manager::{CheckOutcome, Hooks, Manager, Uses};
-use super::Pool;
+use super::{Pool, QueueMode};
 use crate::error::{positive, BoxError, Error};
 use crate::event::{Event, EventHook};
 
@@ -45,6 +45,7 @@ pub enum OnClientPanic {
 /// | `start_timeout` | none: a start taking longer counts as failed |
 /// | `on_client_panic` | [`OnClientPanic::Release`] |
 /// | `fifo_after` | 1 ms: a waiter that waited this long gets the next released worker first |
+/// | `queue_mode` | [`QueueMode::Lifo`]: the free worker released most recently goes out first |
 /// | `max_overflow` | 0: no temporary workers beyond `size` |
 /// | `warn_after` | off: no slow-lease reports |
 /// | `test_on_checkout` | none (a [`Manager`]'s `check` for [`build_with`](Self::build_with)) |
@@ -79,6 +80,7 @@ pub struct PoolBuilder<W> {
     pub(crate) start_timeout: Option<Duration>,
     pub(crate) on_client_panic: OnClientPanic,
     pub(crate) fifo_after: Duration,
+    pub(crate) queue_mode: QueueMode,
     pub(crate) max_overflow: usize,
     pub(crate) warn_after: Option<Duration>,
     pub(crate) check_on_checkout: bool,
@@ -101,6 +103,7 @@ impl<W> Default for PoolBuilder<W> {
             start_timeout: None,
             on_client_panic: OnClientPanic::Release,
             fifo_after: Duration::from_millis(1),
+            queue_mode: QueueMode::Lifo,
             max_overflow: 0,
             warn_after: None,
             check_on_checkout: true,
@@ -282,6 +285,26 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// ```
     pub fn fifo_after(mut self, patience: Duration) -> Self {
         self.fifo_after = patience;
+        self
+    }
+
+    /// The order in which free workers are reused (see [`QueueMode`]): most recently released
+    /// first (the default, so that `idle_timeout` shrinks a lightly used pool to what it
+    /// uses), or longest idle first (every worker used in turn). Either way a thread gets its
+    /// own parked worker back first.
+    ///
+    /// ```
+    /// use cylinder::{Pool, QueueMode};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .queue_mode(QueueMode::Fifo)
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// drop(pool.checkout().unwrap());
+    /// ```
+    pub fn queue_mode(mut self, mode: QueueMode) -> Self {
+        self.queue_mode = mode;
         self
     }
 
@@ -568,6 +591,7 @@ impl<W: Send + 'static> PoolBuilder<W> {
 
     /// Checks every option; returns `(size, min_idle)`.
     pub(crate) fn validate(&self) -> Result<(usize, usize), Error> {
+        crate::error::valid_name(&self.name)?;
         let size = self
             .size
             .ok_or_else(|| Error::invalid("size", "must be set"))?;
@@ -627,6 +651,7 @@ impl<W> std::fmt::Debug for PoolBuilder<W> {
             .field("start_timeout", &self.start_timeout)
             .field("on_client_panic", &self.on_client_panic)
             .field("fifo_after", &self.fifo_after)
+            .field("queue_mode", &self.queue_mode)
             .field("max_overflow", &self.max_overflow)
             .field("warn_after", &self.warn_after)
             .field("test_on_checkout", &self.check.is_some())

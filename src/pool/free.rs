@@ -1,11 +1,103 @@
-//! The free workers: a shared lock-free queue, and one parking slot per thread stripe.
+//! The free workers: a shared shelf, and one parking slot per thread stripe.
 //!
 //! A thread that releases a worker parks it in its own slot for its own next checkout: that
-//! thread stays off the shared queue's cache lines and gets back a worker that is hot in its
-//! cache. Other threads steal from the slots when the queue is dry.
+//! thread stays off the shared shelf's cache lines and gets back a worker that is hot in its
+//! cache. Other threads take from the shelf, and steal from the slots when it is empty.
+//!
+//! The shelf is a stack by default ([`QueueMode::Lifo`], as r2d2 and HikariCP): the worker
+//! released most recently goes out first, so under light load the same few workers serve
+//! and the rest age out by `idle_timeout`. [`QueueMode::Fifo`] makes it a lock-free queue
+//! that uses every worker in turn (deadpool's `QueueMode::Fifo`).
 
 use crate::stripe::{Stripe, STRIPES};
-use crate::sync::{AtomicUsize, CachePadded, FreeQueue, Ordering, SwapCell};
+use crate::sync::{seqcst_point, AtomicUsize, CachePadded, FreeQueue, Mutex, Ordering, SwapCell};
+
+/// The order in which free workers are reused, set with
+/// [`PoolBuilder::queue_mode`](crate::PoolBuilder::queue_mode). Either way a thread gets its
+/// own parked worker back first (the one it released last).
+///
+/// ```
+/// use cylinder::{Pool, QueueMode};
+///
+/// // Every worker used in turn: connections stay warm, none ages out by `idle_timeout`.
+/// let pool = Pool::builder()
+///     .size(3)
+///     .queue_mode(QueueMode::Fifo)
+///     .build(|| Ok(()))
+///     .unwrap();
+/// assert_eq!(pool.stats().size, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueMode {
+    /// The free worker released most recently first (the default): idle workers age out
+    /// under light load, so `idle_timeout` shrinks the pool to what is used.
+    #[default]
+    Lifo,
+    /// The free worker released longest ago first: round-robin use of every worker.
+    Fifo,
+}
+
+/// The shared part of the free list.
+enum Shelf<T> {
+    Fifo(FreeQueue<T>),
+    Lifo(Stack<T>),
+}
+
+/// A bounded stack. Its count is read without the lock (to skip an empty stack) and grows
+/// with a `SeqCst` read-modify-write after each push, as the queue's tail does: the order
+/// `Shared::give_back` relies on against a waiter's registration.
+struct Stack<T> {
+    items: Mutex<Vec<T>>,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl<T> Stack<T> {
+    fn push(&self, item: T) -> Result<(), T> {
+        let mut items = self.items.lock();
+        if items.len() >= self.capacity {
+            return Err(item);
+        }
+        items.push(item);
+        self.len.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<T> {
+        seqcst_point();
+        if self.len.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let item = self.items.lock().pop()?;
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        Some(item)
+    }
+}
+
+impl<T> Shelf<T> {
+    #[inline]
+    fn push(&self, item: T) -> Result<(), T> {
+        match self {
+            Shelf::Fifo(queue) => queue.push(item),
+            Shelf::Lifo(stack) => stack.push(item),
+        }
+    }
+
+    #[inline]
+    fn pop(&self) -> Option<T> {
+        match self {
+            Shelf::Fifo(queue) => queue.pop(),
+            Shelf::Lifo(stack) => stack.pop(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Shelf::Fifo(queue) => queue.len(),
+            Shelf::Lifo(stack) => stack.len.load(Ordering::SeqCst),
+        }
+    }
+}
 
 struct Parked<T> {
     slot: SwapCell<T>,
@@ -41,14 +133,21 @@ impl<T> Parked<T> {
 }
 
 pub(crate) struct FreeList<T> {
-    queue: FreeQueue<T>,
+    queue: Shelf<T>,
     parked: Box<[CachePadded<Parked<T>>]>,
 }
 
 impl<T> FreeList<T> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, mode: QueueMode) -> Self {
         FreeList {
-            queue: FreeQueue::new(capacity),
+            queue: match mode {
+                QueueMode::Fifo => Shelf::Fifo(FreeQueue::new(capacity)),
+                QueueMode::Lifo => Shelf::Lifo(Stack {
+                    items: Mutex::new(Vec::with_capacity(capacity)),
+                    len: AtomicUsize::new(0),
+                    capacity,
+                }),
+            },
             parked: (0..STRIPES)
                 .map(|_| {
                     CachePadded::new(Parked {

@@ -40,6 +40,9 @@ impl<W: Send + 'static> PoolRef<'_, W> {
 pub struct Lease<'a, W: Send + 'static> {
     pool: PoolRef<'a, W>,
     entry: Option<Box<Entry<W>>>,
+    /// Whether this thread was already unwinding when the lease began (taken in a `Drop`
+    /// during a panic): that panic is not this lease's client's.
+    in_panic: bool,
 }
 
 /// A leased worker that owns a handle to its pool: `'static` and `Send`, so it can be
@@ -66,6 +69,7 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
         Lease {
             pool: PoolRef::Borrowed(shared),
             entry: Some(entry),
+            in_panic: std::thread::panicking(),
         }
     }
 
@@ -122,6 +126,7 @@ impl<W: Send + 'static> OwnedLease<W> {
         OwnedLease(Lease {
             pool: PoolRef::Owned(pool),
             entry: Some(entry),
+            in_panic: std::thread::panicking(),
         })
     }
 
@@ -175,7 +180,8 @@ impl<W: Send + 'static> Drop for Lease<'_, W> {
     #[inline]
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            let how = if std::thread::panicking() {
+            // Only a panic that began while the lease was held is its client's.
+            let how = if std::thread::panicking() && !self.in_panic {
                 Return::Panicking
             } else {
                 Return::Release

@@ -5,6 +5,37 @@
 //! Where a worker is, at any moment: in the free list (`free`), handed to a waiter
 //! (`waiters`), in exactly one lease, or in the hands of the pool's own code between those
 //! (a check, a reset, a sweep). Nothing else refers to it.
+//!
+//! # A worker's life
+//!
+//! Every count a transition moves is held by a guard that gives it back on every exit,
+//! unwinding included (`start::Claim` for a claimed start, `start::Held` for a start thread
+//! or a timed start); every call into user code goes through `crate::contain`, never under
+//! a pool lock.
+//!
+//! | from | to | trigger | counts moved | function |
+//! |---|---|---|---|---|
+//! | — | claimed | fewer than `min_idle` open, a waiter nothing is on its way for | `total` +1, `starting` +1 | `refill`, `start_for_line` |
+//! | — | claimed | `build`, `resize` (run by the caller, every claim tried) | as above | `fill_now` |
+//! | — | claimed | `try_checkout` found nothing free, the pool has room | as above | `start_for_caller` |
+//! | claimed | — | `close`; a failed start drops the claims still waiting | `total` −1, `starting` −1 | `Counts::cancel_pending` |
+//! | claimed | starting | a start thread takes it up (not once closed) | claim guarded | `run_starter`, `run_claim` |
+//! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 | `deliver` |
+//! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
+//! | idle | leased | a checkout; the check passes | `checkouts` +1 | `admit` |
+//! | idle | closing | the check fails or it is dead (before its first lease: a failed start) | `total` −1 | `retire` |
+//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
+//! | leased | closing | discarded, broken, reset failed, dead, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
+//! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
+//! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
+//! | idle | closing | past `max_lifetime`, or found dead by the reaper | `total` −1 | `sweep`, `retire` |
+//! | idle | closing | the pool closed | `total` −1 | `drain` |
+//! | closing | — | its `Drop` runs (contained) | — | `close_worker` |
+//!
+//! A retired worker is replaced at once (`replace`), even while the pool waits out a failed
+//! start, unless it was dead on arrival (never leased, within `reconnect_delay` of its start):
+//! that counts as a failed start, so a server that accepts and then drops connections is
+//! retried at the pace of `reconnect_delay`, not in a tight loop.
 
 mod builder;
 mod free;
@@ -16,13 +47,15 @@ mod waitlist;
 mod watch;
 
 pub use builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
+pub use free::QueueMode;
 pub use lease::{Lease, OwnedLease};
 pub use manager::{CheckOutcome, Manager};
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::error::{contained, Cause, Error};
+use crate::contain;
+use crate::error::{Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
@@ -145,6 +178,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     watch: Option<LeaseWatch>,
     /// How to tell a dead worker, for types that know (see `worker::liveness`).
     liveness: OnceLock<liveness::IsAlive>,
+    /// Held while deciding how many starts to claim for the line and `min_idle`, so that two
+    /// callers reading the same shortage do not both claim a start for it.
+    deciding: Mutex<()>,
     /// The last start (or fresh worker's check) that failed, and when.
     failure: Mutex<Option<(Cause, Instant)>>,
     /// Whether starts are failing: set by a failure, cleared by a successful start.
@@ -243,7 +279,7 @@ impl<W: Send + 'static> Pool<W> {
             me: me.clone(),
             manager,
             uses,
-            free: FreeList::new(capacity),
+            free: FreeList::new(capacity, options.queue_mode),
             waiters: WaitList::new(options.fifo_after),
             closed: AtomicBool::new(false),
             counts: Counts::default(),
@@ -262,6 +298,7 @@ impl<W: Send + 'static> Pool<W> {
             events: options.events.clone(),
             watch: options.warn_after.map(LeaseWatch::new),
             liveness: OnceLock::new(),
+            deciding: Mutex::new(()),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
@@ -623,9 +660,13 @@ impl<W: Send + 'static> Shared<W> {
             let entry = match self.free.take(stripe) {
                 Some(entry) => entry,
                 None => {
-                    self.fuse()?;
+                    // Backpressure: with the fuse blown, this checkout waits for the next
+                    // start attempt (not for one that failed before it came) and leaves with
+                    // that attempt's cause, so a client retrying against a dead server is
+                    // slowed to the pace of `reconnect_delay`.
+                    let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
                     let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                    self.wait_for(stripe, deadline, timeout)?
+                    self.wait_for(stripe, deadline, timeout, failed_before)?
                 }
             };
             if let Some(entry) = self.admit(entry, stripe) {
@@ -641,8 +682,9 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Nothing running, nothing starting, and the last start failed: nothing can come until
-    /// the next try. A waiter in line gives up then (it already claimed its start); a new
-    /// checkout fails at once while the pool waits out `reconnect_delay` (see `fuse`).
+    /// the next try. A waiter in line gives up once a start that failed after it came has
+    /// left the fuse blown; a non-blocking checkout fails at once while the pool waits out
+    /// `reconnect_delay` (see `fuse`).
     pub(crate) fn fuse_blown(&self) -> bool {
         self.failing.load(Ordering::Acquire)
             && self.counts.open() == 0
@@ -665,7 +707,19 @@ impl<W: Send + 'static> Shared<W> {
                 return Ok(entry);
             }
         }
+        // Closed meanwhile: say so, not "busy".
+        self.check_open()?;
         self.fuse()?;
+        // Nothing open yet and starts on their way (a lazy pool just built): no worker is
+        // busy, so this waits for the first to come, as a start on this thread would.
+        if self.counts.open() == 0 && self.counts.starting() > 0 {
+            let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
+            let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+            let entry = self.wait_for(stripe, deadline_after(waited), waited, failed_before)?;
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
         emit(&self.events, Event::Overload);
         Err(Error::Overload)
     }
@@ -684,11 +738,14 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Waits in line for a worker until `deadline`.
+    /// It gives up when the fuse is blown by a start that failed after `failed_before` (the
+    /// count of failed starts when it came).
     fn wait_for(
         &self,
         stripe: Stripe,
         deadline: Option<Instant>,
         timeout: Duration,
+        failed_before: u64,
     ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
             || {
@@ -700,7 +757,10 @@ impl<W: Send + 'static> Shared<W> {
                 }
                 entry
             },
-            || self.fuse_blown(),
+            || {
+                self.fuse_blown()
+                    && self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
+            },
             deadline,
             || self.free.queued(),
             || self.start_for_line(),
@@ -737,7 +797,7 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         if self.uses.check {
-            if let Err(cause) = contained(|| self.manager.check(&mut entry.worker)) {
+            if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 self.retire(entry, Retire::CheckFailed(cause));
                 return None;
@@ -753,9 +813,29 @@ impl<W: Send + 'static> Shared<W> {
 
     #[inline]
     fn is_dead(&self, entry: &Entry<W>) -> bool {
-        self.liveness
-            .get()
-            .is_some_and(|is_alive| !is_alive(&entry.worker))
+        self.liveness.get().is_some_and(|is_alive| {
+            // A panicking liveness test counts as dead.
+            !contain::run(|| is_alive(&entry.worker)).unwrap_or(false)
+        })
+    }
+
+    /// Whether a new worker is alive, for types that can tell (their liveness test is looked
+    /// up once their first value exists).
+    pub(crate) fn worker_alive(&self, worker: &W) -> bool {
+        let is_alive = match self.liveness.get() {
+            Some(is_alive) => Some(*is_alive),
+            None => liveness::of::<W>().map(|is_alive| *self.liveness.get_or_init(|| is_alive)),
+        };
+        is_alive.map_or(true, |is_alive| {
+            contain::run(|| is_alive(worker)).unwrap_or(false)
+        })
+    }
+
+    /// Drops a worker that was never counted in (a start given up or failed), contained.
+    pub(crate) fn dispose(&self, worker: W) {
+        if contain::dispose(worker) {
+            log::error!("cylinder: {}: dropping a new worker panicked", self.name);
+        }
     }
 
     /// Ends a lease: the worker goes back to service, or is retired and replaced.
@@ -788,14 +868,14 @@ impl<W: Send + 'static> Shared<W> {
     #[inline]
     fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
         if self.uses.is_broken {
-            match contained(|| Ok(self.manager.is_broken(&mut entry.worker))) {
+            match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
                 Ok(false) => {}
                 Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
                 Err(cause) => return Some(Retire::Broken(cause)),
             }
         }
         if self.uses.reset {
-            if let Err(cause) = contained(|| self.manager.reset(&mut entry.worker)) {
+            if let Err(cause) = contain::call(|| self.manager.reset(&mut entry.worker)) {
                 return Some(Retire::Broken(cause));
             }
         }
@@ -909,8 +989,14 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Takes a worker out of service and starts another in its place.
+    ///
+    /// A worker that dies or fails a check before its first lease, within `reconnect_delay`
+    /// of its start, was dead on arrival: a failed start, with the backoff that follows. Any
+    /// other is replaced at once, backoff or not: a worker that served and then failed says
+    /// nothing about the next start.
     fn retire(&self, entry: Box<Entry<W>>, why: Retire) {
-        let fresh = !entry.leased_before;
+        let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
+        let id = entry.id;
         let (event, cause) = match why {
             Retire::Discarded => (Event::WorkerDiscarded, None),
             Retire::Died => (Event::WorkerDied, None),
@@ -932,13 +1018,17 @@ impl<W: Send + 'static> Shared<W> {
         }
         self.close_worker(entry);
         emit(&self.events, event.clone());
-        match cause {
-            // A fresh worker that fails its check is a failed start: wait before the next.
-            Some(cause) if fresh && event == Event::CheckFailed => self.note_failure(cause),
-            Some(cause) => self.keep_cause(cause),
-            None => {}
+        if dead_on_arrival && matches!(event, Event::CheckFailed | Event::WorkerDied) {
+            let cause = cause.unwrap_or_else(|| {
+                Cause::message(format!("worker {id} died before its first lease"))
+            });
+            self.note_failure(cause);
+            return self.refill();
         }
-        self.refill();
+        if let Some(cause) = cause {
+            self.keep_cause(cause);
+        }
+        self.replace();
     }
 
     /// Detaches a leased worker: the pool forgets it and starts another.
@@ -986,8 +1076,12 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// Closes: no start begins after this (the claims still waiting are given back; a start
+    /// under way drops its worker when it ends), every waiter wakes with `Closed`, and the free
+    /// workers are dropped.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.counts.cancel_pending();
         self.waiters.close();
         self.drain();
     }
@@ -1028,14 +1122,14 @@ impl<W: Send + 'static> Shared<W> {
         // The cause replaced is dropped after the lock is let go: a user error's Drop is user
         // code, and may call into the pool.
         let replaced = self.failure.lock().replace((cause, Instant::now()));
-        drop(replaced);
+        contain::dispose(replaced);
     }
 }
 
 /// Drops a worker; a panic in its `Drop` is contained and logged.
 fn drop_worker<W>(pool: &str, entry: Box<Entry<W>>) {
     let id = entry.id;
-    if crate::error::drop_contained(entry) {
+    if contain::dispose(entry) {
         log::error!("cylinder: {pool}: dropping worker {id} panicked");
     }
 }

@@ -2,16 +2,20 @@
 //!
 //! A start is first *claimed* (the pool's `total` grows by one, so no two callers open the
 //! same missing worker), then run by a start thread, which delivers the new worker to a
-//! waiter or the free list. A failed start gives its claim back, drops the claims still
-//! waiting, and the pool waits `reconnect_delay` before it tries again.
+//! waiter or the free list. Every claim is held by a [`Claim`] guard from the moment a thread
+//! takes it up, so a start that fails, is cancelled by `close`, or unwinds gives its count
+//! back. A failed start (an error, a panic, or a worker dead on arrival or failing its first
+//! check) drops the claims still waiting, and the pool waits `reconnect_delay` before it
+//! tries again.
 
 use std::time::{Duration, Instant};
 
 use super::{Entry, Shared};
-use crate::error::{contained, Cause};
+use crate::contain;
+use crate::error::Cause;
 use crate::event::{emit, Event};
 use crate::stripe::{self, Stripe};
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// How many starts run at once, at most.
 pub(crate) const PARALLEL_STARTS: usize = 8;
@@ -30,10 +34,91 @@ pub(crate) struct Counts {
     /// Threads running a start under `start_timeout`, given up on or not: a start that hangs
     /// cannot be stopped, so their number is bounded instead.
     timed_starts: AtomicUsize,
+    /// Failed starts so far: a waiter that joined the line after the last one waits for the
+    /// next before it gives up (see `Shared::acquire`).
+    pub(crate) failed_starts: AtomicU64,
 }
 
 /// The most threads running a start under `start_timeout` at once, hung ones included.
 const MAX_TIMED_STARTS: usize = 2 * PARALLEL_STARTS;
+
+/// One claimed start that a thread has taken up: counted in `total` and `starting` until it
+/// ends. [`Claim::joined`] keeps its place in `total` for the new worker; dropped otherwise
+/// (the start failed, was cancelled, or unwound) it gives both counts back.
+#[must_use]
+pub(crate) struct Claim<'a> {
+    counts: &'a Counts,
+}
+
+impl Claim<'_> {
+    /// The worker it was for is in the pool now (or was closed, which counted it out).
+    fn joined(self) {
+        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
+        self.counts.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One unit of a count (a start thread, a timed start) held while the guard lives, given back
+/// on every exit, unwinding included.
+#[must_use]
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    /// Takes one unit if fewer than `limit` are held.
+    fn take(count: &'a AtomicUsize, limit: usize) -> Option<Held<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held < limit).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| Held(count))
+    }
+
+    /// Takes charge of a unit taken earlier (by `Counts::enlist`, for a thread).
+    fn adopt(count: &'a AtomicUsize) -> Held<'a> {
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts claimed by one caller for itself (`fill_now`): taken up one by one by the threads
+/// it runs; those none took up are given back when it ends, unwinding included.
+struct OwnClaims<'a> {
+    counts: &'a Counts,
+    left: AtomicUsize,
+}
+
+impl<'a> OwnClaims<'a> {
+    fn take(&self) -> Option<Claim<'a>> {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .ok()
+            .map(|_| Claim {
+                counts: self.counts,
+            })
+    }
+}
+
+impl Drop for OwnClaims<'_> {
+    fn drop(&mut self) {
+        let left = self.left.swap(0, Ordering::SeqCst);
+        self.counts.give_back(left);
+    }
+}
 
 impl Counts {
     /// `SeqCst`: a resize's look at it after storing the new size, against a close's look
@@ -43,7 +128,7 @@ impl Counts {
     }
 
     pub(crate) fn starting(&self) -> usize {
-        self.starting.load(Ordering::Relaxed)
+        self.starting.load(Ordering::SeqCst)
     }
 
     /// Workers open now (for a moment between a claim's two counts, the claimed starts
@@ -53,7 +138,7 @@ impl Counts {
     }
 
     /// Claims up to `wanted` starts while `total` stays within `limit`; returns how many.
-    /// `queued` claims wait for a start thread; the others are run by the claimer.
+    /// `queued` claims wait for a start thread; the others are the claimer's to run.
     fn claim(&self, wanted: usize, limit: usize, queued: bool) -> usize {
         let mut claimed = 0;
         let _ = self
@@ -71,6 +156,24 @@ impl Counts {
         claimed
     }
 
+    /// One claim for the caller to run now, if the pool has room.
+    fn claim_one(&self, limit: usize) -> Option<Claim<'_>> {
+        (self.claim(1, limit, false) == 1).then_some(Claim { counts: self })
+    }
+
+    /// Gives back `n` claims that no start took up.
+    fn give_back(&self, n: usize) {
+        if n > 0 {
+            self.starting.fetch_sub(n, Ordering::SeqCst);
+            self.total.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Drops the claims still waiting for a start thread (a start failed, or the pool closed).
+    pub(crate) fn cancel_pending(&self) {
+        self.give_back(self.pending.swap(0, Ordering::SeqCst));
+    }
+
     /// One worker fewer: closed, detached, or a start given up.
     pub(crate) fn release(&self) {
         self.total.fetch_sub(1, Ordering::SeqCst);
@@ -85,21 +188,21 @@ impl Counts {
             .is_ok()
     }
 
-    fn take_pending(&self) -> bool {
+    /// A waiting claim for a start thread to run.
+    fn take_pending(&self) -> Option<Claim<'_>> {
         self.pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |pending| {
                 pending.checked_sub(1)
             })
-            .is_ok()
+            .ok()
+            .map(|_| Claim { counts: self })
     }
 
     /// Joins the start threads if fewer than `PARALLEL_STARTS` run.
     fn enlist(&self) -> bool {
-        self.starters
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |starters| {
-                (starters < PARALLEL_STARTS).then_some(starters + 1)
-            })
-            .is_ok()
+        Held::take(&self.starters, PARALLEL_STARTS)
+            .map(std::mem::forget)
+            .is_some()
     }
 }
 
@@ -116,40 +219,67 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Claims the starts the pool is short of: up to `min_idle`, and one for each waiter that
-    /// no start is on its way for. Nothing while the pool waits out a failed start.
+    /// no start or free worker is on its way for. Nothing while the pool waits out a failed
+    /// start.
     pub(crate) fn refill(&self) {
-        if let Some(wanted) = self.wanted() {
-            if self.counts.claim(wanted, self.limit(), true) > 0 {
-                self.launch();
+        self.refill_within(false);
+    }
+
+    /// As [`refill`](Self::refill), also while the pool waits out a failed start: a worker
+    /// that served a lease and then failed is replaced at once, however the last start went.
+    pub(crate) fn replace(&self) {
+        self.refill_within(true);
+    }
+
+    fn refill_within(&self, despite_backoff: bool) {
+        let claimed = {
+            // One decision at a time: two callers reading the same shortage must not both
+            // claim a start for it.
+            let _deciding = self.deciding.lock();
+            match self.wanted(despite_backoff) {
+                Some(wanted) => self.counts.claim(wanted, self.limit(), true),
+                None => 0,
             }
+        };
+        if claimed > 0 {
+            self.launch();
         }
     }
 
-    /// How many starts to claim now, if any.
-    fn wanted(&self) -> Option<usize> {
-        if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
+    /// How many starts to claim now, if any (called with `deciding` held).
+    fn wanted(&self, despite_backoff: bool) -> Option<usize> {
+        if self.closed.load(Ordering::Acquire)
+            || (!despite_backoff && self.backoff_left(Instant::now()).is_some())
+        {
             return None;
         }
         let short = self
             .min_idle
             .load(Ordering::SeqCst)
             .saturating_sub(self.counts.total());
-        let unserved = self.waiters.len().saturating_sub(self.counts.starting());
-        Some(short.max(unserved)).filter(|&wanted| wanted > 0)
+        Some(short.max(self.line_short())).filter(|&wanted| wanted > 0)
+    }
+
+    /// Waiters in line that no start and no free worker is on its way for.
+    fn line_short(&self) -> usize {
+        self.waiters
+            .unserved()
+            .saturating_sub(self.counts.starting() + self.free.len())
     }
 
     /// A blocking checkout is in line: if the pool may open another worker (overflow, or
-    /// fewer open than `size`) and no start is on its way for each waiter, claim one; a start
+    /// fewer open than `size`) and nothing is on its way for each waiter, claim one; a start
     /// thread opens it and it is offered to the line, so the caller waits no longer than its
     /// timeout, however slow the start.
     pub(crate) fn start_for_line(&self) {
-        if self.counts.starting() >= self.waiters.len()
-            || self.closed.load(Ordering::Acquire)
-            || self.backoff_left(Instant::now()).is_some()
-        {
+        if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
             return;
         }
-        if self.counts.claim(1, self.limit(), true) > 0 {
+        let claimed = {
+            let _deciding = self.deciding.lock();
+            self.line_short() > 0 && self.counts.claim(1, self.limit(), true) > 0
+        };
+        if claimed {
             self.launch();
         }
     }
@@ -158,15 +288,14 @@ impl<W: Send + 'static> Shared<W> {
     /// (overflow, or fewer open than `size`), open it on this thread, for this caller
     /// (poolboy's way).
     pub(crate) fn start_for_caller(&self) -> Option<Box<Entry<W>>> {
-        if self.closed.load(Ordering::Acquire)
-            || self.backoff_left(Instant::now()).is_some()
-            || self.counts.claim(1, self.limit(), false) == 0
-        {
+        if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
             return None;
         }
-        match self.start_one() {
+        let claim = self.counts.claim_one(self.limit())?;
+        match self.open_worker() {
             Ok(worker) => {
                 let (entry, event) = self.joined(worker);
+                claim.joined();
                 // While it ran, this start counted as on its way to the line: a waiter that
                 // came meanwhile claimed none (`start_for_line`, `wanted`). Ask for one now.
                 if self.waiters.has_unserved() && self.has_room() {
@@ -180,6 +309,7 @@ impl<W: Send + 'static> Shared<W> {
                 Some(entry)
             }
             Err(cause) => {
+                drop(claim);
                 self.start_failed(cause);
                 None
             }
@@ -227,121 +357,178 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Starts the claimed workers, then opens and delivers each, until none is left.
+    /// Claims the starts the pool is short of and runs them on threads of this call, a few
+    /// at a time, returning once each has ended: every claim is tried (one failing does not
+    /// drop the others), whatever the pool's start threads are busy with.
     pub(crate) fn fill_now(&self) {
-        if let Some(wanted) = self.wanted() {
-            if self.counts.claim(wanted, self.limit(), true) == 0 {
-                return;
+        let claimed = {
+            let _deciding = self.deciding.lock();
+            match self.wanted(false) {
+                Some(wanted) => self.counts.claim(wanted, self.limit(), false),
+                None => 0,
             }
+        };
+        if claimed == 0 {
+            return;
         }
+        let own = OwnClaims {
+            counts: &self.counts,
+            left: AtomicUsize::new(claimed),
+        };
+        let run_own = || {
+            while let Some(claim) = own.take() {
+                self.run_claim(claim);
+            }
+        };
         if cfg!(loom) {
-            return self.launch();
+            return run_own();
         }
         std::thread::scope(|scope| {
-            while self.counts.pending.load(Ordering::SeqCst) > 0 && self.counts.enlist() {
+            for _ in 1..claimed.min(PARALLEL_STARTS) {
                 let spawned = std::thread::Builder::new()
                     .name(format!("cylinder-start-{}", self.name))
                     .spawn_scoped(scope, || {
                         stripe::opt_out();
-                        self.run_starter();
+                        run_own();
                     });
                 if spawned.is_err() {
-                    self.run_starter();
+                    break;
                 }
             }
+            run_own();
         });
     }
 
-    /// A start thread's work: take claimed starts one by one and run them. Before it ends, it
-    /// looks once more for a claim made while it was leaving (the claimer may have seen every
-    /// start thread busy).
+    /// A start thread's work (one `starters` unit was taken for it): take claimed starts one
+    /// by one and run them. Before it ends, it looks once more for a claim made while it was
+    /// leaving (the claimer may have seen every start thread busy).
     fn run_starter(&self) {
+        let mut enlisted = Held::adopt(&self.counts.starters);
         loop {
-            while self.counts.take_pending() {
-                match self.start_one() {
-                    Ok(worker) => self.deliver(worker),
-                    Err(cause) => self.start_failed(cause),
-                }
+            while let Some(claim) = self.counts.take_pending() {
+                self.run_claim(claim);
             }
-            self.counts.starters.fetch_sub(1, Ordering::SeqCst);
+            drop(enlisted);
             if self.counts.pending.load(Ordering::SeqCst) == 0 || !self.counts.enlist() {
                 return;
             }
+            enlisted = Held::adopt(&self.counts.starters);
         }
     }
 
-    /// Runs the start closure or manager, within `start_timeout` if one is set.
-    fn start_one(&self) -> Result<W, Cause> {
+    /// Runs one claimed start and delivers its worker, or records its failure. Nothing starts
+    /// once the pool is closed: the claim is given back.
+    fn run_claim(&self, claim: Claim<'_>) {
+        if self.closed.load(Ordering::SeqCst) {
+            return drop(claim);
+        }
+        match self.open_worker() {
+            Ok(worker) => self.deliver(worker, claim),
+            Err(cause) => {
+                drop(claim);
+                self.start_failed(cause);
+            }
+        }
+    }
+
+    /// Opens a worker with the start closure or manager, within `start_timeout` if one is
+    /// set, and looks it over (see [`first_look`](Self::first_look)).
+    fn open_worker(&self) -> Result<W, Cause> {
         match self.start_timeout {
-            Some(limit) if !cfg!(loom) => self.start_within(limit),
-            _ => contained(|| self.manager.start()),
+            Some(limit) if !cfg!(loom) => self.open_within(limit),
+            _ => self.open_now(),
         }
     }
 
-    /// A start on a thread of its own, given up after `limit`: its worker, if it comes later,
-    /// is dropped with the channel.
-    fn start_within(&self, limit: Duration) -> Result<W, Cause> {
+    fn open_now(&self) -> Result<W, Cause> {
+        let mut worker = contain::call(|| self.manager.start())?;
+        match self.first_look(&mut worker) {
+            Ok(()) => Ok(worker),
+            Err(cause) => {
+                self.dispose(worker);
+                Err(cause)
+            }
+        }
+    }
+
+    /// A new worker that is dead already, or fails its first check, is a failed start (with
+    /// that cause): it counts toward the backoff and the fuse, so a server that accepts and
+    /// then drops every connection cannot make the pool start workers in a tight loop.
+    fn first_look(&self, worker: &mut W) -> Result<(), Cause> {
+        if !self.worker_alive(worker) {
+            return Err(Cause::message(
+                "the new worker was dead on arrival (is_alive was false right after its start)",
+            ));
+        }
+        if self.uses.check {
+            contain::call(|| self.manager.check(worker))?;
+        }
+        Ok(())
+    }
+
+    /// An open on a thread of its own, given up after `limit`: its worker, if it comes later,
+    /// is dropped there (contained).
+    fn open_within(&self, limit: Duration) -> Result<W, Cause> {
         let Some(me) = self.me.upgrade() else {
             return Err(Cause::message("the pool is gone"));
         };
-        let timed = &self.counts.timed_starts;
-        if timed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
-                (running < MAX_TIMED_STARTS).then_some(running + 1)
-            })
-            .is_err()
-        {
+        let Some(timed) = Held::take(&self.counts.timed_starts, MAX_TIMED_STARTS) else {
             return Err(Cause::message(format!(
                 "{MAX_TIMED_STARTS} starts are still running past start_timeout"
             )));
-        }
+        };
+        // The thread takes the unit over: it is given back when that thread ends.
+        std::mem::forget(timed);
         let (sender, receiver) = crossbeam::channel::bounded(1);
         let spawned = std::thread::Builder::new()
             .name(format!("cylinder-start-{}", self.name))
             .spawn(move || {
                 stripe::opt_out();
-                let started = contained(|| me.manager.start());
-                me.counts.timed_starts.fetch_sub(1, Ordering::SeqCst);
-                // A worker that came too late is dropped here, its Drop's panic contained.
-                if let Err(crossbeam::channel::SendError(Ok(late))) = sender.send(started) {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(late)));
+                let _timed = Held::adopt(&me.counts.timed_starts);
+                let opened = me.open_now();
+                // A worker that came too late (or after close) is dropped here, contained.
+                if let Err(crossbeam::channel::SendError(late)) = sender.send(opened) {
+                    if let Ok(late) = late {
+                        me.dispose(late);
+                    }
                 }
             });
         if let Err(err) = spawned {
-            timed.fetch_sub(1, Ordering::SeqCst);
+            drop(Held::adopt(&self.counts.timed_starts));
             return Err(Cause::new(err));
         }
-        match receiver.recv_timeout(limit) {
-            Ok(started) => started,
+        let outcome = match receiver.recv_timeout(limit) {
+            Ok(opened) => opened,
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => Err(Cause::message(format!(
                 "the start did not finish within {limit:?}"
             ))),
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => {
                 Err(Cause::message("the start thread ended without a worker"))
             }
-        }
+        };
+        // A worker sent just after the timeout sits in the channel: it goes with the
+        // receiver, contained.
+        contain::dispose(receiver);
+        outcome
     }
 
-    /// A new worker joins: to a waiter, or the free list.
-    /// The event is reported once the worker is in the pool: a callback that checks out (or
-    /// blocks) must not hold back the very worker it reports.
-    fn deliver(&self, worker: W) {
+    /// A new worker joins: to a waiter, or the free list; its claim is counted done only
+    /// then, so the line never sees it neither starting nor free. The event is reported once
+    /// the worker is in the pool: a callback that checks out (or blocks) must not hold back
+    /// the very worker it reports.
+    fn deliver(&self, worker: W, claim: Claim<'_>) {
         let (entry, event) = self.joined(worker);
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
         } else {
             self.put_back(entry, Stripe::current());
         }
+        claim.joined();
         emit(&self.events, event);
     }
 
-    /// Counts a started worker in and gives it its entry, with the event to report.
+    /// Gives a started worker its entry, with the event to report.
     fn joined(&self, worker: W) -> (Box<Entry<W>>, Event) {
-        if self.liveness.get().is_none() {
-            if let Some(is_alive) = crate::worker::liveness::of::<W>() {
-                let _ = self.liveness.set(is_alive);
-            }
-        }
         let entry = Box::new(Entry {
             worker,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -350,7 +537,6 @@ impl<W: Send + 'static> Shared<W> {
             leased_before: false,
         });
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
-        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
         self.failing.store(false, Ordering::Release);
         log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
         let event = if nth < self.first_fill as u64 {
@@ -361,12 +547,10 @@ impl<W: Send + 'static> Shared<W> {
         (entry, event)
     }
 
-    /// A start failed: its claim and the ones still waiting are given back, and the pool
-    /// waits `reconnect_delay` before the next try (the reaper makes it).
+    /// A start failed (its claim already given back): the claims still waiting are dropped,
+    /// and the pool waits `reconnect_delay` before the next try (the reaper makes it).
     fn start_failed(&self, cause: Cause) {
-        let dropped = 1 + self.counts.pending.swap(0, Ordering::SeqCst);
-        self.counts.starting.fetch_sub(dropped, Ordering::SeqCst);
-        self.counts.total.fetch_sub(dropped, Ordering::SeqCst);
+        self.counts.cancel_pending();
         log::warn!(
             "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
             self.name,
@@ -379,10 +563,9 @@ impl<W: Send + 'static> Shared<W> {
     /// Records a failed start: the fuse and the backoff read it, and the reaper plans the
     /// retry.
     pub(crate) fn note_failure(&self, cause: Cause) {
-        // The cause replaced is dropped after the lock is let go (see `keep_cause`).
-        let replaced = self.failure.lock().replace((cause, Instant::now()));
-        drop(replaced);
+        self.keep_cause(cause);
         self.failing.store(true, Ordering::Release);
+        self.counts.failed_starts.fetch_add(1, Ordering::SeqCst);
         self.signal.request();
         // Waiters with nothing left to wait for leave with the cause (revolver's fuse).
         if self.fuse_blown() {

@@ -89,6 +89,9 @@ impl<W: Send + 'static> Shared<W> {
             }
             keep.push(entry);
         }
+        // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
+        // last in line (`Fifo`), as it was before the sweep.
+        keep.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
         for entry in keep {
             self.put_back(entry, stripe);
         }

@@ -47,6 +47,9 @@ pub(crate) enum WaitError {
 pub(crate) struct WaitList<T> {
     /// Entries in the line; read without the lock by releasers deciding whether to hand off.
     waiting: AtomicUsize,
+    /// Entries in the line that were handed an item and have not left yet (changed with the
+    /// line locked): `waiting - handed` still need one.
+    handed: AtomicUsize,
     line: Mutex<Line<T>>,
     fifo_after: Duration,
 }
@@ -56,6 +59,7 @@ impl<T> WaitList<T> {
         WaitList {
             fifo_after,
             waiting: AtomicUsize::new(0),
+            handed: AtomicUsize::new(0),
             line: Mutex::new(Line {
                 entries: VecDeque::new(),
                 next_ticket: 0,
@@ -75,6 +79,12 @@ impl<T> WaitList<T> {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Waiters in line not handed an item yet (a recent value, read without the lock).
+    pub(crate) fn unserved(&self) -> usize {
+        let handed = self.handed.load(Ordering::SeqCst);
+        self.waiting.load(Ordering::SeqCst).saturating_sub(handed)
+    }
+
     /// Whether someone in line has not been handed an item yet. Takes the lock only when
     /// someone waits; a waiter registering after this look sees what the caller did before it.
     pub(crate) fn has_unserved(&self) -> bool {
@@ -91,6 +101,7 @@ impl<T> WaitList<T> {
         if let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) {
             if entry.since.elapsed() >= self.fifo_after {
                 entry.handed = Some(item);
+                self.handed.fetch_add(1, Ordering::SeqCst);
                 entry.wake.notify_one();
                 return;
             }
@@ -131,6 +142,7 @@ impl<T> WaitList<T> {
         match line.entries.iter_mut().find(|e| e.handed.is_none()) {
             Some(entry) => {
                 entry.handed = Some(item);
+                self.handed.fetch_add(1, Ordering::SeqCst);
                 entry.wake.notify_one();
                 Ok(())
             }
@@ -182,6 +194,7 @@ impl<T> WaitList<T> {
                 break (at, Err(WaitError::Closed));
             }
             if let Some(item) = line.entries[at].handed.take() {
+                self.handed.fetch_sub(1, Ordering::SeqCst);
                 break (at, Ok(item));
             }
             if let Some(item) = take() {
@@ -205,6 +218,9 @@ impl<T> WaitList<T> {
             .entries
             .remove(at)
             .expect("the entry was found just now");
+        if entry.handed.is_some() {
+            self.handed.fetch_sub(1, Ordering::SeqCst);
+        }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         // It was on its way for a queued item (and may have been handed another, or found
         // none): items still queued are owed waiters on their way.
