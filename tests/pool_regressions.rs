@@ -61,7 +61,12 @@ fn slow_failing_checks_do_not_stretch_checkout_timeout() {
     const WORKERS: usize = 32;
     let pool = Pool::builder()
         .size(WORKERS)
-        .test_on_checkout(|_: &mut u32| {
+        // Each worker passes its first check (at its start), then fails slowly.
+        .test_on_checkout(|checks: &mut u32| {
+            *checks += 1;
+            if *checks == 1 {
+                return true;
+            }
             thread::sleep(Duration::from_millis(50));
             false
         })

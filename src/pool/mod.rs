@@ -347,11 +347,22 @@ impl<W: Send + 'static> Pool<W> {
 
     /// Leases a worker, waiting up to the pool's `checkout_timeout` for one to come free.
     ///
+    /// The lease borrows the pool; to move it into a thread, use
+    /// [`checkout_owned`](Self::checkout_owned) (a `Lease` moved into `thread::spawn` fails to
+    /// compile with E0597).
+    ///
+    /// **While the server is down** (no worker open, the last start failed), a blocking
+    /// checkout waits for the pool's next start attempt, up to its own timeout, and fails with
+    /// that attempt's cause: a client that retries in a loop makes at most about one failed
+    /// checkout per `reconnect_delay` instead of spinning. r2d2 and HikariCP block the same
+    /// way (for their whole timeout); [`try_checkout`](Self::try_checkout) and the balancer's
+    /// `get` stay fail-fast, as revolver's fuse is.
+    ///
     /// # Errors
     /// [`Error::Timeout`] when none came free in time; [`Error::Disconnected`] (with the
-    /// last start's error as its cause) when no worker is running and the last start failed
-    /// (at once, while the pool waits out `reconnect_delay`), or when starts kept failing
-    /// while it waited; [`Error::Closed`].
+    /// last start's error as its cause) when no worker is running and a start attempt failed
+    /// after this checkout began (or starts were failing when it timed out);
+    /// [`Error::Closed`].
     ///
     /// ```
     /// use cylinder::Pool;
@@ -395,9 +406,15 @@ impl<W: Send + 'static> Pool<W> {
     /// opens one on this thread, as poolboy's non-blocking checkout does: that takes as long as
     /// a start (bound it with `start_timeout`).
     ///
+    /// Right after [`build_unchecked`](PoolBuilder::build_unchecked), while no worker is open
+    /// yet and starts are on their way, it waits for the first (as long as a start takes,
+    /// bounded by `start_timeout`, else `checkout_timeout`): no worker is busy, so
+    /// [`Error::Overload`] would be untrue.
+    ///
     /// # Errors
     /// [`Error::Overload`] when every worker is leased; [`Error::Disconnected`] when none is
-    /// running and the last start failed; [`Error::Closed`].
+    /// running and the last start failed (at once, while the pool waits out
+    /// `reconnect_delay`); [`Error::Closed`], also when the pool closed during the call.
     ///
     /// ```
     /// use cylinder::{Error, Pool};
@@ -665,6 +682,7 @@ impl<W: Send + 'static> Shared<W> {
                     // that attempt's cause, so a client retrying against a dead server is
                     // slowed to the pace of `reconnect_delay`.
                     let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+                    self.never_again()?;
                     let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
                     self.wait_for(stripe, deadline, timeout, failed_before)?
                 }
@@ -730,6 +748,17 @@ impl<W: Send + 'static> Shared<W> {
     /// into line and claim the next start (with `min_idle(0)` nothing else would).
     fn fuse(&self) -> Result<(), Error> {
         if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        Ok(())
+    }
+
+    /// With the fuse blown and no start attempt ever again (`reconnect_delay` of
+    /// `Duration::MAX`), a blocking checkout has nothing to wait for: it fails at once.
+    fn never_again(&self) -> Result<(), Error> {
+        if self.fuse_blown() && self.backoff_left(Instant::now()) == Some(Duration::MAX) {
             if let Some(cause) = self.last_failure() {
                 return Err(Error::Disconnected(cause));
             }

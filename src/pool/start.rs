@@ -158,7 +158,7 @@ impl Counts {
 
     /// One claim for the caller to run now, if the pool has room.
     fn claim_one(&self, limit: usize) -> Option<Claim<'_>> {
-        (self.claim(1, limit, false) == 1).then_some(Claim { counts: self })
+        (self.claim(1, limit, false) == 1).then(|| Claim { counts: self })
     }
 
     /// Gives back `n` claims that no start took up.
