@@ -7,6 +7,9 @@
 //! lease; a watchdog fails the run instead of hanging CI. At the end every invariant must hold
 //! and the counters must add up.
 //!
+//! Workers are also made hostile: every fifth one panics in its `Drop`, and for spells the
+//! pools' starts hand out workers that are dead on arrival (their thread crashes at once).
+//!
 //! `CYLINDER_CHAOS_SECS` (default 3) and `CYLINDER_CHAOS_SEED` run it longer or with another
 //! seed; the seed is printed, and is in the failure message.
 
@@ -63,6 +66,26 @@ impl Behaviour for Echo {
 struct Member {
     thread: Actor<Echo>,
     in_use: AtomicBool,
+    /// Its `Drop` panics.
+    bomb: bool,
+}
+
+impl Member {
+    fn new(serial: u64) -> Result<Member, BoxError> {
+        Ok(Member {
+            thread: Actor::spawn(Echo)?,
+            in_use: AtomicBool::new(false),
+            bomb: serial % 5 == 4,
+        })
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.bomb && !thread::panicking() {
+            panic!("chaos: a worker's drop panics");
+        }
+    }
 }
 
 impl Worker for Member {
@@ -97,11 +120,9 @@ impl Supervisor<Member> for Shared {
 
 fn supervisor(size: usize) -> Shared {
     Shared(Arc::new(Switchable {
-        factory: Factory::new(size, || {
-            Ok(Member {
-                thread: Actor::spawn(Echo)?,
-                in_use: AtomicBool::new(false),
-            })
+        factory: Factory::new(size, {
+            let serial = AtomicU64::new(0);
+            move || Member::new(serial.fetch_add(1, Ordering::Relaxed))
         }),
         up: AtomicBool::new(true),
     }))
@@ -130,6 +151,8 @@ struct World {
     elastic: Pool<Member>,
     balancer: Balancer<Member>,
     starts_down: Arc<AtomicBool>,
+    /// While set, the pools' starts hand out workers whose thread is crashing.
+    dead_on_arrival: Arc<AtomicBool>,
     balancer_sup: Shared,
     tally: Tally,
     stop: AtomicBool,
@@ -263,7 +286,7 @@ fn chaos(world: &World, seed: u64) {
     let mut rng = Rng(seed);
     while !world.stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(rng.below(5) + 1));
-        match rng.below(10) {
+        match rng.below(11) {
             0..=2 => {
                 if let Ok(children) = world.balancer_sup.0.factory.children() {
                     let victim = &children[rng.below(children.len() as u64) as usize];
@@ -290,6 +313,12 @@ fn chaos(world: &World, seed: u64) {
                 thread::sleep(Duration::from_millis(rng.below(30) + 1));
                 world.starts_down.store(false, Ordering::SeqCst);
                 world.balancer_sup.0.up.store(true, Ordering::SeqCst);
+            }
+            9 => {
+                world.tally.outages.fetch_add(1, Ordering::Relaxed);
+                world.dead_on_arrival.store(true, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(rng.below(30) + 1));
+                world.dead_on_arrival.store(false, Ordering::SeqCst);
             }
             7 => {
                 let _ = world.elastic.resize(1 + rng.below(6) as usize);
@@ -347,11 +376,13 @@ fn settings() -> (Duration, u64) {
 /// while `down` is set.
 fn members(
     down: &Arc<AtomicBool>,
+    dead_on_arrival: &Arc<AtomicBool>,
 ) -> (
     PoolBuilder<Member>,
     impl Fn() -> Result<Member, BoxError> + Send + Sync + 'static,
 ) {
-    let down = down.clone();
+    let (down, dead_on_arrival) = (down.clone(), dead_on_arrival.clone());
+    let serial = AtomicU64::new(0);
     let builder = Pool::builder()
         .is_broken(|member: &mut Member| !member.thread.is_alive())
         .checkout_timeout(Duration::from_millis(50))
@@ -360,10 +391,11 @@ fn members(
         if down.load(Ordering::SeqCst) {
             return Err("chaos: starts are failing".into());
         }
-        Ok(Member {
-            thread: Actor::spawn(Echo)?,
-            in_use: AtomicBool::new(false),
-        })
+        let member = Member::new(serial.fetch_add(1, Ordering::Relaxed))?;
+        if dead_on_arrival.load(Ordering::SeqCst) {
+            let _ = member.thread.cast(Request::Crash);
+        }
+        Ok(member)
     })
 }
 
@@ -371,8 +403,9 @@ fn build_world() -> Arc<World> {
     let balancer_sup = supervisor(BALANCED);
     let starts_down = Arc::new(AtomicBool::new(false));
     let checks = AtomicU64::new(0);
-    let (elastic, start_elastic) = members(&starts_down);
-    let (pool, start) = members(&starts_down);
+    let dead_on_arrival = Arc::new(AtomicBool::new(false));
+    let (elastic, start_elastic) = members(&starts_down, &dead_on_arrival);
+    let (pool, start) = members(&starts_down, &dead_on_arrival);
     Arc::new(World {
         elastic: elastic
             .size(3)
@@ -400,6 +433,7 @@ fn build_world() -> Arc<World> {
             .build_with(balancer_sup.clone())
             .unwrap(),
         starts_down,
+        dead_on_arrival,
         balancer_sup,
         tally: Tally::default(),
         stop: AtomicBool::new(false),

@@ -38,6 +38,15 @@ fn key<W>(worker: &Arc<W>) -> usize {
     Arc::as_ptr(worker) as *const () as usize
 }
 
+impl<W> Drop for Snapshot<W> {
+    fn drop(&mut self) {
+        // The last reference to a worker may be here (a set replaced, the balancer's last
+        // handle, a `WorkerRef` outliving both): its `Drop` is user code.
+        contain::dispose(std::mem::take(&mut self.workers));
+        contain::dispose(std::mem::take(&mut self.members));
+    }
+}
+
 /// One published worker set. Never changed after publication except for its death marks.
 pub(crate) struct Snapshot<W> {
     /// The workers, in the supervisor's order (duplicates and dead ones left out).
@@ -64,10 +73,9 @@ impl<W> Snapshot<W> {
     }
 
     fn disconnected(cause: Cause) -> Self {
-        Snapshot {
-            cause,
-            ..Snapshot::new(Vec::new())
-        }
+        let mut snapshot = Snapshot::new(Vec::new());
+        snapshot.cause = cause;
+        snapshot
     }
 
     /// An empty set means disconnected.

@@ -112,20 +112,23 @@ impl<W: Worker> Factory<W> {
     /// assert_eq!(factory.children().unwrap().len(), 1);
     /// ```
     pub fn resize(&self, size: usize) {
-        let mut slots = self.slots.lock();
-        while slots.len() > size {
-            let idle = slots
-                .iter()
-                .rposition(|s| !s.worker.as_ref().is_some_and(|w| w.is_alive()));
-            let last = slots.len() - 1;
-            slots.remove(idle.unwrap_or(last));
+        let mut gone = Vec::new();
+        {
+            let mut slots = self.slots.lock();
+            while slots.len() > size {
+                let idle = slots.iter().rposition(|s| !alive(&s.worker));
+                let last = slots.len() - 1;
+                gone.push(slots.remove(idle.unwrap_or(last)).worker);
+            }
+            while slots.len() < size {
+                slots.push(Slot {
+                    worker: None,
+                    started_before: false,
+                });
+            }
         }
-        while slots.len() < size {
-            slots.push(Slot {
-                worker: None,
-                started_before: false,
-            });
-        }
+        // A worker's `Drop` is user code: never under the factory's lock, and contained.
+        crate::contain::dispose(gone);
     }
 
     /// How many workers were started in place of a dead or retired one.
@@ -147,12 +150,50 @@ impl<W: Worker> Supervisor<W> for Arc<Factory<W>> {
 
 impl<W: Worker> Supervisor<W> for Factory<W> {
     fn children(&self) -> Result<Vec<Arc<W>>, BoxError> {
+        let mut gone = Vec::new();
+        let listed = self.list(&mut gone);
+        // The dead workers replaced go with no lock held, their `Drop` contained.
+        crate::contain::dispose(gone);
+        listed
+    }
+
+    fn retire(&self, worker: &Arc<W>) {
+        let gone = {
+            let mut slots = self.slots.lock();
+            slots
+                .iter_mut()
+                .find(|s| s.worker.as_ref().is_some_and(|w| Arc::ptr_eq(w, worker)))
+                .and_then(|slot| slot.worker.take())
+        };
+        crate::contain::dispose(gone);
+    }
+}
+
+impl<W> Drop for Factory<W> {
+    fn drop(&mut self) {
+        // Its workers' `Drop` is user code.
+        crate::contain::dispose(std::mem::take(&mut *self.slots.lock()));
+    }
+}
+
+/// Whether a slot holds a live worker (a panicking `is_alive` counts as dead).
+fn alive<W: Worker>(worker: &Option<Arc<W>>) -> bool {
+    worker
+        .as_ref()
+        .is_some_and(|w| crate::contain::run(|| w.is_alive()).unwrap_or(false))
+}
+
+impl<W: Worker> Factory<W> {
+    /// Starts a worker in every empty or dead slot and lists the live ones; the workers
+    /// replaced go to `gone`, for the caller to drop once the lock is let go.
+    fn list(&self, gone: &mut Vec<Option<Arc<W>>>) -> Result<Vec<Arc<W>>, BoxError> {
         let mut slots = self.slots.lock();
         let mut failure = None;
         for slot in slots.iter_mut() {
-            if slot.worker.as_ref().is_some_and(|w| w.is_alive()) {
+            if alive(&slot.worker) {
                 continue;
             }
+            gone.push(slot.worker.take());
             match crate::contain::call(|| (self.start)()).map_err(Error::Disconnected) {
                 Ok(worker) => {
                     if slot.started_before {
@@ -182,16 +223,6 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
                 Ok(live)
             }
             None => Ok(live),
-        }
-    }
-
-    fn retire(&self, worker: &Arc<W>) {
-        let mut slots = self.slots.lock();
-        if let Some(slot) = slots
-            .iter_mut()
-            .find(|s| s.worker.as_ref().is_some_and(|w| Arc::ptr_eq(w, worker)))
-        {
-            slot.worker = None;
         }
     }
 }
