@@ -15,7 +15,7 @@ use crate::contain;
 use crate::error::Cause;
 use crate::event::{emit, Event};
 use crate::stripe::{self, Stripe};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{seqcst_point, AtomicU64, AtomicUsize, Ordering};
 
 /// How many starts run at once, at most.
 pub(crate) const PARALLEL_STARTS: usize = 8;
@@ -524,6 +524,14 @@ impl<W: Send + 'static> Shared<W> {
             self.put_back(entry, Stripe::current());
         }
         claim.joined();
+        // A waiter that came while this start still counted as on its way to the line (it
+        // was handed to another, or kept free) claimed none: claim one for it now. The
+        // `SeqCst` count above, then the look for waiters, against the waiter's registration,
+        // then its look at `starting` (`start_for_line`): one of the two sees the other.
+        seqcst_point();
+        if self.waiters.unserved() > 0 {
+            self.refill();
+        }
         emit(&self.events, event);
     }
 
