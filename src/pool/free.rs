@@ -83,14 +83,6 @@ impl<T> Shelf<T> {
         }
     }
 
-    #[inline]
-    fn pop(&self) -> Option<T> {
-        match self {
-            Shelf::Fifo(queue) => queue.pop(),
-            Shelf::Lifo(stack) => stack.pop(),
-        }
-    }
-
     fn len(&self) -> usize {
         match self {
             Shelf::Fifo(queue) => queue.len(),
@@ -159,8 +151,9 @@ impl<T> FreeList<T> {
         }
     }
 
-    /// A free item: this thread's parked one, else the queue's, else one parked by another
-    /// thread.
+    /// A free item: this thread's parked one; else, reusing the most recent first (`Lifo`),
+    /// one parked by another thread, else the top of the stack; or, reusing the oldest first
+    /// (`Fifo`), the queue's head, else one parked by another thread.
     #[inline]
     pub(crate) fn take(&self, stripe: Stripe) -> Option<T> {
         if let Some(own) = stripe.owned() {
@@ -168,9 +161,12 @@ impl<T> FreeList<T> {
                 return Some(item);
             }
         }
-        self.queue
-            .pop()
-            .or_else(|| self.parked.iter().find_map(|parked| parked.take()))
+        let stolen = || self.parked.iter().find_map(|parked| parked.take());
+        match &self.queue {
+            // Parked workers are their threads' last released: newer than those shelved.
+            Shelf::Lifo(stack) => stolen().or_else(|| stack.pop()),
+            Shelf::Fifo(queue) => queue.pop().or_else(stolen),
+        }
     }
 
     /// Keeps a free item: parked for this thread if its slot is empty, else queued. Ends in a
