@@ -212,6 +212,8 @@ fn checks_out_within<W: Send + 'static>(pool: &Pool<W>, limit: Duration) -> Resu
 // ---------------------------------------------------------------------------------------
 // A start whose panic payload panics when dropped.
 
+/// A start that panics with a payload whose own `Drop` panics: the start counts as failed, the
+/// pool retries after `reconnect_delay`, and a checkout then gets a worker.
 #[test]
 fn a_start_that_panics_with_a_payload_whose_drop_panics_leaks_no_claim() {
     quiet_panics();
@@ -237,6 +239,8 @@ fn a_start_that_panics_with_a_payload_whose_drop_panics_leaks_no_claim() {
     );
 }
 
+/// An `on_event` callback that panics with such a payload, on the start thread, after each
+/// restart: more restarts than there are start threads still each get a worker started.
 #[test]
 fn an_event_callback_panicking_with_a_payload_whose_drop_panics_does_not_stop_the_starts() {
     quiet_panics();
@@ -283,6 +287,9 @@ impl Behaviour for DiesAtOnce {
 /// correct pool never gets near it.
 const START_CAP: usize = 500;
 
+/// Every worker is an actor whose connection fails right after it opens: a fresh worker that
+/// is dead counts as a failed start (with a cause), so the pool restarts them once per
+/// `reconnect_delay`, and the checkout fails with a cause.
 #[test]
 fn workers_dead_on_arrival_are_restarted_once_per_reconnect_delay_not_in_a_tight_loop() {
     quiet_panics();
@@ -326,6 +333,7 @@ fn workers_dead_on_arrival_are_restarted_once_per_reconnect_delay_not_in_a_tight
     );
 }
 
+/// The same with plain workers that fail their first (every) checkout check.
 #[test]
 fn workers_failing_their_first_check_are_restarted_once_per_reconnect_delay_not_in_a_tight_loop() {
     let starts = Arc::new(AtomicUsize::new(0));
@@ -369,6 +377,9 @@ struct Conn {
     id: usize,
 }
 
+/// A fresh worker fails its first check (the pool backs off as after a failed start); then a
+/// worker that was leased before fails its check. It must be replaced all the same: every
+/// start succeeds, so a checkout gets a worker rather than `Disconnected`.
 #[test]
 fn a_failing_check_on_a_worker_leased_before_is_replaced_while_every_start_succeeds() {
     let bad: Arc<Mutex<HashSet<usize>>> = Arc::new(Mutex::new(HashSet::from([2])));
@@ -417,6 +428,8 @@ fn a_failing_check_on_a_worker_leased_before_is_replaced_while_every_start_succe
 // ---------------------------------------------------------------------------------------
 // `build` when only the first start fails.
 
+/// `build` fails only when no start at all succeeded, after trying every claimed start: one
+/// failed start must not drop the other nine.
 #[test]
 fn build_succeeds_when_only_the_first_of_ten_starts_fails() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -519,6 +532,7 @@ fn slow_starting_pool() -> (Pool<u32>, Arc<AtomicUsize>) {
     (pool, began)
 }
 
+/// Closing the pool (here by dropping its last handle) cancels the starts still queued.
 #[test]
 fn no_start_begins_after_the_last_handle_is_dropped() {
     let (pool, began) = slow_starting_pool();
@@ -532,6 +546,7 @@ fn no_start_begins_after_the_last_handle_is_dropped() {
     );
 }
 
+/// The same with `close`.
 #[test]
 fn no_start_begins_after_close_returns() {
     let (pool, began) = slow_starting_pool();
@@ -550,6 +565,8 @@ fn no_start_begins_after_close_returns() {
 // ---------------------------------------------------------------------------------------
 // What `try_checkout` says.
 
+/// A `try_checkout` opening a worker on its own thread while the pool is closed says
+/// `Closed`, not `Overload`.
 #[test]
 fn try_checkout_racing_close_returns_closed() {
     let pool = Pool::builder()
@@ -577,6 +594,8 @@ fn try_checkout_racing_close_returns_closed() {
     );
 }
 
+/// Right after `build_unchecked`, with its starts under way and nothing leased, a
+/// `try_checkout` must not say every worker is busy.
 #[test]
 fn try_checkout_right_after_build_unchecked_does_not_say_overload() {
     let pool = Pool::builder()
@@ -604,6 +623,8 @@ fn try_checkout_right_after_build_unchecked_does_not_say_overload() {
 // ---------------------------------------------------------------------------------------
 // `resize` up while the start threads are busy.
 
+/// `resize` up "returns once they started", also while every start thread is busy with
+/// slow starts of its own.
 #[test]
 fn resize_up_returns_once_its_new_workers_started_while_the_start_threads_are_busy() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -643,6 +664,8 @@ fn resize_up_returns_once_its_new_workers_started_while_the_start_threads_are_bu
 // ---------------------------------------------------------------------------------------
 // `OnClientPanic::Discard` and a lease inside a `Drop` that runs during a panic.
 
+/// `OnClientPanic::Discard` is for a client that panicked while holding its lease: a lease
+/// taken and returned within a `Drop` that runs while an unrelated panic unwinds is released.
 #[test]
 fn a_lease_used_and_returned_inside_a_drop_during_an_unrelated_panic_is_released() {
     quiet_panics();
@@ -782,6 +805,10 @@ fn a_checkout_on_another_thread_gets_the_most_recently_released_worker() {
 // ---------------------------------------------------------------------------------------
 // Checkouts while every start fails.
 
+/// With every start failing, a blocking checkout waits for the next start attempt (within
+/// its timeout) and fails with that attempt's cause, so a client that retries makes about one
+/// failed checkout per `reconnect_delay` instead of spinning; `try_checkout` still fails at
+/// once.
 #[test]
 fn a_client_retrying_checkouts_while_starts_fail_makes_one_failed_checkout_per_reconnect_delay() {
     let attempts = Arc::new(AtomicUsize::new(0));
