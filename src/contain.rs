@@ -50,6 +50,17 @@ pub(crate) fn dispose<T>(value: T) -> bool {
     }
 }
 
+/// Drops the items of a collection one at a time, each as [`dispose`] does: dropped as one
+/// `Vec`, a second panicking `Drop` during the first one's unwinding would abort the process.
+/// Returns how many panicked.
+pub(crate) fn dispose_each<T>(items: impl IntoIterator<Item = T>) -> usize {
+    items
+        .into_iter()
+        .map(dispose)
+        .filter(|&panicked| panicked)
+        .count()
+}
+
 /// Drops a caught panic's payload, whose `Drop` may panic in turn.
 fn dispose_payload(mut payload: Box<dyn Any + Send>) {
     for _ in 0..PAYLOAD_DROPS {
@@ -84,6 +95,11 @@ mod tests {
     fn a_payload_that_always_panics_again_is_forgotten() {
         let got = run(|| std::panic::panic_any(Bomb(u32::MAX)));
         assert!(got.is_err());
+    }
+
+    #[test]
+    fn dispose_each_survives_two_panicking_drops() {
+        assert_eq!(dispose_each(vec![Bomb(1), Bomb(0), Bomb(1)]), 2);
     }
 
     #[test]

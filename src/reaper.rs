@@ -62,10 +62,22 @@ impl Signal {
 /// run again if nothing asks sooner (`None`: only when asked).
 pub(crate) type Round = Box<dyn FnMut(bool) -> Option<Duration> + Send>;
 
+/// How long `close` waits for the reaper thread to end. A round that is inside a user
+/// callback (an event callback, a supervisor) that blocks is not waited for past this: the
+/// thread ends by itself once the callback returns (it holds what it needs).
+const STOP_PATIENCE: Duration = Duration::from_millis(100);
+
 /// The reaper thread. Under `--cfg loom` no thread is started: the models run rounds by hand.
 pub(crate) struct Reaper {
     signal: Arc<Signal>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<Running>,
+}
+
+/// A running reaper thread, and how to hear that it ended.
+pub(crate) struct Running {
+    handle: std::thread::JoinHandle<()>,
+    /// Disconnected when the thread ends (its sender is dropped then, unwinding included).
+    ended: crossbeam::channel::Receiver<()>,
 }
 
 impl Reaper {
@@ -81,14 +93,15 @@ impl Reaper {
             None
         } else {
             let waits_on = signal.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name(format!("cylinder-reaper-{name}"))
-                    .spawn(move || {
-                        crate::stripe::opt_out();
-                        Self::run(&waits_on, first, round)
-                    })?,
-            )
+            let (ending, ended) = crossbeam::channel::bounded::<()>(0);
+            let handle = std::thread::Builder::new()
+                .name(format!("cylinder-reaper-{name}"))
+                .spawn(move || {
+                    let _ending = ending;
+                    crate::stripe::opt_out();
+                    Self::run(&waits_on, first, round)
+                })?;
+            Some(Running { handle, ended })
         };
         Ok(Reaper { signal, thread })
     }
@@ -108,9 +121,7 @@ impl Reaper {
         }
     }
 
-    /// Stops the thread and waits for it, unless called on the reaper's own thread (the last
-    /// handle dropped from an event callback): that thread ends by itself once its round
-    /// returns. Idempotent.
+    /// Stops the thread and waits for it (see [`join`]). Idempotent.
     pub(crate) fn stop(&mut self) {
         join(self.stop_later());
     }
@@ -119,19 +130,31 @@ impl Reaper {
     /// holds no lock: the reaper's round may run a user callback that takes the same lock
     /// (an `on_event` that closes the pool while another thread closes it). Idempotent: a
     /// later call returns `None`.
-    pub(crate) fn stop_later(&mut self) -> Option<std::thread::JoinHandle<()>> {
+    pub(crate) fn stop_later(&mut self) -> Option<Running> {
         self.signal.close();
         self.thread.take()
     }
 }
 
 /// Waits for a reaper thread stopped with [`Reaper::stop_later`], unless called on that
-/// thread itself.
-pub(crate) fn join(thread: Option<std::thread::JoinHandle<()>>) {
-    if let Some(thread) = thread {
-        if thread.thread().id() != std::thread::current().id() {
-            let _ = thread.join();
+/// thread itself (the last handle dropped from an event callback: it ends by itself once its
+/// round returns), and for at most [`STOP_PATIENCE`]: a round blocked in a user callback is
+/// not waited for (`close` never waits on user code); that thread ends when the callback
+/// returns.
+pub(crate) fn join(thread: Option<Running>) {
+    let Some(Running { handle, ended }) = thread else {
+        return;
+    };
+    if handle.thread().id() == std::thread::current().id() {
+        return;
+    }
+    match ended.recv_timeout(STOP_PATIENCE) {
+        Err(crossbeam::channel::RecvTimeoutError::Disconnected) => {
+            let _ = handle.join();
         }
+        _ => log::debug!(
+            "cylinder: the reaper thread is inside a callback; it ends when the callback returns"
+        ),
     }
 }
 

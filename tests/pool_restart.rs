@@ -143,8 +143,11 @@ fn a_start_that_cannot_start_anything_fails_the_build_with_its_cause() {
     assert_eq!(err.source().unwrap().to_string(), "no database");
 }
 
+/// With nothing running and the last start failed, a blocking checkout waits for the next
+/// start attempt up to its own timeout (backpressure: a retrying client is slowed to the pace
+/// of `reconnect_delay`), then fails with the cause; `try_checkout` fails fast (the fuse).
 #[test]
-fn nothing_running_and_starts_failing_fails_fast_with_the_cause() {
+fn nothing_running_and_starts_failing_blocks_then_fails_with_the_cause() {
     let up = Arc::new(AtomicBool::new(true));
     let switch = up.clone();
     let pool = Pool::builder()
@@ -162,14 +165,21 @@ fn nothing_running_and_starts_failing_fails_fast_with_the_cause() {
     Lease::discard(pool.checkout().unwrap());
     assert!(eventually(SLACK, || pool.stats().starting == 0));
     let began = Instant::now();
-    let err = pool.checkout_timeout(Duration::from_secs(30)).unwrap_err();
+    let err = pool
+        .checkout_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    assert!(
+        began.elapsed() >= Duration::from_millis(300),
+        "a blocking checkout waits for the next attempt, up to its timeout"
+    );
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    let began = Instant::now();
+    let err = pool.try_checkout().unwrap_err();
     assert!(
         began.elapsed() < Duration::from_secs(5),
         "the fuse fails fast"
     );
-    assert!(matches!(err, Error::Disconnected(_)), "{err}");
-    assert_eq!(err.source().unwrap().to_string(), "connection refused");
-    let err = pool.try_checkout().unwrap_err();
     assert_eq!(err.source().unwrap().to_string(), "connection refused");
 }
 

@@ -28,8 +28,6 @@ use crate::worker::Worker;
 pub(crate) struct Member<W> {
     pub(crate) worker: Arc<W>,
     pub(crate) leased: AtomicBool,
-    /// Whether the supervisor was told it is out of service (once per worker).
-    retired: AtomicBool,
 }
 
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
@@ -42,8 +40,8 @@ impl<W> Drop for Snapshot<W> {
     fn drop(&mut self) {
         // The last reference to a worker may be here (a set replaced, the balancer's last
         // handle, a `WorkerRef` outliving both): its `Drop` is user code.
-        contain::dispose(std::mem::take(&mut self.workers));
-        contain::dispose(std::mem::take(&mut self.members));
+        contain::dispose_each(std::mem::take(&mut self.workers));
+        contain::dispose_each(std::mem::take(&mut self.members));
     }
 }
 
@@ -120,6 +118,10 @@ pub(crate) struct WorkerSet<W> {
     min_alive_ratio: f64,
     reconnect_delay: Duration,
     known: Mutex<Known<W>>,
+    /// The workers the supervisor was told are out of service, by identity: each is told
+    /// once. Weak, so that a worker gone for good is forgotten (and its address may be
+    /// reused).
+    retired: Mutex<HashMap<usize, Weak<W>>>,
     reload_state: Mutex<ReloadState>,
     reload_done: Condvar,
     pub(crate) signal: Arc<Signal>,
@@ -148,6 +150,7 @@ impl<W: Worker> WorkerSet<W> {
                 last: HashMap::new(),
                 away: HashMap::new(),
             }),
+            retired: Mutex::new(HashMap::new()),
             reload_state: Mutex::new(ReloadState::default()),
             reload_done: Condvar::new(),
             signal: Arc::new(Signal::default()),
@@ -184,17 +187,29 @@ impl<W: Worker> WorkerSet<W> {
             self.name
         );
         emit(&self.events, Event::WorkerDied);
-        // Told once per worker, with no lock held, so that its next `children` can list a
-        // replacement.
-        let member = &snapshot.members[index];
-        if !member.retired.swap(true, Ordering::AcqRel) {
-            let supervisor = &self.supervisor;
-            if contain::run(|| supervisor.retire(&member.worker)).is_err() {
-                log::error!("cylinder: {}: the supervisor's retire panicked", self.name);
-            }
-        }
+        self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);
+        }
+    }
+
+    /// Tells the supervisor that `worker` is out of service, once per worker, with no lock
+    /// held, so that its next `children` can list a replacement.
+    fn retire_once(&self, worker: &Arc<W>) {
+        let first = {
+            let mut retired = self.retired.lock();
+            // Only weak references are dropped here: no worker's `Drop` runs under the lock.
+            retired.retain(|_, told| told.strong_count() > 0);
+            let told = retired
+                .get(&key(worker))
+                .is_some_and(|told| std::ptr::eq(told.as_ptr(), Arc::as_ptr(worker)));
+            if !told {
+                retired.insert(key(worker), Arc::downgrade(worker));
+            }
+            !told
+        };
+        if first && contain::run(|| self.supervisor.retire(worker)).is_err() {
+            log::error!("cylinder: {}: the supervisor's retire panicked", self.name);
         }
     }
 
@@ -278,7 +293,7 @@ impl<W: Worker> WorkerSet<W> {
         };
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
-        if contain::dispose(dropped) {
+        if contain::dispose_each(dropped) > 0 {
             log::error!("cylinder: {}: a worker's drop panicked", self.name);
         }
         for event in events {
@@ -306,11 +321,15 @@ impl<W: Worker> WorkerSet<W> {
                 return Err(err);
             }
         };
-        // A worker whose `is_alive` panics counts as dead.
-        let live: Vec<Arc<W>> = listed
+        // A worker whose `is_alive` panics counts as dead. The dead are retired (once each)
+        // and dropped later with the rest, contained.
+        let (live, dead): (Vec<Arc<W>>, Vec<Arc<W>>) = listed
             .into_iter()
-            .filter(|w| contain::run(|| w.is_alive()).unwrap_or(false))
-            .collect();
+            .partition(|w| contain::run(|| w.is_alive()).unwrap_or(false));
+        for worker in dead {
+            self.retire_once(&worker);
+            dropped.push(Box::new(worker));
+        }
         if live.is_empty() {
             // Nothing live: the last set's cells stay known, for the reconnect.
             self.disconnect(Cause::message("no live children"), events, dropped);
@@ -338,7 +357,6 @@ impl<W: Worker> WorkerSet<W> {
                             None => Arc::new(Member {
                                 worker,
                                 leased: AtomicBool::new(false),
-                                retired: AtomicBool::new(false),
                             }),
                         }
                     }

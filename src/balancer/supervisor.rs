@@ -112,11 +112,16 @@ impl<W: Worker> Factory<W> {
     /// assert_eq!(factory.children().unwrap().len(), 1);
     /// ```
     pub fn resize(&self, size: usize) {
+        // `is_alive` is user code: asked with no lock held, of the workers as they were.
+        let dead = self.dead_workers();
         let mut gone = Vec::new();
         {
             let mut slots = self.slots.lock();
             while slots.len() > size {
-                let idle = slots.iter().rposition(|s| !alive(&s.worker));
+                let idle = slots.iter().rposition(|s| match &s.worker {
+                    None => true,
+                    Some(w) => dead.iter().any(|d| Arc::ptr_eq(d, w)),
+                });
                 let last = slots.len() - 1;
                 gone.push(slots.remove(idle.unwrap_or(last)).worker);
             }
@@ -128,7 +133,8 @@ impl<W: Worker> Factory<W> {
             }
         }
         // A worker's `Drop` is user code: never under the factory's lock, and contained.
-        crate::contain::dispose(gone);
+        drop(dead);
+        crate::contain::dispose_each(gone);
     }
 
     /// How many workers were started in place of a dead or retired one.
@@ -153,7 +159,7 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
         let mut gone = Vec::new();
         let listed = self.list(&mut gone);
         // The dead workers replaced go with no lock held, their `Drop` contained.
-        crate::contain::dispose(gone);
+        crate::contain::dispose_each(gone);
         listed
     }
 
@@ -172,42 +178,78 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
 impl<W> Drop for Factory<W> {
     fn drop(&mut self) {
         // Its workers' `Drop` is user code.
-        crate::contain::dispose(std::mem::take(&mut *self.slots.lock()));
+        crate::contain::dispose_each(std::mem::take(&mut *self.slots.lock()));
     }
 }
 
-/// Whether a slot holds a live worker (a panicking `is_alive` counts as dead).
-fn alive<W: Worker>(worker: &Option<Arc<W>>) -> bool {
-    worker
-        .as_ref()
-        .is_some_and(|w| crate::contain::run(|| w.is_alive()).unwrap_or(false))
-}
-
 impl<W: Worker> Factory<W> {
-    /// Starts a worker in every empty or dead slot and lists the live ones; the workers
-    /// replaced go to `gone`, for the caller to drop once the lock is let go.
+    /// The workers whose `is_alive` says false (or panics), asked with no lock held.
+    fn dead_workers(&self) -> Vec<Arc<W>> {
+        let workers: Vec<Arc<W>> = self
+            .slots
+            .lock()
+            .iter()
+            .filter_map(|s| s.worker.clone())
+            .collect();
+        workers
+            .into_iter()
+            .filter(|w| !crate::contain::run(|| w.is_alive()).unwrap_or(false))
+            .collect()
+    }
+
+    /// Starts a worker for every empty or dead slot and lists the live ones. User code (the
+    /// start, `is_alive`) runs with no lock held, so `retire`, `resize` and `Debug` never wait
+    /// on a slow start: the slots are read, the starts run, and each new worker goes in only
+    /// if its slot still holds what was read (else it goes, with the workers replaced, to
+    /// `gone`, for the caller to drop once no lock is held).
     fn list(&self, gone: &mut Vec<Option<Arc<W>>>) -> Result<Vec<Arc<W>>, BoxError> {
-        let mut slots = self.slots.lock();
+        let seen: Vec<Option<Arc<W>>> =
+            self.slots.lock().iter().map(|s| s.worker.clone()).collect();
+        let mut started = Vec::new();
+        let mut failed = Vec::new();
         let mut failure = None;
-        for slot in slots.iter_mut() {
-            if alive(&slot.worker) {
+        for (index, worker) in seen.iter().enumerate() {
+            if worker
+                .as_ref()
+                .is_some_and(|w| crate::contain::run(|| w.is_alive()).unwrap_or(false))
+            {
                 continue;
             }
-            gone.push(slot.worker.take());
             match crate::contain::call(|| (self.start)()).map_err(Error::Disconnected) {
-                Ok(worker) => {
-                    if slot.started_before {
-                        self.restarts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    slot.worker = Some(Arc::new(worker));
-                    slot.started_before = true;
-                }
+                Ok(new) => started.push((index, Arc::new(new))),
                 Err(err) => {
-                    slot.worker = None;
+                    failed.push(index);
                     failure = Some(err);
                 }
             }
         }
+        let same = |a: &Option<Arc<W>>, b: &Option<Arc<W>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut slots = self.slots.lock();
+        for (index, new) in started {
+            match slots.get_mut(index) {
+                Some(slot) if same(&slot.worker, &seen[index]) => {
+                    if slot.started_before {
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    gone.push(slot.worker.replace(new));
+                    slot.started_before = true;
+                }
+                _ => gone.push(Some(new)),
+            }
+        }
+        for index in failed {
+            if let Some(slot) = slots.get_mut(index) {
+                if same(&slot.worker, &seen[index]) {
+                    gone.push(slot.worker.take());
+                }
+            }
+        }
+        // What was read may hold the last reference to a worker replaced meanwhile.
+        gone.extend(seen);
         let live: Vec<Arc<W>> = slots.iter().filter_map(|s| s.worker.clone()).collect();
         match failure {
             // The start's own error (or panic) is the cause, once: not wrapped in a second

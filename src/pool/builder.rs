@@ -13,6 +13,11 @@ pub const MAX_POOL_SIZE: usize = 1 << 20;
 
 /// What happens to a lease whose client panics while holding it.
 ///
+/// A panic counts only if it began while the lease was held: a lease taken and returned in a
+/// `Drop` that runs during an unrelated panic is released as usual. (A lease taken during an
+/// unwinding cannot tell a second panic that begins while it is held from the first: std says
+/// whether a thread unwinds, not which panic; such a lease is released.)
+///
 /// ```
 /// use cylinder::{OnClientPanic, Pool};
 ///

@@ -672,16 +672,16 @@ impl<W: Send + 'static> Shared<W> {
         let stripe = Stripe::current();
         // Read the clock only if this checkout has to wait.
         let mut deadline = None;
+        // Backpressure: with the fuse blown, this checkout waits for the next start attempt
+        // (not for one that failed before it came; a worker it meets dead on arrival counts)
+        // and leaves with that attempt's cause, so a client retrying against a dead server is
+        // slowed to the pace of `reconnect_delay`.
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
         loop {
             self.check_open()?;
             let entry = match self.free.take(stripe) {
                 Some(entry) => entry,
                 None => {
-                    // Backpressure: with the fuse blown, this checkout waits for the next
-                    // start attempt (not for one that failed before it came) and leaves with
-                    // that attempt's cause, so a client retrying against a dead server is
-                    // slowed to the pace of `reconnect_delay`.
-                    let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
                     self.never_again()?;
                     let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
                     self.wait_for(stripe, deadline, timeout, failed_before)?
@@ -728,14 +728,25 @@ impl<W: Send + 'static> Shared<W> {
         // Closed meanwhile: say so, not "busy".
         self.check_open()?;
         self.fuse()?;
-        // Nothing open yet and starts on their way (a lazy pool just built): no worker is
-        // busy, so this waits for the first to come, as a start on this thread would.
+        // Nothing open and starts failing, a retry on its way: down, not busy.
+        if self.counts.open() == 0 && self.failing.load(Ordering::Acquire) {
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        // Nothing open yet and starts on their way, none failed (a lazy pool just built): no
+        // worker is busy, so this waits for the first to come, as a start on this thread
+        // would.
         if self.counts.open() == 0 && self.counts.starting() > 0 {
             let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
             let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
             let entry = self.wait_for(stripe, deadline_after(waited), waited, failed_before)?;
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
+            }
+            // Dead on arrival: a failed start, not a busy pool.
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
             }
         }
         emit(&self.events, Event::Overload);
@@ -1000,6 +1011,17 @@ impl<W: Send + 'static> Shared<W> {
     /// first; see `wait_for`).
     fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
         if self.counts.release_above(floor) {
+            self.closed_above(entry);
+            None
+        } else {
+            Some(entry)
+        }
+    }
+
+    /// Closes a worker already counted out by `Counts::release_above`, and restarts one if a
+    /// waiter or `min_idle` needs it.
+    fn closed_above(&self, entry: Box<Entry<W>>) {
+        {
             drop_worker(&self.name, entry);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
             // against a waiter's registration and fence, then its claim (`start_for_line`):
@@ -1011,9 +1033,6 @@ impl<W: Send + 'static> Shared<W> {
             {
                 self.refill();
             }
-            None
-        } else {
-            Some(entry)
         }
     }
 
@@ -1045,19 +1064,23 @@ impl<W: Send + 'static> Shared<W> {
                 entry.id
             ),
         }
-        self.close_worker(entry);
-        emit(&self.events, event.clone());
+        // Counted out and its replacement claimed before any user code runs (its `Drop`, the
+        // event callback): a callback that blocks must not hold back the replacement.
+        self.counts.release();
         if dead_on_arrival && matches!(event, Event::CheckFailed | Event::WorkerDied) {
             let cause = cause.unwrap_or_else(|| {
                 Cause::message(format!("worker {id} died before its first lease"))
             });
             self.note_failure(cause);
-            return self.refill();
+            self.refill();
+        } else {
+            if let Some(cause) = cause {
+                self.keep_cause(cause);
+            }
+            self.replace();
         }
-        if let Some(cause) = cause {
-            self.keep_cause(cause);
-        }
-        self.replace();
+        drop_worker(&self.name, entry);
+        emit(&self.events, event);
     }
 
     /// Detaches a leased worker: the pool forgets it and starts another.
@@ -1152,6 +1175,32 @@ impl<W: Send + 'static> Shared<W> {
         // code, and may call into the pool.
         let replaced = self.failure.lock().replace((cause, Instant::now()));
         contain::dispose(replaced);
+    }
+}
+
+impl<W: Send + 'static> Drop for Shared<W> {
+    fn drop(&mut self) {
+        // What the pool keeps of the user's is user code to drop: the last start error, the
+        // manager or start closure, the event callback (the last `Arc` to the pool may be
+        // held by a start thread, which must not die of it, or by the caller's last handle).
+        let failure = self.failure.lock().take();
+        contain::dispose(failure);
+        contain::dispose(std::mem::replace(
+            &mut self.manager,
+            Box::new(Gone(Default::default())),
+        ));
+        contain::dispose(self.events.take());
+    }
+}
+
+/// The manager left in a pool being dropped, once the user's is gone.
+struct Gone<W>(std::marker::PhantomData<fn() -> W>);
+
+impl<W: Send + 'static> Manager for Gone<W> {
+    type Worker = W;
+
+    fn start(&self) -> Result<W, crate::error::BoxError> {
+        Err("the pool is gone".into())
     }
 }
 

@@ -58,42 +58,48 @@ impl<W: Send + 'static> Shared<W> {
         Some((shortest / 4).clamp(MIN_TICK, Duration::from_secs(60)))
     }
 
-    /// Looks over the free workers, one at a time: closes those past `max_lifetime` (and
+    /// Looks over the free workers: closes those past `max_lifetime` or found dead (and
     /// starts others in their place), and those idle past `idle_timeout` while more than
-    /// `min_idle` are open.
+    /// `min_idle` are open. The ones kept go back before any of that runs user code (a
+    /// worker's `Drop`, an event callback), so a callback that blocks holds back no free
+    /// worker.
     fn sweep(&self, now: Instant) {
         let stripe = Stripe::current();
         let mut keep = Vec::new();
+        let mut retiring = Vec::new();
+        let mut idle_closing = Vec::new();
         for _ in 0..self.free.len() {
             let Some(entry) = self.free.take(stripe) else {
                 break;
             };
             if self.expired(&entry, now) {
-                self.retire(entry, Retire::Expired);
-                continue;
+                retiring.push((entry, Retire::Expired));
+            } else if self.is_dead(&entry) {
+                retiring.push((entry, Retire::Died));
+            } else if self.idle_timeout.is_some_and(|limit| {
+                now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born)) >= limit
+            }) && self
+                .counts
+                .release_above(self.min_idle.load(Ordering::Relaxed))
+            {
+                idle_closing.push(entry);
+            } else {
+                keep.push(entry);
             }
-            if self.is_dead(&entry) {
-                self.retire(entry, Retire::Died);
-                continue;
-            }
-            let idle_for = now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born));
-            if self.idle_timeout.is_some_and(|limit| idle_for >= limit) {
-                match self.close_above(entry, self.min_idle.load(Ordering::Relaxed)) {
-                    None => {
-                        log::debug!("cylinder: {}: closed an idle worker", self.name);
-                        emit(&self.events, Event::WorkerIdleClosed);
-                    }
-                    Some(entry) => keep.push(entry),
-                }
-                continue;
-            }
-            keep.push(entry);
         }
         // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
         // last in line (`Fifo`), as it was before the sweep.
         keep.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
         for entry in keep {
             self.put_back(entry, stripe);
+        }
+        for entry in idle_closing {
+            self.closed_above(entry);
+            log::debug!("cylinder: {}: closed an idle worker", self.name);
+            emit(&self.events, Event::WorkerIdleClosed);
+        }
+        for (entry, why) in retiring {
+            self.retire(entry, why);
         }
     }
 }
