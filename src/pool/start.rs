@@ -232,6 +232,9 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     fn refill_within(&self, despite_backoff: bool) {
+        if !self.has_room() {
+            return;
+        }
         let claimed = {
             // One decision at a time: two callers reading the same shortage must not both
             // claim a start for it.
@@ -262,9 +265,14 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Waiters in line that no start and no free worker is on its way for.
     fn line_short(&self) -> usize {
-        self.waiters
+        let needed = self
+            .waiters
             .unserved()
-            .saturating_sub(self.counts.starting() + self.free.len())
+            .saturating_sub(self.counts.starting());
+        if needed == 0 {
+            return 0;
+        }
+        needed.saturating_sub(self.free.len())
     }
 
     /// A blocking checkout is in line: if the pool may open another worker (overflow, or
@@ -272,7 +280,10 @@ impl<W: Send + 'static> Shared<W> {
     /// thread opens it and it is offered to the line, so the caller waits no longer than its
     /// timeout, however slow the start.
     pub(crate) fn start_for_line(&self) {
-        if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
+        if !self.has_room()
+            || self.closed.load(Ordering::Acquire)
+            || self.backoff_left(Instant::now()).is_some()
+        {
             return;
         }
         let claimed = {
