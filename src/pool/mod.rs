@@ -20,7 +20,7 @@
 //! | — | claimed | `try_checkout` found nothing free, the pool has room | as above | `start_for_caller` |
 //! | claimed | — | `close`; a failed start drops the claims still waiting | `total` −1, `starting` −1 | `Counts::cancel_pending` |
 //! | claimed | starting | a start thread takes it up (not once closed) | claim guarded | `run_starter`, `run_claim` |
-//! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 | `deliver` |
+//! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
 //! | idle | leased | a checkout; the check passes | `checkouts` +1 | `admit` |
 //! | idle | closing | the check fails or it is dead (before its first lease: a failed start) | `total` −1 | `retire` |
@@ -1064,9 +1064,10 @@ impl<W: Send + 'static> Shared<W> {
                 entry.id
             ),
         }
-        // Counted out and its replacement claimed before any user code runs (its `Drop`, the
-        // event callback): a callback that blocks must not hold back the replacement.
-        self.counts.release();
+        // Closed first (its `Drop` ends before a replacement may start, so no more than the
+        // pool's limit are ever alive at once), then its replacement claimed, then the event:
+        // a callback that blocks must not hold back the replacement.
+        self.close_worker(entry);
         if dead_on_arrival && matches!(event, Event::CheckFailed | Event::WorkerDied) {
             let cause = cause.unwrap_or_else(|| {
                 Cause::message(format!("worker {id} died before its first lease"))
@@ -1079,7 +1080,6 @@ impl<W: Send + 'static> Shared<W> {
             }
             self.replace();
         }
-        drop_worker(&self.name, entry);
         emit(&self.events, event);
     }
 

@@ -29,6 +29,10 @@ pub(crate) struct Counts {
     starting: AtomicUsize,
     /// Starts claimed that no start thread has taken up yet.
     pending: AtomicUsize,
+    /// Workers started and counted open, on their way into the free list or to a waiter:
+    /// the line counts them as on its way (as a start), so no second start is claimed for
+    /// the waiter one of them will serve.
+    delivering: AtomicUsize,
     /// Start threads running.
     starters: AtomicUsize,
     /// Threads running a start under `start_timeout`, given up on or not: a start that hangs
@@ -50,11 +54,27 @@ pub(crate) struct Claim<'a> {
     counts: &'a Counts,
 }
 
-impl Claim<'_> {
-    /// The worker it was for is in the pool now (or was closed, which counted it out).
-    fn joined(self) {
-        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
+impl<'a> Claim<'a> {
+    /// The worker it was for is open: counted open (in `total`, no longer `starting`) and,
+    /// until the guard returned drops, on its way into the pool.
+    fn joined(self) -> Delivering<'a> {
+        let counts = self.counts;
+        // Counted on its way before it stops counting as starting: the line never sees it
+        // as neither.
+        counts.delivering.fetch_add(1, Ordering::SeqCst);
+        counts.starting.fetch_sub(1, Ordering::SeqCst);
         std::mem::forget(self);
+        Delivering(counts)
+    }
+}
+
+/// A started worker on its way into the pool (see `Counts::delivering`).
+#[must_use]
+struct Delivering<'a>(&'a Counts);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        self.0.delivering.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -268,7 +288,7 @@ impl<W: Send + 'static> Shared<W> {
         let needed = self
             .waiters
             .unserved()
-            .saturating_sub(self.counts.starting());
+            .saturating_sub(self.counts.starting() + self.counts.delivering.load(Ordering::SeqCst));
         if needed == 0 {
             return 0;
         }
@@ -306,7 +326,8 @@ impl<W: Send + 'static> Shared<W> {
         match self.open_worker() {
             Ok(worker) => {
                 let (entry, event) = self.joined(worker);
-                claim.joined();
+                // For this caller, not the line.
+                drop(claim.joined());
                 // While it ran, this start counted as on its way to the line: a waiter that
                 // came meanwhile claimed none (`start_for_line`, `wanted`). Ask for one now.
                 if self.waiters.has_unserved() && self.has_room() {
@@ -523,18 +544,20 @@ impl<W: Send + 'static> Shared<W> {
         outcome
     }
 
-    /// A new worker joins: to a waiter, or the free list; its claim is counted done only
-    /// then, so the line never sees it neither starting nor free. The event is reported once
-    /// the worker is in the pool: a callback that checks out (or blocks) must not hold back
-    /// the very worker it reports.
+    /// A new worker joins: to a waiter, or the free list. It counts as open at once (a lease
+    /// of it is never seen as a start) and as on its way to the line until it is in the pool,
+    /// so the line never sees it as neither. The event is reported once the worker is in the
+    /// pool: a callback that checks out (or blocks) must not hold back the very worker it
+    /// reports.
     fn deliver(&self, worker: W, claim: Claim<'_>) {
         let (entry, event) = self.joined(worker);
+        let delivering = claim.joined();
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
         } else {
             self.put_back(entry, Stripe::current());
         }
-        claim.joined();
+        drop(delivering);
         // A waiter that came while this start still counted as on its way to the line (it
         // was handed to another, or kept free) claimed none: claim one for it now. The
         // `SeqCst` count above, then the look for waiters, against the waiter's registration,

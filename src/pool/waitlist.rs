@@ -184,6 +184,7 @@ impl<T> WaitList<T> {
         registered();
         let mut line = self.line.lock();
         let mut timed_out = false;
+        let mut served = false;
         let (at, outcome) = loop {
             let at = line
                 .entries
@@ -194,12 +195,17 @@ impl<T> WaitList<T> {
                 break (at, Err(WaitError::Closed));
             }
             if let Some(item) = line.entries[at].handed.take() {
-                self.handed.fetch_sub(1, Ordering::SeqCst);
+                served = true;
                 break (at, Ok(item));
             }
+            // Counted as served while it looks, so that a start decision made meanwhile
+            // never sees the item gone from the free list and this waiter still unserved.
+            self.handed.fetch_add(1, Ordering::SeqCst);
             if let Some(item) = take() {
+                served = true;
                 break (at, Ok(item));
             }
+            self.handed.fetch_sub(1, Ordering::SeqCst);
             if give_up() {
                 break (at, Err(WaitError::GaveUp));
             }
@@ -218,10 +224,12 @@ impl<T> WaitList<T> {
             .entries
             .remove(at)
             .expect("the entry was found just now");
-        if entry.handed.is_some() {
+        // Out of `waiting` before out of `handed` (`unserved` reads them the other way
+        // round): a served waiter leaving is never seen as an unserved one.
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if served || entry.handed.is_some() {
             self.handed.fetch_sub(1, Ordering::SeqCst);
         }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
         // It was on its way for a queued item (and may have been handed another, or found
         // none): items still queued are owed waiters on their way.
         if entry.woken && !line.closed {
