@@ -39,10 +39,14 @@ impl Example {
             add: Pool::builder()
                 .size(8)
                 .name("add")
+                // A pool of actors replaces one whose handler panicked: this line tells it
+                // how to see that an actor died.
+                .is_alive(Actor::is_alive)
                 .build(|| Ok(Actor::spawn(AddWorker)?))?,
             square: Pool::builder()
                 .size(4)
                 .name("square")
+                .is_alive(Actor::is_alive)
                 .build(|| Ok(Actor::spawn(SquareWorker)?))?,
         })
     }

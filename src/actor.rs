@@ -686,7 +686,6 @@ impl<B: Behaviour> Actor<B> {
     /// ```
     pub fn spawn(behaviour: B) -> std::io::Result<Self> {
         // Pools of actors retire dead ones with no configuration.
-        crate::worker::liveness::register::<Self>();
         let shared = Arc::new(Shared {
             mailbox: Mailbox {
                 queue: Mutex::new(Queue {

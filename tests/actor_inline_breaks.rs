@@ -365,6 +365,7 @@ fn a_pool_replaces_an_actor_whose_inline_handler_panicked() {
     quiet_panics();
     let pool = Pool::builder()
         .size(1)
+        .is_alive(Actor::is_alive)
         .build(|| Ok(Actor::spawn(Target::default())?))
         .unwrap();
     let died = pool.transaction(|actor| actor.call(Ask::Crash)).unwrap();

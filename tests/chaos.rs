@@ -384,6 +384,7 @@ fn members(
     let (down, dead_on_arrival) = (down.clone(), dead_on_arrival.clone());
     let serial = AtomicU64::new(0);
     let builder = Pool::builder()
+        .is_alive(|member: &Member| member.thread.is_alive())
         .is_broken(|member: &mut Member| !member.thread.is_alive())
         .checkout_timeout(Duration::from_millis(50))
         .reconnect_delay(Duration::from_millis(5));

@@ -298,6 +298,7 @@ fn workers_dead_on_arrival_are_restarted_once_per_reconnect_delay_not_in_a_tight
     let pool = Pool::builder()
         .size(2)
         .reconnect_delay(Duration::from_millis(100))
+        .is_alive(Actor::is_alive)
         .build_unchecked(move || -> Result<Actor<DiesAtOnce>, BoxError> {
             if counted.fetch_add(1, Ordering::SeqCst) >= START_CAP {
                 return Err("start cap reached".into());

@@ -233,6 +233,7 @@ impl Behaviour for Fragile {
 fn a_pool_of_actors_replaces_a_dead_actor_with_no_configuration() {
     let pool = Pool::builder()
         .size(2)
+        .is_alive(Actor::is_alive)
         .build(|| Ok(Actor::spawn(Fragile)?))
         .unwrap();
     let crashed = pool.transaction(|actor| actor.call(true)).unwrap();

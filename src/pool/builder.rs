@@ -94,6 +94,7 @@ pub struct PoolBuilder<W> {
     check: Option<super::manager::CheckFn<W>>,
     is_broken: Option<super::manager::BrokenFn<W>>,
     reset: Option<super::manager::CheckFn<W>>,
+    is_alive: Option<super::manager::AliveFn<W>>,
 }
 
 impl<W> Default for PoolBuilder<W> {
@@ -117,6 +118,7 @@ impl<W> Default for PoolBuilder<W> {
             check: None,
             is_broken: None,
             reset: None,
+            is_alive: None,
         }
     }
 }
@@ -442,6 +444,33 @@ impl<W: Send + 'static> PoolBuilder<W> {
         self
     }
 
+    /// How to tell whether a worker can still serve, by a look that needs no exclusive use
+    /// (see [`Manager::is_alive`]): asked before each lease, on return, by the reaper's
+    /// sweep, and right after each start (`false` there is a failed start: dead on arrival).
+    /// A dead worker is retired and replaced. For a pool of [`Actor`](crate::Actor)s:
+    /// `.is_alive(Actor::is_alive)`; for a type with `cylinder::Worker`: `.is_alive(T::is_alive)`.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use cylinder::Pool;
+    ///
+    /// struct Conn { open: AtomicBool }
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .is_alive(|conn: &Conn| conn.open.load(Ordering::Acquire))
+    ///     .build(|| Ok(Conn { open: AtomicBool::new(true) }))
+    ///     .unwrap();
+    /// let lease = pool.checkout().unwrap();
+    /// lease.open.store(false, Ordering::Release); // the server hung up
+    /// drop(lease); // found dead on return: dropped, and another started in its place
+    /// assert!(pool.checkout().unwrap().open.load(Ordering::Acquire));
+    /// ```
+    pub fn is_alive(mut self, test: impl Fn(&W) -> bool + Send + Sync + 'static) -> Self {
+        self.is_alive = Some(Box::new(test));
+        self
+    }
+
     /// A callback for lifecycle [`Event`]s, e.g. to feed metrics. It runs on the thread where
     /// the event happens, with no pool lock held; a panic in it is contained and logged.
     ///
@@ -590,6 +619,7 @@ impl<W: Send + 'static> PoolBuilder<W> {
             check: self.check.take(),
             is_broken: self.is_broken.take(),
             reset: self.reset.take(),
+            is_alive: self.is_alive.take(),
         };
         (self, hooks)
     }
@@ -663,6 +693,7 @@ impl<W> std::fmt::Debug for PoolBuilder<W> {
             .field("check_on_checkout", &self.check_on_checkout)
             .field("is_broken", &self.is_broken.is_some())
             .field("reset", &self.reset.is_some())
+            .field("is_alive", &self.is_alive.is_some())
             .field("on_event", &self.events.is_some())
             .field("name", &self.name)
             .finish()

@@ -63,6 +63,19 @@ pub trait Manager: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a worker can still serve, by a look that needs no exclusive use (a thread's
+    /// liveness, a connection's closed flag): asked before each lease, on return, by the
+    /// reaper's sweep, and right after the worker's start, where `false` makes the start a
+    /// failed one (dead on arrival). `false` retires the worker. Default: always alive.
+    ///
+    /// Any type can answer it; for a pool of [`Actor`](crate::Actor)s it is
+    /// [`Actor::is_alive`](crate::Actor::is_alive) (with the builder's
+    /// [`is_alive`](crate::PoolBuilder::is_alive) option: `.is_alive(Actor::is_alive)`).
+    fn is_alive(&self, worker: &Self::Worker) -> bool {
+        let _ = worker;
+        true
+    }
+
     /// A quick test on return (r2d2's `has_broken`): `true` retires the worker. Default:
     /// never broken.
     fn is_broken(&self, worker: &mut Self::Worker) -> bool {
@@ -112,6 +125,7 @@ impl<E: Into<BoxError>> CheckOutcome for Result<(), E> {
 type StartFn<W> = Box<dyn Fn() -> Result<W, BoxError> + Send + Sync>;
 pub(crate) type CheckFn<W> = Box<dyn Fn(&mut W) -> Result<(), BoxError> + Send + Sync>;
 pub(crate) type BrokenFn<W> = Box<dyn Fn(&mut W) -> bool + Send + Sync>;
+pub(crate) type AliveFn<W> = Box<dyn Fn(&W) -> bool + Send + Sync>;
 
 /// A manager made of a start closure and the hooks set on the builder.
 pub(crate) struct Hooks<W> {
@@ -119,6 +133,7 @@ pub(crate) struct Hooks<W> {
     pub(crate) check: Option<CheckFn<W>>,
     pub(crate) is_broken: Option<BrokenFn<W>>,
     pub(crate) reset: Option<CheckFn<W>>,
+    pub(crate) is_alive: Option<AliveFn<W>>,
 }
 
 impl<W: Send + 'static> Manager for Hooks<W> {
@@ -136,6 +151,10 @@ impl<W: Send + 'static> Manager for Hooks<W> {
         self.is_broken.as_ref().is_some_and(|test| test(worker))
     }
 
+    fn is_alive(&self, worker: &W) -> bool {
+        self.is_alive.as_ref().map_or(true, |test| test(worker))
+    }
+
     fn reset(&self, worker: &mut W) -> Result<(), BoxError> {
         self.reset.as_ref().map_or(Ok(()), |reset| reset(worker))
     }
@@ -148,6 +167,7 @@ pub(crate) struct Uses {
     pub(crate) check: bool,
     pub(crate) is_broken: bool,
     pub(crate) reset: bool,
+    pub(crate) is_alive: bool,
 }
 
 impl Uses {
@@ -155,6 +175,7 @@ impl Uses {
         check: true,
         is_broken: true,
         reset: true,
+        is_alive: true,
     };
 
     pub(crate) fn of<W>(hooks: &Hooks<W>) -> Uses {
@@ -162,6 +183,7 @@ impl Uses {
             check: hooks.check.is_some(),
             is_broken: hooks.is_broken.is_some(),
             reset: hooks.reset.is_some(),
+            is_alive: hooks.is_alive.is_some(),
         }
     }
 }

@@ -51,7 +51,7 @@ pub use free::QueueMode;
 pub use lease::{Lease, OwnedLease};
 pub use manager::{CheckOutcome, Manager};
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::contain;
@@ -62,7 +62,6 @@ use crate::stripe::{Stripe, StripedCounter};
 use crate::sync::{
     deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
-use crate::worker::liveness;
 use free::FreeList;
 use manager::Uses;
 use start::Counts;
@@ -176,8 +175,6 @@ pub(crate) struct Shared<W: Send + 'static> {
     on_client_panic: OnClientPanic,
     events: Option<EventHook>,
     watch: Option<LeaseWatch>,
-    /// How to tell a dead worker, for types that know (see `worker::liveness`).
-    liveness: OnceLock<liveness::IsAlive>,
     /// Held while deciding how many starts to claim for the line and `min_idle`, so that two
     /// callers reading the same shortage do not both claim a start for it.
     deciding: Mutex<()>,
@@ -297,7 +294,6 @@ impl<W: Send + 'static> Pool<W> {
             on_client_panic: options.on_client_panic,
             events: options.events.clone(),
             watch: options.warn_after.map(LeaseWatch::new),
-            liveness: OnceLock::new(),
             deciding: Mutex::new(()),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
@@ -853,22 +849,13 @@ impl<W: Send + 'static> Shared<W> {
 
     #[inline]
     fn is_dead(&self, entry: &Entry<W>) -> bool {
-        self.liveness.get().is_some_and(|is_alive| {
-            // A panicking liveness test counts as dead.
-            !contain::run(|| is_alive(&entry.worker)).unwrap_or(false)
-        })
+        !self.worker_alive(&entry.worker)
     }
 
-    /// Whether a new worker is alive, for types that can tell (their liveness test is looked
-    /// up once their first value exists).
+    /// The `is_alive` hook's answer (a panic in it counts as dead).
+    #[inline]
     pub(crate) fn worker_alive(&self, worker: &W) -> bool {
-        let is_alive = match self.liveness.get() {
-            Some(is_alive) => Some(*is_alive),
-            None => liveness::of::<W>().map(|is_alive| *self.liveness.get_or_init(|| is_alive)),
-        };
-        is_alive.map_or(true, |is_alive| {
-            contain::run(|| is_alive(worker)).unwrap_or(false)
-        })
+        !self.uses.is_alive || contain::run(|| self.manager.is_alive(worker)).unwrap_or(false)
     }
 
     /// Drops a worker that was never counted in (a start given up or failed), contained.
