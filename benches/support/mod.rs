@@ -1,6 +1,6 @@
 //! The pools under comparison, set up alike (8 workers, no per-checkout validation), and a
 //! runner that starts N threads together. Shared by the criterion benches and by
-//! `examples/throughput.rs`.
+//! `throughput.rs`, the example beside them.
 #![allow(dead_code)]
 
 use std::hint::black_box;
