@@ -136,7 +136,7 @@ pub fn echo_pool<const INLINE: bool>(size: usize) -> Pool<Actor<Echo<INLINE>>> {
 }
 
 /// Holds a lease for a short while, as the `contended` group does: ten spin-loop hints,
-/// about 0.26 µs on the 2-core machine of the README's table.
+/// about 0.26 µs on the 2-core machine of BENCHMARKS.md.
 pub fn short_spin() {
     for _ in 0..10 {
         std::hint::spin_loop();
