@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away PostgreSQL cluster for the real-database tests (tests/postgres.rs).
+# A throw-away PostgreSQL cluster for the real-database tests (db-tests/tests/postgres.rs).
 #
 # Sourced (what .ci/run does):
 #     . .ci/postgres.sh

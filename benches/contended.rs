@@ -1,6 +1,6 @@
 //! `contended`: 8 threads over 2 workers, each lease held for a short spin. cylinder's
 //! blocking `checkout()` against r2d2's `get()` (both block). Times are per checkout on each
-//! thread; `examples/throughput.rs` also reports the worst single wait.
+//! thread; `throughput.rs` (an example of this member) also reports the worst single wait.
 
 mod support;
 

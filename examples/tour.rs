@@ -1,10 +1,14 @@
-//! revolver's README, as a program: a supervisor of worker threads, round-robin `get()`,
-//! `map` over the members, the supervisor stopped (→ `Disconnected`) and started again
-//! (→ reconnected by itself), `connect()`, and revolver's lease mode (`Balancer::lease`,
-//! `Balancer::transaction`). Each Erlang shell line is printed with the Rust call beside it.
+//! A tour of the balancer: a supervisor of two worker threads, round-robin `get()`, options,
+//! `map` over the workers, the supervisor stopped (→ `Disconnected`) and started again
+//! (→ reconnected by itself), `connect()`, and lease mode (`Balancer::lease`,
+//! `Balancer::transaction`). Each step prints the Rust call and what it returned; the name
+//! of the same call in revolver, the Erlang balancer this one follows, is a trailing remark.
+//! Lines starting with `log:` are the balancer's own reports through the `log` crate (where
+//! `worker I` is the worker's place in the set).
 //!
 //! Run it with `cargo run --example tour`.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -12,80 +16,92 @@ use std::time::{Duration, Instant};
 
 use cylinder::{Actor, Balancer, Behaviour, BoxError, Error, Supervisor, Worker};
 
-/// A worker thread that answers status requests, like the processes under `sasl_sup`.
+/// What each worker thread does: answers a status request.
 struct Status;
 
 impl Behaviour for Status {
     type Request = ();
     type Reply = &'static str;
     fn handle_call(&mut self, (): ()) -> &'static str {
-        "waiting"
+        "ready"
     }
 }
 
-/// A "process": a worker thread with a printable pid.
-struct Process {
-    pid: usize,
-    thread: Actor<Status>,
+/// A worker: a thread with a mailbox, and a number to tell it by.
+struct Member {
+    id: usize,
+    actor: Actor<Status>,
 }
 
-impl Worker for Process {
+impl Worker for Member {
     fn is_alive(&self) -> bool {
-        self.thread.is_alive()
+        self.actor.is_alive()
     }
     fn queue_len(&self) -> Option<usize> {
-        self.thread.queue_len()
+        self.actor.queue_len()
     }
 }
 
-impl std::fmt::Display for Process {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<0.{}.0>", self.pid)
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {}", self.id)
     }
 }
 
-/// An application with a supervisor of two processes that can be stopped and started, like
-/// `application:start(sasl)` / `application:stop(sasl)`.
+/// A supervisor of two workers that can be stopped and started again (its workers then
+/// have new numbers).
 #[derive(Clone, Default)]
-struct Application {
-    children: Arc<Mutex<Option<Vec<Arc<Process>>>>>,
-    next_pid: Arc<AtomicUsize>,
+struct Crew {
+    children: Arc<Mutex<Option<Vec<Arc<Member>>>>>,
+    started: Arc<AtomicUsize>,
 }
 
-impl Application {
-    fn start(&self) -> Result<(), BoxError> {
+impl Crew {
+    fn start(&self) -> Result<String, BoxError> {
         let mut children = Vec::new();
         for _ in 0..2 {
-            let pid = 37 + 3 * self.next_pid.fetch_add(1, Ordering::SeqCst);
-            children.push(Arc::new(Process {
-                pid,
-                thread: Actor::spawn(Status)?,
+            let id = self.started.fetch_add(1, Ordering::SeqCst);
+            children.push(Arc::new(Member {
+                id,
+                actor: Actor::spawn(Status)?,
             }));
         }
+        let names = list(&children);
         *self.children.lock().unwrap() = Some(children);
-        Ok(())
+        Ok(format!("{names} running"))
     }
 
-    fn stop(&self) {
-        if let Some(children) = self.children.lock().unwrap().take() {
-            for child in children {
-                child.thread.stop();
+    fn stop(&self) -> String {
+        match self.children.lock().unwrap().take() {
+            Some(children) => {
+                for child in &children {
+                    child.actor.stop();
+                }
+                format!("{} stopped", list(&children))
             }
+            None => "not running".to_string(),
         }
     }
 }
 
-impl Supervisor<Process> for Application {
-    fn children(&self) -> Result<Vec<Arc<Process>>, BoxError> {
+impl Supervisor<Member> for Crew {
+    fn children(&self) -> Result<Vec<Arc<Member>>, BoxError> {
         self.children
             .lock()
             .unwrap()
             .clone()
-            .ok_or_else(|| "supervisor sasl_sup not running".into())
+            .ok_or_else(|| "the supervisor is not running".into())
     }
 }
 
-/// Prints the crate's `log` reports the way the Erlang shell shows them.
+fn list(children: &[Arc<Member>]) -> String {
+    let names: Vec<String> = children.iter().map(|c| c.to_string()).collect();
+    names.join(" and ")
+}
+
+/// The balancer's `log` reports, kept until the step that caused them is printed.
+static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 struct Reports;
 
 impl log::Log for Reports {
@@ -94,32 +110,35 @@ impl log::Log for Reports {
     }
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            let kind = if record.level() <= log::Level::Warn {
-                "ERROR"
-            } else {
-                "INFO"
-            };
-            println!("=={kind} REPORT==== {}", record.args());
+            let line = format!("    log: {} {}", record.level(), record.args());
+            REPORTS.lock().unwrap().push(line);
         }
     }
     fn flush(&self) {}
 }
 
-fn show<T: std::fmt::Display>(result: &Result<T, Error>) -> String {
-    match result {
-        Ok(value) => value.to_string(),
-        Err(Error::Disconnected(cause)) => {
-            format!("{{error,disconnected}}  // Err(Disconnected): {cause}")
-        }
-        Err(Error::Overload) => "{error,overload}  // Err(Overload)".to_string(),
-        Err(err) => format!("{{error,{err}}}"),
+/// Prints the reports made since the last step.
+fn print_reports() {
+    for line in REPORTS.lock().unwrap().drain(..) {
+        println!("{line}");
     }
 }
 
-/// Prints a shell line and the Rust call that does the same.
-fn step(prompt: &str, erlang: &str, rust: &str) {
-    println!("{prompt} {erlang}");
-    println!("   // {rust}");
+/// A result as the step shows it: the value, or the error with its cause.
+fn show<T: fmt::Display>(result: &Result<T, Error>) -> String {
+    match result {
+        Ok(value) => value.to_string(),
+        Err(Error::Disconnected(cause)) => format!("Err(Disconnected), cause: {cause}"),
+        Err(Error::Overload) => "Err(Overload): every live worker is leased".to_string(),
+        Err(err) => format!("Err({err:?})"),
+    }
+}
+
+/// Prints a step: the Rust call, what it returned, and revolver's name for it, if any.
+fn step(call: &str, result: &str, revolver: Option<&str>) {
+    let remark = revolver.map_or(String::new(), |name| format!("    (revolver: {name})"));
+    println!("{call}  → {result}{remark}");
+    print_reports();
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -138,150 +157,146 @@ fn main() -> Result<(), BoxError> {
     log::set_max_level(log::LevelFilter::Info);
     let reconnect_delay = Duration::from_millis(200);
 
-    println!("## balancing\n");
-    step(
-        "1>",
-        "application:start(sasl).",
-        "let sasl = Application::default(); sasl.start()?;",
-    );
-    let sasl = Application::default();
-    sasl.start()?;
-    println!("ok");
-    step(
-        "2>",
-        "revolver:balance(sasl_sup, sasl_pool).",
-        "let pool = Balancer::builder().name(\"sasl_pool\").build_with(sasl.clone())?;",
-    );
-    let pool = Balancer::builder()
-        .name("sasl_pool")
+    println!("## Round-robin over a supervisor's workers\n");
+    let crew = Crew::default();
+    step("crew.start()?", &crew.start()?, None);
+    let balancer = Balancer::builder()
+        .name("tour")
         .reconnect_delay(reconnect_delay)
-        .build_with(sasl.clone())?;
-    println!("{{ok, {pool:?}}}");
+        .build_with(crew.clone())?;
+    step(
+        "let balancer = Balancer::builder().name(\"tour\").build_with(crew.clone())?",
+        &format!("{balancer:?}"),
+        Some("balance/2"),
+    );
     let mut order = Vec::new();
-    for n in 3..7 {
-        step(&format!("{n}>"), "revolver:pid(sasl_pool).", "pool.get()?");
-        let pid = pool.get().map(|p| p.to_string());
-        println!("{}", show(&pid));
-        order.push(pid?);
+    for _ in 0..4 {
+        let worker = balancer.get().map(|w| w.to_string());
+        step("balancer.get()?", &show(&worker), Some("pid/1"));
+        order.push(worker?);
     }
     assert_eq!(order[0], order[2], "round-robin alternates");
     assert_eq!(order[1], order[3]);
     assert_ne!(order[0], order[1]);
 
-    println!("\n## options\n");
-    step(
-        "1>",
-        "revolver:balance(sasl_sup, sasl_pool2, #{min_alive_ratio => 0.75, reconnect_delay => 1000, max_message_queue_length => 10, connect_at_start => false}).",
-        "Balancer::builder().min_alive_ratio(0.75).reconnect_delay(Duration::from_millis(1000)).max_queue_len(10).connect_at_start(false).build_with(sasl.clone())?",
-    );
+    println!("\n## Options\n");
     let tuned = Balancer::builder()
-        .name("sasl_pool2")
+        .name("tuned")
         .min_alive_ratio(0.75)
-        .reconnect_delay(Duration::from_millis(1000))
+        .reconnect_delay(Duration::from_secs(1))
         .max_queue_len(10)
         .connect_at_start(false)
-        .build_with(sasl.clone())?;
-    println!("{{ok, {tuned:?}}}");
-    step("2>", "revolver:pid(sasl_pool2).", "tuned.get()");
-    println!("{}", show(&tuned.get().map(|p| p.to_string())));
-    step("3>", "revolver:connect(sasl_pool2).", "tuned.connect()?");
-    let found = tuned.connect()?;
-    println!(
-        "ok  // Connected {{ new: {}, total: {} }}",
-        found.new, found.total
+        .build_with(crew.clone())?;
+    step(
+        "let tuned = Balancer::builder().name(\"tuned\").min_alive_ratio(0.75)\n    \
+         .reconnect_delay(Duration::from_secs(1)).max_queue_len(10).connect_at_start(false)\n    \
+         .build_with(crew.clone())?",
+        &format!("{tuned:?}"),
+        Some("balance/3 with options"),
     );
-    step("4>", "revolver:pid(sasl_pool2).", "tuned.get()?");
-    println!("{}", show(&tuned.get().map(|p| p.to_string())));
+    step(
+        "tuned.get()",
+        &show(&tuned.get().map(|w| w.to_string())),
+        None,
+    );
+    let found = tuned.connect()?;
+    step(
+        "tuned.connect()?",
+        &format!("Connected {{ new: {}, total: {} }}", found.new, found.total),
+        Some("connect/1"),
+    );
+    step(
+        "tuned.get()?",
+        &show(&tuned.get().map(|w| w.to_string())),
+        None,
+    );
     drop(tuned);
 
-    println!("\n## calling all members\n");
-    step(
-        "3>",
-        "revolver:map(sasl_pool, fun(Pid) -> proplists:get_value(status, process_info(Pid)) end).",
-        "pool.map(|p| p.thread.call(()))",
-    );
-    let statuses = pool.map(|p| p.thread.call(()));
+    println!("\n## Calling every worker\n");
+    let statuses = balancer.map(|w| w.actor.call(()));
     let statuses: Vec<&str> = statuses.into_iter().collect::<Result<_, _>>()?;
-    println!("{statuses:?}");
-    assert_eq!(statuses, ["waiting", "waiting"]);
-
-    println!("\n## disconnect and reconnect\n");
-    step("4>", "application:stop(sasl).", "sasl.stop();");
-    sasl.stop();
-    println!("ok");
-    // The balancer notices the deaths on its next get() and the reaper finds the supervisor gone.
-    let _ = pool.get();
-    wait_until(Duration::from_secs(5), || pool.is_empty());
     step(
-        "5>",
-        "revolver:pid(sasl_pool).",
-        "pool.get()  // Err(Error::Disconnected(cause)): the cause is err.source()",
+        "balancer.map(|w| w.actor.call(()))",
+        &format!("{statuses:?}"),
+        Some("map/2"),
     );
-    let pid = pool.get().map(|p| p.to_string());
-    println!("{}", show(&pid));
-    assert!(matches!(pid, Err(Error::Disconnected(_))));
+    assert_eq!(statuses, ["ready", "ready"]);
 
-    step("6>", "application:start(sasl).", "sasl.start()?;");
-    sasl.start()?;
-    println!("ok");
+    println!("\n## The supervisor stopped, and started again\n");
+    step("crew.stop()", &crew.stop(), None);
+    // The balancer notices the deaths on its next get(), and the reaper finds the supervisor
+    // gone.
+    let _ = balancer.get();
+    wait_until(Duration::from_secs(5), || balancer.is_empty());
+    print_reports();
+    let worker = balancer.get().map(|w| w.to_string());
+    step(
+        "balancer.get()",
+        &show(&worker),
+        Some("{error, disconnected}"),
+    );
+    assert!(matches!(worker, Err(Error::Disconnected(_))));
+
+    step("crew.start()?", &crew.start()?, None);
     let back = Instant::now();
-    let reconnected = wait_until(Duration::from_secs(5), || pool.get().is_ok());
+    let reconnected = wait_until(Duration::from_secs(5), || balancer.get().is_ok());
     assert!(reconnected, "the reaper reconnects by itself");
+    print_reports();
     println!(
-        "   (reconnected by itself after {:?}; reconnect_delay is {reconnect_delay:?})",
+        "    (the balancer reconnected by itself after {:.0?}; its reconnect_delay is \
+         {reconnect_delay:?})",
         back.elapsed()
     );
-    step("7>", "revolver:pid(sasl_pool).", "pool.get()?");
-    println!("{}", show(&pool.get().map(|p| p.to_string())));
-
-    step("8>", "revolver:connect(sasl_pool).", "pool.connect()?");
-    let found = pool.connect()?;
-    println!(
-        "ok  // Connected {{ new: {}, total: {} }}",
-        found.new, found.total
+    step(
+        "balancer.get()?",
+        &show(&balancer.get().map(|w| w.to_string())),
+        None,
+    );
+    let found = balancer.connect()?;
+    step(
+        "balancer.connect()?",
+        &format!("Connected {{ new: {}, total: {} }}", found.new, found.total),
+        None,
     );
     assert_eq!((found.new, found.total), (0, 2));
 
-    println!("\n## lease-based balancing\n");
-    step(
-        "2>",
-        "{ok, Pool} = revolver:balance(sasl_sup, sasl_pool, #{max_message_queue_length => lease}).",
-        "let leased = Balancer::builder().name(\"sasl_lease\").build_with(sasl.clone())?;  // lease mode is a call, not an option",
-    );
-    let leased = Balancer::builder()
-        .name("sasl_lease")
-        .build_with(sasl.clone())?;
-    println!("{{ok, {leased:?}}}");
-    let mut pids = Vec::new();
-    for n in 3..6 {
+    println!("\n## Lease mode: one holder per worker\n");
+    let mut held_by = Vec::new();
+    for _ in 0..3 {
+        let worker = balancer.transaction(|w| w.to_string());
         step(
-            &format!("{n}>"),
-            "revolver:transaction(sasl_pool, fun(Pid) -> {here_is_the_pid, Pid} end).",
-            "leased.transaction(|pid| (\"here_is_the_pid\", pid.to_string()))?",
+            "balancer.transaction(|w| w.to_string())?",
+            &show(&worker),
+            Some("transaction/2"),
         );
-        let pid = leased.transaction(|p| p.to_string())?;
-        println!("{{here_is_the_pid,{pid}}}");
-        pids.push(pid);
+        held_by.push(worker?);
     }
-    assert_ne!(pids[0], pids[1], "successive leases alternate");
-    assert_eq!(pids[0], pids[2]);
+    assert_ne!(held_by[0], held_by[1], "successive leases alternate");
+    assert_eq!(held_by[0], held_by[2]);
+    let a = balancer.lease()?;
+    let b = balancer.lease()?;
     step(
-        "6>",
-        "% both workers busy in a transaction",
-        "let (a, b) = (leased.lease()?, leased.lease()?); leased.transaction(..)",
+        "let (a, b) = (balancer.lease()?, balancer.lease()?)",
+        &format!("{} and {} leased", *a, *b),
+        None,
     );
-    let held = leased.lease()?;
-    let other = leased.lease()?;
-    let third = leased.transaction(|p| p.to_string());
-    println!("{}", show(&third));
+    let third = balancer.transaction(|w| w.to_string());
+    step(
+        "balancer.transaction(|w| w.to_string())",
+        &show(&third),
+        Some("{error, overload}"),
+    );
     assert!(matches!(third, Err(Error::Overload)));
-    drop((held, other));
+    drop((a, b));
+    let worker = balancer.get().map(|w| w.to_string());
+    step("drop((a, b)); balancer.get()?", &show(&worker), None);
+    worker?;
 
-    // Close the balancers before the application stops, so that no reaper reports the
-    // children's deaths after the tour.
-    drop(leased);
-    drop(pool);
-    sasl.stop();
+    // Close the balancer before the supervisor stops, so that no reaper reports the workers'
+    // deaths after the tour.
+    drop(balancer);
+    crew.stop();
+    print_reports();
     println!("\ndone.");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Fairness: 16 threads over 2 workers. No thread is starved: each thread's mean checkout
 //! wait stays within a small multiple of the overall mean, and the worst single wait is
-//! reported and bounded. The guarantee (README, "Guarantees"): a waiter that has waited the
+//! reported and bounded. The guarantee (GUARANTEES.md): a waiter that has waited the
 //! pool's `fifo_after` gets the next released worker before any thread that did not wait,
 //! and waiters are served in arrival order.
 

@@ -1,6 +1,6 @@
 //! The pools under comparison, set up alike (8 workers, no per-checkout validation), and a
 //! runner that starts N threads together. Shared by the criterion benches and by
-//! `examples/throughput.rs`.
+//! `throughput.rs`, the example beside them.
 #![allow(dead_code)]
 
 use std::hint::black_box;
@@ -136,7 +136,7 @@ pub fn echo_pool<const INLINE: bool>(size: usize) -> Pool<Actor<Echo<INLINE>>> {
 }
 
 /// Holds a lease for a short while, as the `contended` group does: ten spin-loop hints,
-/// about 0.26 µs on the 2-core machine of the README's table.
+/// about 0.26 µs on the 2-core machine of BENCHMARKS.md.
 pub fn short_spin() {
     for _ in 0..10 {
         std::hint::spin_loop();

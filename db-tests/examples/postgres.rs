@@ -1,8 +1,9 @@
 //! A pool of PostgreSQL clients for 8 threads, for about three seconds.
 //!
 //! ```sh
-//! cargo run --example postgres -- postgres://USER@HOST:PORT/DB
-//! CYLINDER_POSTGRES_URL=postgres://USER@HOST:PORT/DB cargo run --example postgres
+//! cargo run -p cylinder-db-tests --example postgres -- postgres://USER@HOST:PORT/DB
+//! CYLINDER_POSTGRES_URL=postgres://USER@HOST:PORT/DB \
+//!     cargo run -p cylinder-db-tests --example postgres
 //! ```
 //!
 //! Eight threads share four clients, each inserting rows in transactions. Halfway through,
@@ -41,8 +42,8 @@ fn main() -> Result<(), BoxError> {
         .filter(|url| !url.is_empty())
     else {
         eprintln!(
-            "usage: cargo run --example postgres -- postgres://USER@HOST:PORT/DB\n   \
-             or: CYLINDER_POSTGRES_URL=postgres://USER@HOST:PORT/DB cargo run --example postgres\n\
+            "usage: cargo run -p cylinder-db-tests --example postgres -- postgres://USER@HOST:PORT/DB\n   \
+             or: CYLINDER_POSTGRES_URL=postgres://USER@HOST:PORT/DB cargo run -p cylinder-db-tests --example postgres\n\
              (.ci/postgres.sh starts a throw-away server and prints such a URL)"
         );
         std::process::exit(2);

@@ -1,12 +1,12 @@
 //! Throughput of cylinder and its peers, measured in one run, printed as a table: operation,
 //! threads, ops/s and ns per operation on each thread. No criterion, no statistics: each
-//! cell is the best of three 200 ms runs. The criterion benches under `benches/` measure the
+//! cell is the best of three 200 ms runs. The criterion benches beside this file measure the
 //! same operations with confidence intervals.
 //!
-//! Run it with `cargo run --release --example throughput` (about 30 seconds); the `call`
-//! section alone with `cargo run --release --example throughput -- call`.
+//! Run it with `cargo run --release -p cylinder-benches --example throughput` (about 30
+//! seconds); the `call` section alone with
+//! `cargo run --release -p cylinder-benches --example throughput -- call`.
 
-#[path = "../benches/support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,7 +101,8 @@ fn header(title: &str, ratio_to: &str) {
 }
 
 fn main() {
-    // `cargo run --release --example throughput -- lease` runs only the sections named.
+    // `cargo run --release -p cylinder-benches --example throughput -- lease` runs only the
+    // sections named.
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     println!(
