@@ -784,16 +784,15 @@ impl<W: Send + 'static> Shared<W> {
         failed_before: u64,
     ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
+            || self.free.take(stripe),
+            // Asked after each look that found nothing (and after the line stopped counting
+            // this waiter as served while it looked).
             || {
-                let entry = self.free.take(stripe);
-                // Registered, and nothing free: if the pool has room (a worker was closed
-                // since this checkout's claim failed), the reaper starts one for the line.
-                if entry.is_none() && self.has_room() {
+                // If the pool has room (a worker was closed since this checkout's claim
+                // failed), the reaper starts one for the line.
+                if self.has_room() {
                     self.signal.request();
                 }
-                entry
-            },
-            || {
                 self.fuse_blown()
                     && self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
             },

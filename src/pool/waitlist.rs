@@ -151,10 +151,13 @@ impl<T> WaitList<T> {
     }
 
     /// Waits in line until an item is handed over or `take` finds one, until `deadline`
-    /// (`None`: no limit), or until the line is closed. `registered` runs once the waiter is
-    /// in line, with the line's lock let go (it may start an item that is then offered to the
-    /// line). `queued` counts the items queued for the line (see `offer`). An item handed
-    /// over at the moment of closing goes to `on_closed`, after the line's lock is let go.
+    /// (`None`: no limit), until the line is closed, or until `give_up` (asked after each look
+    /// that found nothing, once this waiter no longer counts as served) says nothing can come.
+    /// While `take` looks, the waiter counts as served (see `unserved`). `registered` runs
+    /// once the waiter is in line, with the line's lock let go (it may start an item that is
+    /// then offered to the line). `queued` counts the items queued for the line (see
+    /// `offer`). An item handed over at the moment of closing goes to `on_closed`, after the
+    /// line's lock is let go.
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
