@@ -222,7 +222,9 @@
 //!     }
 //! }
 //!
-//! let add = Pool::builder().size(8).build(|| Ok(Actor::spawn(Add)?))?;
+//! // `is_alive`: an actor whose handler panicked is seen dead and replaced.
+//! let add = Pool::builder().size(8).is_alive(Actor::is_alive);
+//! let add = add.build(|| Ok(Actor::spawn(Add)?))?;
 //! let sum = add.transaction(|worker| worker.call((1, 2)))??;
 //! assert_eq!(sum, 3);
 //! # Ok::<(), Error>(())

@@ -598,3 +598,45 @@ fn a_child_first_found_dead_by_a_reload_is_retired_once() {
         "the dead child was never retired"
     );
 }
+
+/// Found by the model test: a `try_checkout` that found nothing free while a replacement was
+/// on its way into the pool (started, not yet in the free list) opened one more worker on its
+/// own thread. It waits for the one on its way instead, and looks at the free list again after
+/// reading the counts.
+#[test]
+fn a_try_checkout_racing_a_replacement_into_the_pool_opens_no_extra_worker() {
+    let mut extra = Vec::new();
+    for round in 0..150 {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let pool = Pool::builder()
+            .size(2)
+            .min_idle(1)
+            .checkout_timeout(Duration::from_secs(5))
+            .build_unchecked(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(0u32)
+            })
+            .unwrap();
+        if let Ok(lease) = pool.try_checkout() {
+            drop(cylinder::Lease::take(lease));
+        }
+        if let Ok(lease) = pool.try_checkout() {
+            drop(lease);
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while pool.stats().starting > 0 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(Duration::from_millis(2));
+        if pool.stats().size > 1 {
+            extra.push((round, starts.load(Ordering::SeqCst), pool.stats()));
+        }
+    }
+    assert!(
+        extra.is_empty(),
+        "{} of 150 rounds opened a worker nobody needed; first: {:?}",
+        extra.len(),
+        extra.first()
+    );
+}

@@ -97,6 +97,22 @@ struct Known<W> {
     away: HashMap<usize, Weak<Member<W>>>,
 }
 
+impl<W> Drop for WorkerSet<W> {
+    fn drop(&mut self) {
+        // The set may hold the last references to its workers (the last handle gone, maybe on
+        // the reaper's thread): their `Drop` is user code, one at a time.
+        let known = std::mem::replace(
+            &mut *self.known.lock(),
+            Known {
+                last: HashMap::new(),
+                away: HashMap::new(),
+            },
+        );
+        contain::dispose_each(known.last.into_values());
+        contain::dispose_each(known.away.into_values());
+    }
+}
+
 /// Who is reloading: reloads run one at a time, without a lock held while the supervisor runs.
 #[derive(Default)]
 struct ReloadState {

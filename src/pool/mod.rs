@@ -716,6 +716,26 @@ impl<W: Send + 'static> Shared<W> {
                 return Ok(entry);
             }
         }
+        let nothing_open = self.counts.in_service() == 0;
+        // A worker that came in between the look and the counts is free now: look again.
+        while let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        if nothing_open && self.failing.load(Ordering::Acquire) {
+            // Nothing open and starts failing (a retry may be on its way): down, not busy.
+            self.fuse()?;
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        if nothing_open && self.counts.on_their_way() > 0 {
+            // Nothing open yet and starts on their way, none failed (a lazy pool just built,
+            // or replacements): no worker is busy, so this waits for the first to come, as a
+            // start on this thread would, rather than open one more.
+            return self.try_wait_for_a_start(stripe);
+        }
         if let Some(entry) = self.start_for_caller() {
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
@@ -724,29 +744,24 @@ impl<W: Send + 'static> Shared<W> {
         // Closed meanwhile: say so, not "busy".
         self.check_open()?;
         self.fuse()?;
-        // Nothing open and starts failing, a retry on its way: down, not busy.
-        if self.counts.open() == 0 && self.failing.load(Ordering::Acquire) {
-            if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
-            }
-        }
-        // Nothing open yet and starts on their way, none failed (a lazy pool just built): no
-        // worker is busy, so this waits for the first to come, as a start on this thread
-        // would.
-        if self.counts.open() == 0 && self.counts.starting() > 0 {
-            let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
-            let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
-            let entry = self.wait_for(stripe, deadline_after(waited), waited, failed_before)?;
-            if let Some(entry) = self.admit(entry, stripe) {
-                return Ok(entry);
-            }
-            // Dead on arrival: a failed start, not a busy pool.
-            if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
-            }
-        }
         emit(&self.events, Event::Overload);
         Err(Error::Overload)
+    }
+
+    /// `try_checkout` with nothing open and starts on their way: waits for the first, as
+    /// long as a start may take.
+    fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
+        let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+        let entry = self.wait_for(stripe, deadline_after(waited), waited, failed_before)?;
+        if let Some(entry) = self.admit(entry, stripe) {
+            return Ok(entry);
+        }
+        // Dead on arrival: a failed start, not a busy pool.
+        match self.last_failure() {
+            Some(cause) => Err(Error::Disconnected(cause)),
+            None => Err(Error::Overload),
+        }
     }
 
     /// revolver's fuse: with nothing running, nothing starting and the last start failed,
@@ -942,6 +957,14 @@ impl<W: Send + 'static> Shared<W> {
         // A return racing `close` must not leave a worker in a closed pool.
         if self.closed.load(Ordering::Acquire) {
             self.drain();
+        }
+        // Nor one racing a shrink above the new size: the size was read before the worker
+        // was kept, and the shrink may have looked for free workers in between. The keep's
+        // `SeqCst` read-modify-write, then this look, against the resize's store, then its
+        // look for free workers: one of the two sees the other.
+        seqcst_point();
+        if self.counts.total() > self.size.load(Ordering::SeqCst) {
+            self.shrink();
         }
     }
 
@@ -1155,11 +1178,25 @@ impl<W: Send + 'static> Shared<W> {
         self.failure.lock().as_ref().map(|(cause, _)| cause.clone())
     }
 
-    /// Keeps `cause` as the one to report, without marking the starts as failing.
+    /// Keeps `cause` as the one to report, without marking the starts as failing: the time
+    /// of the last failed start, which the backoff counts from, stays as it was.
     fn keep_cause(&self, cause: Cause) {
+        self.record_cause(cause, false);
+    }
+
+    /// Keeps `cause` as the one to report; `failed_start` also makes now the time the
+    /// backoff counts from.
+    pub(crate) fn record_cause(&self, cause: Cause, failed_start: bool) {
         // The cause replaced is dropped after the lock is let go: a user error's Drop is user
         // code, and may call into the pool.
-        let replaced = self.failure.lock().replace((cause, Instant::now()));
+        let replaced = {
+            let mut failure = self.failure.lock();
+            let at = match failure.as_ref() {
+                Some((_, at)) if !failed_start => *at,
+                _ => Instant::now(),
+            };
+            failure.replace((cause, at))
+        };
         contain::dispose(replaced);
     }
 }

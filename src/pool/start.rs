@@ -157,6 +157,18 @@ impl Counts {
         self.total().saturating_sub(self.starting())
     }
 
+    /// Workers open and in the pool's hands or a client's: open, less those started and not
+    /// yet in the pool.
+    pub(crate) fn in_service(&self) -> usize {
+        self.open()
+            .saturating_sub(self.delivering.load(Ordering::SeqCst))
+    }
+
+    /// Starts on their way: claimed, running, or started and not yet in the pool.
+    pub(crate) fn on_their_way(&self) -> usize {
+        self.starting() + self.delivering.load(Ordering::SeqCst)
+    }
+
     /// Claims up to `wanted` starts while `total` stays within `limit`; returns how many.
     /// `queued` claims wait for a start thread; the others are the claimer's to run.
     fn claim(&self, wanted: usize, limit: usize, queued: bool) -> usize {
@@ -458,7 +470,10 @@ impl<W: Send + 'static> Shared<W> {
             Ok(worker) => self.deliver(worker, claim),
             Err(cause) => {
                 drop(claim);
-                self.start_failed(cause);
+                // A start cut short by close is no failure to back off from.
+                if !self.closed.load(Ordering::SeqCst) {
+                    self.start_failed(cause);
+                }
             }
         }
     }
@@ -473,6 +488,11 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     fn open_now(&self) -> Result<W, Cause> {
+        // Looked at again here, on the thread that runs the start (a timed start's thread may
+        // come up well after its claim was taken): nothing starts once the pool is closed.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Cause::message("the pool was closed"));
+        }
         let mut worker = contain::call(|| self.manager.start())?;
         match self.first_look(&mut worker) {
             Ok(()) => Ok(worker),
@@ -605,7 +625,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Records a failed start: the fuse and the backoff read it, and the reaper plans the
     /// retry.
     pub(crate) fn note_failure(&self, cause: Cause) {
-        self.keep_cause(cause);
+        self.record_cause(cause, true);
         self.failing.store(true, Ordering::Release);
         self.counts.failed_starts.fetch_add(1, Ordering::SeqCst);
         self.signal.request();
