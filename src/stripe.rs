@@ -97,6 +97,13 @@ impl Stripe {
         Stripe(CLAIM.try_with(|claim| claim.0).unwrap_or(SHARED))
     }
 
+    /// The shared stripe, for work done on behalf of no thread in particular (a new worker
+    /// joining the pool is shelved, not parked for the thread that happened to start it).
+    #[inline]
+    pub(crate) fn shared() -> Stripe {
+        Stripe(SHARED)
+    }
+
     /// The stripe's index if the calling thread owns it: per-thread state indexed by it has
     /// this thread as its only writer.
     #[inline]

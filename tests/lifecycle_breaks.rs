@@ -619,7 +619,7 @@ fn a_try_checkout_racing_a_replacement_into_the_pool_opens_no_extra_worker() {
             })
             .unwrap();
         if let Ok(lease) = pool.try_checkout() {
-            drop(cylinder::Lease::take(lease));
+            let _taken: u32 = cylinder::Lease::take(lease);
         }
         if let Ok(lease) = pool.try_checkout() {
             drop(lease);

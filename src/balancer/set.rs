@@ -110,6 +110,18 @@ impl<W> Drop for WorkerSet<W> {
         );
         contain::dispose_each(known.last.into_values());
         contain::dispose_each(known.away.into_values());
+        // So are the supervisor's and the event callback's.
+        contain::dispose(std::mem::replace(&mut self.supervisor, Box::new(Gone)));
+        contain::dispose(self.events.take());
+    }
+}
+
+/// The supervisor left in a set being dropped, once the user's is gone.
+struct Gone;
+
+impl<W> Supervisor<W> for Gone {
+    fn children(&self) -> Result<Vec<Arc<W>>, crate::error::BoxError> {
+        Err("the balancer is gone".into())
     }
 }
 

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use crate::error::{BoxError, Error};
+use crate::error::BoxError;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::worker::Worker;
 
@@ -207,7 +207,8 @@ impl<W: Worker> Factory<W> {
             self.slots.lock().iter().map(|s| s.worker.clone()).collect();
         let mut started = Vec::new();
         let mut failed = Vec::new();
-        let mut failure = None;
+        // Every start's error (or panic), in order: user values, dropped with no lock held.
+        let mut errors = Vec::new();
         for (index, worker) in seen.iter().enumerate() {
             if worker
                 .as_ref()
@@ -215,57 +216,61 @@ impl<W: Worker> Factory<W> {
             {
                 continue;
             }
-            match crate::contain::call(|| (self.start)()).map_err(Error::Disconnected) {
+            match crate::contain::call(|| (self.start)()) {
                 Ok(new) => started.push((index, Arc::new(new))),
-                Err(err) => {
+                Err(cause) => {
                     failed.push(index);
-                    failure = Some(err);
+                    errors.push(cause);
                 }
             }
         }
-        let same = |a: &Option<Arc<W>>, b: &Option<Arc<W>>| match (a, b) {
+        // The slot still holds what was read, or was emptied meanwhile (the worker read there
+        // retired): either way the new worker goes in.
+        let current = |slot: &Slot<W>, read: &Option<Arc<W>>| match (&slot.worker, read) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
+            (None, _) => true,
             _ => false,
         };
-        let mut slots = self.slots.lock();
-        for (index, new) in started {
-            match slots.get_mut(index) {
-                Some(slot) if same(&slot.worker, &seen[index]) => {
-                    if slot.started_before {
-                        self.restarts.fetch_add(1, Ordering::Relaxed);
+        let (live, size) = {
+            let mut slots = self.slots.lock();
+            for (index, new) in started {
+                match slots.get_mut(index) {
+                    Some(slot) if current(slot, &seen[index]) => {
+                        if slot.started_before {
+                            self.restarts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        gone.push(slot.worker.replace(new));
+                        slot.started_before = true;
                     }
-                    gone.push(slot.worker.replace(new));
-                    slot.started_before = true;
-                }
-                _ => gone.push(Some(new)),
-            }
-        }
-        for index in failed {
-            if let Some(slot) = slots.get_mut(index) {
-                if same(&slot.worker, &seen[index]) {
-                    gone.push(slot.worker.take());
+                    _ => gone.push(Some(new)),
                 }
             }
-        }
+            for &index in &failed {
+                if let Some(slot) = slots.get_mut(index) {
+                    if slot.worker.is_some() && current(slot, &seen[index]) {
+                        gone.push(slot.worker.take());
+                    }
+                }
+            }
+            let live: Vec<Arc<W>> = slots.iter().filter_map(|s| s.worker.clone()).collect();
+            (live, slots.len())
+        };
         // What was read may hold the last reference to a worker replaced meanwhile.
         gone.extend(seen);
-        let live: Vec<Arc<W>> = slots.iter().filter_map(|s| s.worker.clone()).collect();
-        match failure {
-            // The start's own error (or panic) is the cause, once: not wrapped in a second
-            // `Disconnected`.
-            Some(Error::Disconnected(cause)) if live.is_empty() => Err(Box::new(cause)),
-            Some(err) if live.is_empty() => Err(Box::new(err)),
-            Some(err) => {
-                log::warn!(
-                    "cylinder: {} of {} workers could not start: {err}",
-                    slots.len() - live.len(),
-                    slots.len()
-                );
-                Ok(live)
-            }
-            None => Ok(live),
+        let Some(first) = errors.first().cloned() else {
+            return Ok(live);
+        };
+        log::warn!(
+            "cylinder: {} of {size} workers could not start: {first}",
+            size - live.len(),
+        );
+        crate::contain::dispose_each(errors);
+        if live.is_empty() {
+            // The start's own error (or panic) is the cause, once.
+            return Err(Box::new(first));
         }
+        crate::contain::dispose(first);
+        Ok(live)
     }
 }
 

@@ -38,6 +38,8 @@ pub enum QueueMode {
 }
 
 /// The shared part of the free list.
+// One per pool, made once and never moved: the queue's size needs no box.
+#[allow(clippy::large_enum_variant)]
 enum Shelf<T> {
     Fifo(FreeQueue<T>),
     Lifo(Stack<T>),

@@ -178,6 +178,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// Held while deciding how many starts to claim for the line and `min_idle`, so that two
     /// callers reading the same shortage do not both claim a start for it.
     deciding: Mutex<()>,
+    /// `try_checkout`s in line for a start on its way: each start that ends wakes them to
+    /// look whether anything is still on its way for them.
+    waiting_for_a_start: AtomicUsize,
     /// The last start (or fresh worker's check) that failed, and when.
     failure: Mutex<Option<(Cause, Instant)>>,
     /// Whether starts are failing: set by a failure, cleared by a successful start.
@@ -295,6 +298,7 @@ impl<W: Send + 'static> Pool<W> {
             events: options.events.clone(),
             watch: options.warn_after.map(LeaseWatch::new),
             deciding: Mutex::new(()),
+            waiting_for_a_start: AtomicUsize::new(0),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
@@ -680,7 +684,7 @@ impl<W: Send + 'static> Shared<W> {
                 None => {
                     self.never_again()?;
                     let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                    self.wait_for(stripe, deadline, timeout, failed_before)?
+                    self.wait_for(stripe, deadline, timeout, failed_before, false)?
                 }
             };
             if let Some(entry) = self.admit(entry, stripe) {
@@ -724,13 +728,16 @@ impl<W: Send + 'static> Shared<W> {
             }
         }
         if nothing_open && self.failing.load(Ordering::Acquire) {
-            // Nothing open and starts failing (a retry may be on its way): down, not busy.
+            // Nothing open and starts failing: down, not busy. At once while the pool waits
+            // out `reconnect_delay` or a retry is on its way; once the wait is over, this call
+            // tries a start itself (below), so a lazy pool comes back.
             self.fuse()?;
-            if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
+            if self.counts.on_their_way() > 0 {
+                if let Some(cause) = self.last_failure() {
+                    return Err(Error::Disconnected(cause));
+                }
             }
-        }
-        if nothing_open && self.counts.on_their_way() > 0 {
+        } else if nothing_open && self.counts.on_their_way() > 0 {
             // Nothing open yet and starts on their way, none failed (a lazy pool just built,
             // or replacements): no worker is busy, so this waits for the first to come, as a
             // start on this thread would, rather than open one more.
@@ -753,7 +760,10 @@ impl<W: Send + 'static> Shared<W> {
     fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
         let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
         let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
-        let entry = self.wait_for(stripe, deadline_after(waited), waited, failed_before)?;
+        let entry = {
+            let _counted = start::Held::take(&self.waiting_for_a_start, usize::MAX);
+            self.wait_for(stripe, deadline_after(waited), waited, failed_before, true)?
+        };
         if let Some(entry) = self.admit(entry, stripe) {
             return Ok(entry);
         }
@@ -791,18 +801,26 @@ impl<W: Send + 'static> Shared<W> {
     /// Waits in line for a worker until `deadline`.
     /// It gives up when the fuse is blown by a start that failed after `failed_before` (the
     /// count of failed starts when it came).
+    ///
+    /// A `try_checkout` (`for_a_start`) waits only for a start on its way: it claims none,
+    /// leaves with `Overload` once nothing is on its way (another client got it) or its time
+    /// is up, and is counted as no timeout.
     fn wait_for(
         &self,
         stripe: Stripe,
         deadline: Option<Instant>,
         timeout: Duration,
         failed_before: u64,
+        for_a_start: bool,
     ) -> Result<Box<Entry<W>>, Error> {
         let waited = self.waiters.wait(
             || self.free.take(stripe),
             // Asked after each look that found nothing (and after the line stopped counting
             // this waiter as served while it looked).
             || {
+                if for_a_start {
+                    return self.counts.on_their_way() == 0 || self.fuse_blown();
+                }
                 // If the pool has room (a worker was closed since this checkout's claim
                 // failed), the reaper starts one for the line.
                 if self.has_room() {
@@ -813,12 +831,22 @@ impl<W: Send + 'static> Shared<W> {
             },
             deadline,
             || self.free.queued(),
-            || self.start_for_line(),
+            || {
+                if !for_a_start {
+                    self.start_for_line();
+                }
+            },
             |entry| self.close_worker(entry),
         );
         match waited {
             Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
+            Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
+                match self.last_failure() {
+                    Some(cause) if self.fuse_blown() => Err(Error::Disconnected(cause)),
+                    _ => Err(Error::Overload),
+                }
+            }
             Err(WaitError::GaveUp) => Err(Error::Disconnected(
                 self.last_failure()
                     .unwrap_or_else(|| Cause::message("no worker could start")),

@@ -88,11 +88,11 @@ impl Drop for Claim<'_> {
 /// One unit of a count (a start thread, a timed start) held while the guard lives, given back
 /// on every exit, unwinding included.
 #[must_use]
-struct Held<'a>(&'a AtomicUsize);
+pub(crate) struct Held<'a>(&'a AtomicUsize);
 
 impl<'a> Held<'a> {
     /// Takes one unit if fewer than `limit` are held.
-    fn take(count: &'a AtomicUsize, limit: usize) -> Option<Held<'a>> {
+    pub(crate) fn take(count: &'a AtomicUsize, limit: usize) -> Option<Held<'a>> {
         count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
                 (held < limit).then_some(held + 1)
@@ -470,8 +470,11 @@ impl<W: Send + 'static> Shared<W> {
             Ok(worker) => self.deliver(worker, claim),
             Err(cause) => {
                 drop(claim);
-                // A start cut short by close is no failure to back off from.
-                if !self.closed.load(Ordering::SeqCst) {
+                // A start cut short by close is no failure to back off from; its error is
+                // user code to drop.
+                if self.closed.load(Ordering::SeqCst) {
+                    contain::dispose(cause);
+                } else {
                     self.start_failed(cause);
                 }
             }
@@ -539,10 +542,12 @@ impl<W: Send + 'static> Shared<W> {
                 let _timed = Held::adopt(&me.counts.timed_starts);
                 let opened = me.open_now();
                 // A worker that came too late (or after close) is dropped here, contained.
-                if let Err(crossbeam::channel::SendError(late)) = sender.send(opened) {
-                    if let Ok(late) = late {
-                        me.dispose(late);
+                match sender.send(opened) {
+                    Err(crossbeam::channel::SendError(Ok(late))) => me.dispose(late),
+                    Err(crossbeam::channel::SendError(Err(cause))) => {
+                        contain::dispose(cause);
                     }
+                    Ok(()) => {}
                 }
             });
         if let Err(err) = spawned {
@@ -575,7 +580,9 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
         } else {
-            self.put_back(entry, Stripe::current());
+            // Shelved, not parked for this thread (a `build` or `resize` runs starts on the
+            // caller's thread too): a new worker is for whoever comes next.
+            self.put_back(entry, Stripe::shared());
         }
         drop(delivering);
         // A waiter that came while this start still counted as on its way to the line (it
@@ -585,6 +592,10 @@ impl<W: Send + 'static> Shared<W> {
         seqcst_point();
         if self.waiters.unserved() > 0 {
             self.refill();
+        }
+        // A `try_checkout` waiting for a start on its way leaves once none is.
+        if self.waiting_for_a_start.load(Ordering::SeqCst) > 0 {
+            self.waiters.wake_all();
         }
         emit(&self.events, event);
     }

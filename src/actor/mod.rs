@@ -19,19 +19,27 @@
 //! registry, so a call allocates nothing. Each call takes the next sequence number of its
 //! slot and the actor's answer carries it: a reply that comes after its caller timed out
 //! is dropped, never taken for the answer to a later call.
+//!
+//! The room: `mailbox.rs` (the queue and the worker's sleep), `reply.rs` (the reply slot),
+//! `spin.rs` (the adaptive spin budget); here, the actor and its thread.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod mailbox;
+mod reply;
+mod spin;
+
+use mailbox::{Mailbox, Queue};
+use reply::{ReplySlot, ReplyTo};
+use spin::Budget;
+
 use crate::contain;
 use crate::error::Error;
 use crate::sync::thread::{self, JoinHandle, Thread};
-use crate::sync::{
-    seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, UnwindMutex,
-};
+use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Mutex, Ordering, UnwindMutex};
 use crate::worker::Worker;
 
 /// What a worker thread does with its messages: the callbacks of an Erlang `gen_server`.
@@ -112,374 +120,6 @@ enum Envelope<B: Behaviour> {
     Stop,
 }
 
-// ---------------------------------------------------------------------------------------
-// Spinning: bounded in time, adaptive, and never by more threads than there are cores.
-
-/// The longest a waiting side spins before it parks.
-#[cfg(not(loom))]
-const SPIN_MAX: Duration = Duration::from_micros(20);
-/// The shortest spin of an adaptive budget; below it, the budget is none.
-#[cfg(not(loom))]
-const SPIN_MIN: Duration = Duration::from_micros(1);
-/// After this long a spinner yields its core between looks, so that a runnable thread on
-/// the same core (perhaps the one it waits for) gets to run. A hand-off between two cores
-/// takes a few hundred nanoseconds; when both threads share one core (a loaded machine),
-/// every nanosecond spun before the yield is lost: with 4 µs here a same-core round trip
-/// took about 12 µs on the 2-core test machine, with 0.5 µs about 6 µs.
-#[cfg(not(loom))]
-const SPIN_BEFORE_YIELD: Duration = Duration::from_nanos(500);
-/// A waiter whose budget fell to none still spins (a full `SPIN_MAX`) once in this many
-/// waits, to notice when spinning pays again: a shorter probe never outlasts the OS wake-up
-/// of the other side, so both sides would stay parked after the load that made them park
-/// has gone. The probe costs at most `SPIN_MAX / PROBE_EVERY` per wait.
-#[cfg(not(loom))]
-const PROBE_EVERY: u64 = 32;
-
-/// After its spin, a waiter yields its core this many times (looking between) before it
-/// parks. When there are more runnable threads than cores, the thread it waits for may be
-/// queued on its own core: yielding lets it run, and the hand-off costs no OS wake-up on
-/// either side. When there are not, a yield returns at once.
-#[cfg(not(loom))]
-const YIELDS: u32 = 4;
-
-/// Yields up to [`YIELDS`] times while `ready()` is false; returns whether it turned true.
-#[cfg(not(loom))]
-fn yield_until(ready: impl Fn() -> bool) -> bool {
-    for _ in 0..YIELDS {
-        if ready() {
-            return true;
-        }
-        thread::yield_now();
-    }
-    ready()
-}
-
-/// Under loom (no clock, and a yield is a step of the model): one yield, then a look.
-#[cfg(loom)]
-fn yield_until(ready: impl Fn() -> bool) -> bool {
-    thread::yield_now();
-    ready()
-}
-
-/// Threads spinning in [`spin_until`] right now, across the process.
-#[cfg(not(loom))]
-static SPINNING: AtomicUsize = AtomicUsize::new(0);
-
-#[cfg(not(loom))]
-fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Spins until `ready()` or `budget` has passed, unless as many threads as there are cores
-/// already spin. Returns whether `ready()` turned true.
-#[cfg(not(loom))]
-fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
-    if ready() {
-        return true;
-    }
-    if budget.is_zero() {
-        return false;
-    }
-    if SPINNING.fetch_add(1, Ordering::Relaxed) >= cores() {
-        SPINNING.fetch_sub(1, Ordering::Relaxed);
-        return false;
-    }
-    let began = Instant::now();
-    let mut ready_now = false;
-    'spin: loop {
-        for _ in 0..16 {
-            if ready() {
-                ready_now = true;
-                break 'spin;
-            }
-            std::hint::spin_loop();
-        }
-        let spun = began.elapsed();
-        if spun >= budget {
-            break;
-        }
-        if spun >= SPIN_BEFORE_YIELD {
-            thread::yield_now();
-        }
-    }
-    SPINNING.fetch_sub(1, Ordering::Relaxed);
-    ready_now
-}
-
-/// Under loom (no clock): one look. A spin only delays the slow path; the model explores
-/// the other threads' steps around that look instead.
-#[cfg(loom)]
-fn spin_until(_budget: Duration, ready: impl Fn() -> bool) -> bool {
-    ready()
-}
-
-/// A spin budget that doubles after a spin that paid off and halves after one that did not,
-/// down to none; then one wait in [`PROBE_EVERY`] spins, to notice when spinning pays again. Owned by one waiting side (a caller's slot, an actor's thread): relaxed atomics
-/// only because a slot is shared.
-#[cfg(not(loom))]
-struct Budget {
-    nanos: AtomicU64,
-    skipped: AtomicU64,
-}
-
-#[cfg(not(loom))]
-impl Budget {
-    fn new() -> Self {
-        Budget {
-            nanos: AtomicU64::new(SPIN_MAX.as_nanos() as u64),
-            skipped: AtomicU64::new(0),
-        }
-    }
-    fn get(&self) -> Duration {
-        let nanos = self.nanos.load(Ordering::Relaxed);
-        if nanos > 0 {
-            return Duration::from_nanos(nanos);
-        }
-        let skipped = self.skipped.load(Ordering::Relaxed) + 1;
-        if skipped >= PROBE_EVERY {
-            self.skipped.store(0, Ordering::Relaxed);
-            SPIN_MAX
-        } else {
-            self.skipped.store(skipped, Ordering::Relaxed);
-            Duration::ZERO
-        }
-    }
-    fn learn(&self, spun: Duration, paid_off: bool) {
-        if spun.is_zero() {
-            return;
-        }
-        let (max, min) = (SPIN_MAX.as_nanos() as u64, SPIN_MIN.as_nanos() as u64);
-        let now = spun.as_nanos() as u64;
-        let next = if paid_off {
-            (now * 2).clamp(min, max)
-        } else if now / 2 < min {
-            0
-        } else {
-            now / 2
-        };
-        self.nanos.store(next, Ordering::Relaxed);
-    }
-}
-
-/// Under loom the spin is one look whatever the budget (see the loom [`spin_until`]), so the
-/// budget is none and learns nothing: no state for the model to explore.
-#[cfg(loom)]
-struct Budget;
-
-#[cfg(loom)]
-impl Budget {
-    fn new() -> Self {
-        Budget
-    }
-    fn get(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn learn(&self, _spun: Duration, _paid_off: bool) {}
-}
-
-// ---------------------------------------------------------------------------------------
-// The reply slot: one per calling thread and reply type, reused by every call.
-
-struct ReplySlot<R> {
-    /// The reply of the call `awaited` names, put in by the actor: `Some(None)` when the
-    /// actor died first.
-    reply: Mutex<Option<Option<R>>>,
-    /// The call whose reply is awaited (0: none, its caller gave up or took its reply).
-    /// Set by the caller before it posts the call; cleared under the `reply` lock.
-    awaited: AtomicU64,
-    /// The sequence number of the last call begun (the caller's alone).
-    issued: AtomicU64,
-    /// The sequence number of the last reply put in (a look without the lock).
-    done: AtomicU64,
-    /// The caller is parked, or about to: whoever puts a reply in must unpark it.
-    sleeping: AtomicBool,
-    caller: Thread,
-    spin: Budget,
-}
-
-crate::sync::per_thread! {
-    /// This thread's reply slots, one per reply type (an `Arc<ReplySlot<R>>` each).
-    static REPLY_SLOTS: RefCell<Vec<Box<dyn Any>>> = RefCell::new(Vec::new());
-}
-
-impl<R: Send + 'static> ReplySlot<R> {
-    fn new() -> Self {
-        ReplySlot {
-            reply: Mutex::new(None),
-            awaited: AtomicU64::new(0),
-            issued: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            sleeping: AtomicBool::new(false),
-            caller: thread::current(),
-            spin: Budget::new(),
-        }
-    }
-
-    /// The calling thread's slot for replies of type `R`, made on its first call.
-    fn mine() -> Arc<Self> {
-        let found = REPLY_SLOTS.try_with(|slots| {
-            // The borrow is released before anything that could run user code.
-            if let Some(slot) = slots
-                .borrow()
-                .iter()
-                .find_map(|slot| slot.downcast_ref::<Arc<Self>>())
-            {
-                return slot.clone();
-            }
-            let slot = Arc::new(Self::new());
-            slots.borrow_mut().push(Box::new(slot.clone()));
-            slot
-        });
-        // During thread-local destruction: a slot for this call alone.
-        found.unwrap_or_else(|_| Arc::new(Self::new()))
-    }
-
-    /// Starts a call: its sequence number, now awaited. No lock: a late reply to an earlier
-    /// call, delivered meanwhile, reads 0 or this number, never its own.
-    fn begin(&self) -> u64 {
-        let seq = self.issued.load(Ordering::Relaxed) + 1;
-        self.issued.store(seq, Ordering::Relaxed);
-        // Published to the actor by the mailbox's lock, which the call goes through next.
-        self.awaited.store(seq, Ordering::Release);
-        seq
-    }
-
-    /// Puts in the reply of call `seq` (`None`: the actor died first), unless its caller
-    /// has moved on; then the reply is dropped.
-    fn deliver(&self, seq: u64, reply: Option<R>) {
-        let mut slot = self.reply.lock();
-        if self.awaited.load(Ordering::Acquire) != seq {
-            drop(slot);
-            // A late reply whose drop panics must not kill the actor that answered it.
-            contain::dispose(reply);
-            return;
-        }
-        self.awaited.store(0, Ordering::Relaxed);
-        *slot = Some(reply);
-        // Under the lock: the caller takes the reply, and begins its next call, only after
-        // this, so a late store can never overwrite the number of a later call.
-        self.done.store(seq, Ordering::SeqCst);
-        drop(slot);
-        seqcst_point();
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.caller.unpark();
-        }
-    }
-
-    /// Waits for the reply of call `seq`, until `deadline` if there is one. `spin`: whether
-    /// to spin first (not when the actor had to be woken: its reply takes an OS wake-up).
-    fn wait(
-        &self,
-        seq: u64,
-        deadline: Option<Instant>,
-        timeout: Duration,
-        spin: bool,
-    ) -> Result<R, Error> {
-        let ready = || self.done.load(Ordering::Acquire) == seq;
-        if spin && !ready() {
-            let budget = self.spin.get();
-            let mut capped = budget;
-            if let Some(deadline) = deadline {
-                capped = budget.min(deadline.saturating_duration_since(Instant::now()));
-            }
-            let paid_off = spin_until(capped, ready);
-            self.spin.learn(budget, paid_off);
-        }
-        if deadline.is_none() {
-            yield_until(ready);
-        }
-        while !ready() {
-            self.sleeping.store(true, Ordering::SeqCst);
-            seqcst_point();
-            if self.done.load(Ordering::SeqCst) == seq {
-                break;
-            }
-            match deadline {
-                None => thread::park(),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        self.sleeping.store(false, Ordering::Relaxed);
-                        return self.give_up(timeout);
-                    }
-                    thread::park_timeout(deadline - now);
-                }
-            }
-        }
-        self.sleeping.store(false, Ordering::Relaxed);
-        let reply = self.reply.lock().take();
-        reply.flatten().ok_or(Error::WorkerDied)
-    }
-
-    /// The caller's deadline passed: a reply that came in meanwhile still counts; otherwise
-    /// the call is no longer awaited, and its reply will be dropped when it comes.
-    fn give_up(&self, timeout: Duration) -> Result<R, Error> {
-        let mut slot = self.reply.lock();
-        match slot.take() {
-            Some(reply) => reply.ok_or(Error::WorkerDied),
-            None => {
-                self.awaited.store(0, Ordering::Relaxed);
-                Err(Error::Timeout(timeout))
-            }
-        }
-    }
-
-    /// The call could not be posted: it is no longer awaited, so its envelope's drop puts
-    /// nothing in (and anything that is there goes).
-    fn abandon(&self) {
-        let left = {
-            let mut slot = self.reply.lock();
-            self.awaited.store(0, Ordering::Relaxed);
-            slot.take()
-        };
-        drop(left);
-    }
-}
-
-/// Where the reply of one call goes. Dropped unanswered (the handler panicked, or the actor
-/// ended with the call still in its mailbox), it answers [`Error::WorkerDied`].
-struct ReplyTo<R: Send + 'static> {
-    slot: Option<Arc<ReplySlot<R>>>,
-    seq: u64,
-}
-
-impl<R: Send + 'static> ReplyTo<R> {
-    fn send(mut self, reply: R) {
-        if let Some(slot) = self.slot.take() {
-            slot.deliver(self.seq, Some(reply));
-        }
-    }
-}
-
-impl<R: Send + 'static> Drop for ReplyTo<R> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            slot.deliver(self.seq, None);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The mailbox.
-
-struct Mailbox<B: Behaviour> {
-    queue: Mutex<Queue<B>>,
-    /// Messages queued and not yet taken by the worker (a look without the lock).
-    len: AtomicUsize,
-    /// The worker is parked, or about to: the next sender must unpark it.
-    sleeping: AtomicBool,
-    /// Read on every call and by a pool on every lease, written once: on a line of its own,
-    /// away from the fields both sides write on every message.
-    alive: CachePadded<AtomicBool>,
-}
-
-struct Queue<B: Behaviour> {
-    items: VecDeque<Envelope<B>>,
-    /// The worker has ended: nothing more is accepted.
-    closed: bool,
-}
-
 /// What an actor's thread and its callers share: the mailbox, and the behaviour itself,
 /// held by whoever handles a message: the thread, or a caller that found the actor idle
 /// ([`Behaviour::INLINE_CALLS`]). A message is taken from the mailbox only by the holder of
@@ -489,6 +129,10 @@ struct Shared<B: Behaviour> {
     mailbox: Mailbox<B>,
     /// `None` once the actor's thread ended and dropped it.
     behaviour: UnwindMutex<Option<B>>,
+    /// The thread running one of its handlers now (its `HANDLING` cell's address; 0: none),
+    /// so that a call back into it from deeper in the same thread (its handler calls another
+    /// actor inline, whose handler calls it) is `CallingSelf`, not a hang.
+    handled_by: AtomicUsize,
 }
 
 crate::sync::per_thread! {
@@ -497,12 +141,34 @@ crate::sync::per_thread! {
 }
 
 /// Marks this thread as running a handler of one actor, until dropped.
-struct Handling(usize);
+struct Handling<'a> {
+    /// The actor handled before this one on this thread (0: none).
+    outer: usize,
+    handled_by: &'a AtomicUsize,
+}
 
-impl Handling {
-    fn enter<B: Behaviour>(shared: &Shared<B>) -> Self {
+impl<'a> Handling<'a> {
+    fn enter<B: Behaviour>(shared: &'a Shared<B>) -> Self {
         let this = shared as *const Shared<B> as usize;
-        Handling(HANDLING.with(|handling| handling.replace(this)))
+        let (outer, me) = HANDLING.with(|handling| {
+            (
+                handling.replace(this),
+                handling as *const Cell<usize> as usize,
+            )
+        });
+        shared.handled_by.store(me, Ordering::Relaxed);
+        Handling {
+            outer,
+            handled_by: &shared.handled_by,
+        }
+    }
+
+    /// Whether this thread runs a handler of `shared`, innermost or further out.
+    fn within<B: Behaviour>(shared: &Shared<B>) -> bool {
+        let me = HANDLING
+            .try_with(|handling| handling as *const Cell<usize> as usize)
+            .unwrap_or(0);
+        me != 0 && shared.handled_by.load(Ordering::Relaxed) == me
     }
 
     /// Whether this thread runs a handler of any actor now (or is an actor's thread).
@@ -521,94 +187,10 @@ impl Handling {
     }
 }
 
-impl Drop for Handling {
+impl Drop for Handling<'_> {
     fn drop(&mut self) {
-        let _ = HANDLING.try_with(|handling| handling.set(self.0));
-    }
-}
-
-impl<B: Behaviour> Mailbox<B> {
-    /// Queues `envelope` and wakes the worker if it sleeps (then returns true); gives it
-    /// back if the worker has ended.
-    fn post(&self, envelope: Envelope<B>, worker: &Thread) -> Result<bool, Envelope<B>> {
-        {
-            let mut queue = self.queue.lock();
-            if queue.closed {
-                return Err(envelope);
-            }
-            queue.items.push_back(envelope);
-            self.len.fetch_add(1, Ordering::SeqCst);
-        }
-        seqcst_point();
-        // A compare-and-swap, not a swap: the same effect (only a true is cleared), and a
-        // failed one writes nothing. Loom needs that: it leaves a store that an RMW raced
-        // unordered with the actor's next `sleeping = true`, and a later look could then
-        // read the stale false although the real modification order forbids it.
-        if self.sleeping.load(Ordering::SeqCst)
-            && self
-                .sleeping
-                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            worker.unpark();
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    fn try_take(&self) -> Option<Envelope<B>> {
-        if self.len.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let envelope = self.queue.lock().items.pop_front();
-        if envelope.is_some() {
-            self.len.fetch_sub(1, Ordering::Release);
-        }
-        envelope
-    }
-
-    /// Whether a message waits, or the actor died (then there is nothing more to wait for).
-    fn ready(&self) -> bool {
-        self.len.load(Ordering::Acquire) != 0 || !self.alive.load(Ordering::Acquire)
-    }
-
-    /// Waits until a message is queued: spins for a while (adaptively), then parks. False
-    /// when the actor died instead (a handler panicked on a caller's thread).
-    fn wait(&self, spin: &Budget) -> bool {
-        loop {
-            if self.ready() {
-                return self.alive.load(Ordering::Acquire);
-            }
-            let budget = spin.get();
-            let paid_off = spin_until(budget, || self.ready());
-            spin.learn(budget, paid_off);
-            if paid_off || yield_until(|| self.ready()) {
-                continue;
-            }
-            self.sleeping.store(true, Ordering::SeqCst);
-            seqcst_point();
-            if self.len.load(Ordering::SeqCst) == 0 && self.alive.load(Ordering::SeqCst) {
-                thread::park();
-            }
-            self.sleeping.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Ends the mailbox: later posts fail, and the messages still queued are dropped (their
-    /// callers get [`Error::WorkerDied`]).
-    fn close(&self) {
-        let left = {
-            let mut queue = self.queue.lock();
-            queue.closed = true;
-            self.len.store(0, Ordering::Release);
-            std::mem::take(&mut queue.items)
-        };
-        // A request's drop may panic. The rest are still dropped (their callers answered),
-        // and the panic goes no further: not into a caller whose handler panicked and who
-        // closes the mailbox, not out of the actor's thread before it drops its behaviour.
-        for envelope in left {
-            contain::dispose(envelope);
-        }
+        self.handled_by.store(0, Ordering::Relaxed);
+        let _ = HANDLING.try_with(|handling| handling.set(self.outer));
     }
 }
 
@@ -697,6 +279,7 @@ impl<B: Behaviour> Actor<B> {
                 alive: CachePadded::new(AtomicBool::new(true)),
             },
             behaviour: UnwindMutex::new(Some(behaviour)),
+            handled_by: AtomicUsize::new(0),
         });
         let serving = shared.clone();
         let handle = thread::Builder::new()
@@ -873,7 +456,9 @@ impl<B: Behaviour> Actor<B> {
     #[inline]
     fn runs_here(&self) -> bool {
         Handling::any()
-            && (Handling::of(&self.shared) || thread::current().id() == self.thread.id())
+            && (Handling::of(&self.shared)
+                || Handling::within(&self.shared)
+                || thread::current().id() == self.thread.id())
     }
 
     fn round_trip(
