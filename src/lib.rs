@@ -311,6 +311,3 @@ pub use pool::{
     QueueMode, MAX_POOL_SIZE,
 };
 pub use worker::Worker;
-
-#[doc(hidden)]
-pub use stripe::this_thread_owns_a_stripe;

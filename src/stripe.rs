@@ -188,10 +188,3 @@ impl StripedCounter {
         self.cells.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
-
-/// Whether the calling thread owns a stripe (for the tests that check the crate's own
-/// background threads never take one from the clients).
-#[doc(hidden)]
-pub fn this_thread_owns_a_stripe() -> bool {
-    Stripe::current().owned().is_some()
-}

@@ -245,34 +245,6 @@ fn the_last_handle_dropped_on_the_reapers_thread() {
     );
 }
 
-/// The crate's own threads (reaper, start threads) run callbacks; none may take one of the
-/// client threads' stripes.
-#[test]
-fn the_reaper_and_start_threads_never_take_a_client_stripe() {
-    let owned = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (o, c) = (owned.clone(), calls.clone());
-    let pool = Pool::builder()
-        .size(2)
-        .warn_after(Duration::from_millis(10))
-        .on_event(move |_| {
-            let name = thread::current().name().unwrap_or_default().to_string();
-            if name.starts_with("cylinder-") {
-                c.fetch_add(1, Ordering::SeqCst);
-                if cylinder::this_thread_owns_a_stripe() {
-                    o.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .build(|| Ok(()))
-        .unwrap();
-    let slow = pool.checkout().unwrap();
-    Lease::discard(pool.checkout().unwrap());
-    assert!(eventually(SLACK, || calls.load(Ordering::SeqCst) >= 2));
-    drop(slow);
-    assert_eq!(owned.load(Ordering::SeqCst), 0);
-}
-
 /// `Duration::MAX` everywhere is "no limit", never an overflow.
 #[test]
 fn reconnect_delay_max_does_not_panic() {

@@ -38,9 +38,11 @@
 //! retried at the pace of `reconnect_delay`, not in a tight loop.
 
 mod builder;
+mod checkout;
 mod free;
 mod lease;
 mod manager;
+mod release;
 mod start;
 mod upkeep;
 mod waitlist;
@@ -56,16 +58,14 @@ use std::time::{Duration, Instant};
 
 use crate::contain;
 use crate::error::{Cause, Error};
-use crate::event::{emit, Event, EventHook};
+use crate::event::EventHook;
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
-use crate::sync::{
-    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
-};
+use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use free::FreeList;
 use manager::Uses;
 use start::Counts;
-use waitlist::{WaitError, WaitList};
+use waitlist::WaitList;
 use watch::LeaseWatch;
 
 /// A pool of workers — database connections, clients, worker threads — each leased to one
@@ -658,513 +658,6 @@ impl<W: Send + 'static> std::fmt::Debug for Pool<W> {
 }
 
 impl<W: Send + 'static> Shared<W> {
-    fn check_open(&self) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    /// A worker for a blocking checkout: a free one, else one from the line, within
-    /// `timeout`.
-    #[inline]
-    fn acquire(&self, timeout: Duration) -> Result<Box<Entry<W>>, Error> {
-        let stripe = Stripe::current();
-        // Read the clock only if this checkout has to wait.
-        let mut deadline = None;
-        // Backpressure: with the fuse blown, this checkout waits for the next start attempt
-        // (not for one that failed before it came; a worker it meets dead on arrival counts)
-        // and leaves with that attempt's cause, so a client retrying against a dead server is
-        // slowed to the pace of `reconnect_delay`.
-        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
-        loop {
-            self.check_open()?;
-            let entry = match self.free.take(stripe) {
-                Some(entry) => entry,
-                None => {
-                    self.never_again()?;
-                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                    self.wait_for(stripe, deadline, timeout, failed_before, false)?
-                }
-            };
-            if let Some(entry) = self.admit(entry, stripe) {
-                return Ok(entry);
-            }
-            // A worker failed its check: the next is tried only within the caller's time
-            // (counted from the first failure, so a checkout that passes reads no clock).
-            let at = *deadline.get_or_insert_with(|| deadline_after(timeout));
-            if at.is_some_and(|at| Instant::now() >= at) {
-                return Err(self.timed_out(timeout));
-            }
-        }
-    }
-
-    /// Nothing running, nothing starting, and the last start failed: nothing can come until
-    /// the next try. A waiter in line gives up once a start that failed after it came has
-    /// left the fuse blown; a non-blocking checkout fails at once while the pool waits out
-    /// `reconnect_delay` (see `fuse`).
-    pub(crate) fn fuse_blown(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
-            && self.counts.open() == 0
-            && self.counts.starting() == 0
-    }
-
-    /// A worker for a non-blocking checkout: it never waits for another client, but when the
-    /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
-    /// as poolboy's non-blocking checkout does.
-    fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
-        self.check_open()?;
-        let stripe = Stripe::current();
-        while let Some(entry) = self.free.take(stripe) {
-            if let Some(entry) = self.admit(entry, stripe) {
-                return Ok(entry);
-            }
-        }
-        let nothing_open = self.counts.in_service() == 0;
-        // A worker that came in between the look and the counts is free now: look again.
-        while let Some(entry) = self.free.take(stripe) {
-            if let Some(entry) = self.admit(entry, stripe) {
-                return Ok(entry);
-            }
-        }
-        if nothing_open && self.failing.load(Ordering::Acquire) {
-            // Nothing open and starts failing: down, not busy. At once while the pool waits
-            // out `reconnect_delay` or a retry is on its way; once the wait is over, this call
-            // tries a start itself (below), so a lazy pool comes back.
-            self.fuse()?;
-            if self.counts.on_their_way() > 0 {
-                if let Some(cause) = self.last_failure() {
-                    return Err(Error::Disconnected(cause));
-                }
-            }
-        } else if nothing_open && self.counts.on_their_way() > 0 {
-            // Nothing open yet and starts on their way, none failed (a lazy pool just built,
-            // or replacements): no worker is busy, so this waits for the first to come, as a
-            // start on this thread would, rather than open one more.
-            return self.try_wait_for_a_start(stripe);
-        }
-        if let Some(entry) = self.start_for_caller() {
-            if let Some(entry) = self.admit(entry, stripe) {
-                return Ok(entry);
-            }
-        }
-        // Closed meanwhile: say so, not "busy".
-        self.check_open()?;
-        self.fuse()?;
-        emit(&self.events, Event::Overload);
-        Err(Error::Overload)
-    }
-
-    /// `try_checkout` with nothing open and starts on their way: waits for the first, as
-    /// long as a start may take.
-    fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
-        let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
-        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
-        let entry = {
-            let _counted = start::Held::take(&self.waiting_for_a_start, usize::MAX);
-            self.wait_for(stripe, deadline_after(waited), waited, failed_before, true)?
-        };
-        if let Some(entry) = self.admit(entry, stripe) {
-            return Ok(entry);
-        }
-        // Dead on arrival: a failed start, not a busy pool.
-        match self.last_failure() {
-            Some(cause) => Err(Error::Disconnected(cause)),
-            None => Err(Error::Overload),
-        }
-    }
-
-    /// revolver's fuse: with nothing running, nothing starting and the last start failed,
-    /// fail at once with that start's error rather than wait for a worker that cannot come.
-    /// Only while the pool waits out `reconnect_delay`: after it, a blocking checkout must get
-    /// into line and claim the next start (with `min_idle(0)` nothing else would).
-    fn fuse(&self) -> Result<(), Error> {
-        if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
-            if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
-            }
-        }
-        Ok(())
-    }
-
-    /// With the fuse blown and no start attempt ever again (`reconnect_delay` of
-    /// `Duration::MAX`), a blocking checkout has nothing to wait for: it fails at once.
-    fn never_again(&self) -> Result<(), Error> {
-        if self.fuse_blown() && self.backoff_left(Instant::now()) == Some(Duration::MAX) {
-            if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits in line for a worker until `deadline`.
-    /// It gives up when the fuse is blown by a start that failed after `failed_before` (the
-    /// count of failed starts when it came).
-    ///
-    /// A `try_checkout` (`for_a_start`) waits only for a start on its way: it claims none,
-    /// leaves with `Overload` once nothing is on its way (another client got it) or its time
-    /// is up, and is counted as no timeout.
-    fn wait_for(
-        &self,
-        stripe: Stripe,
-        deadline: Option<Instant>,
-        timeout: Duration,
-        failed_before: u64,
-        for_a_start: bool,
-    ) -> Result<Box<Entry<W>>, Error> {
-        let waited = self.waiters.wait(
-            || self.free.take(stripe),
-            // Asked after each look that found nothing (and after the line stopped counting
-            // this waiter as served while it looked).
-            || {
-                if for_a_start {
-                    return self.counts.on_their_way() == 0 || self.fuse_blown();
-                }
-                // If the pool has room (a worker was closed since this checkout's claim
-                // failed), the reaper starts one for the line.
-                if self.has_room() {
-                    self.signal.request();
-                }
-                self.fuse_blown()
-                    && self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
-            },
-            deadline,
-            || self.free.queued(),
-            || {
-                if !for_a_start {
-                    self.start_for_line();
-                }
-            },
-            |entry| self.close_worker(entry),
-        );
-        match waited {
-            Ok(entry) => Ok(entry),
-            Err(WaitError::Closed) => Err(Error::Closed),
-            Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
-                match self.last_failure() {
-                    Some(cause) if self.fuse_blown() => Err(Error::Disconnected(cause)),
-                    _ => Err(Error::Overload),
-                }
-            }
-            Err(WaitError::GaveUp) => Err(Error::Disconnected(
-                self.last_failure()
-                    .unwrap_or_else(|| Cause::message("no worker could start")),
-            )),
-            Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
-        }
-    }
-
-    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with the
-    /// failing starts' cause if starts are failing.
-    fn timed_out(&self, timeout: Duration) -> Error {
-        self.timeouts.fetch_add(1, Ordering::Relaxed);
-        emit(&self.events, Event::CheckoutTimedOut(timeout));
-        match self.last_failure() {
-            Some(cause) if self.failing.load(Ordering::Acquire) => Error::Disconnected(cause),
-            _ => Error::Timeout(timeout),
-        }
-    }
-
-    /// Makes a worker ready for a lease: a dead one (for types that can tell) or one that
-    /// fails the check is retired, and `None` says to look for another.
-    #[inline]
-    fn admit(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
-        if self.is_dead(&entry) {
-            self.retire(entry, Retire::Died);
-            return None;
-        }
-        if self.uses.check {
-            if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
-                self.failed_checks.fetch_add(1, Ordering::Relaxed);
-                self.retire(entry, Retire::CheckFailed(cause));
-                return None;
-            }
-        }
-        entry.leased_before = true;
-        self.checkouts.add(stripe);
-        if let Some(watch) = &self.watch {
-            watch.begin(entry.id);
-        }
-        Some(entry)
-    }
-
-    #[inline]
-    fn is_dead(&self, entry: &Entry<W>) -> bool {
-        !self.worker_alive(&entry.worker)
-    }
-
-    /// The `is_alive` hook's answer (a panic in it counts as dead).
-    #[inline]
-    pub(crate) fn worker_alive(&self, worker: &W) -> bool {
-        !self.uses.is_alive || contain::run(|| self.manager.is_alive(worker)).unwrap_or(false)
-    }
-
-    /// Drops a worker that was never counted in (a start given up or failed), contained.
-    pub(crate) fn dispose(&self, worker: W) {
-        if contain::dispose(worker) {
-            log::error!("cylinder: {}: dropping a new worker panicked", self.name);
-        }
-    }
-
-    /// Ends a lease: the worker goes back to service, or is retired and replaced.
-    #[inline]
-    pub(crate) fn end_lease(&self, mut entry: Box<Entry<W>>, how: Return) {
-        if let Some(watch) = &self.watch {
-            watch.end(entry.id);
-        }
-        let discard = match how {
-            Return::Release => false,
-            Return::Discard => true,
-            Return::Panicking => self.on_client_panic == OnClientPanic::Discard,
-        };
-        let unfit = if discard {
-            Some(Retire::Discarded)
-        } else {
-            self.unfit(&mut entry)
-        };
-        if let Some(why) = unfit {
-            self.discards.fetch_add(1, Ordering::Relaxed);
-            return self.retire(entry, why);
-        }
-        let stripe = Stripe::current();
-        self.releases.add(stripe);
-        self.put_back(entry, stripe);
-    }
-
-    /// Runs the return hooks on a worker coming back from a lease; `Some` says why it must
-    /// go.
-    #[inline]
-    fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
-        if self.uses.is_broken {
-            match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
-                Ok(false) => {}
-                Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
-                Err(cause) => return Some(Retire::Broken(cause)),
-            }
-        }
-        if self.uses.reset {
-            if let Err(cause) = contain::call(|| self.manager.reset(&mut entry.worker)) {
-                return Some(Retire::Broken(cause));
-            }
-        }
-        if self.is_dead(entry) {
-            return Some(Retire::Died);
-        }
-        if self.max_lifetime.is_some() || self.idle_timeout.is_some() {
-            let now = Instant::now();
-            if self.expired(entry, now) {
-                return Some(Retire::Expired);
-            }
-            entry.idle_since = Some(now);
-        }
-        None
-    }
-
-    fn expired(&self, entry: &Entry<W>, now: Instant) -> bool {
-        self.max_lifetime
-            .is_some_and(|lifetime| now.saturating_duration_since(entry.born) >= lifetime)
-    }
-
-    /// Returns a worker to service. While more workers are open than `size` (overflow, or a
-    /// shrink), it goes to a waiter if one waits and is otherwise closed (poolboy's rule).
-    #[inline]
-    fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
-        let entry = if self.counts.total() > self.size.load(Ordering::Relaxed) {
-            match self.waiters.hand(entry) {
-                Ok(()) => return,
-                Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
-                    Some(entry) => entry,
-                    None => return,
-                },
-            }
-        } else {
-            entry
-        };
-        self.give_back(entry, stripe);
-        // A return racing `close` must not leave a worker in a closed pool.
-        if self.closed.load(Ordering::Acquire) {
-            self.drain();
-        }
-        // Nor one racing a shrink above the new size: the size was read before the worker
-        // was kept, and the shrink may have looked for free workers in between. The keep's
-        // `SeqCst` read-modify-write, then this look, against the resize's store, then its
-        // look for free workers: one of the two sees the other.
-        seqcst_point();
-        if self.counts.total() > self.size.load(Ordering::SeqCst) {
-            self.shrink();
-        }
-    }
-
-    /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'
-    /// lock only when someone waits.
-    #[inline]
-    fn give_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
-        if self.waiters.has_waiters() {
-            self.waiters
-                .offer(entry, |entry| self.queue(entry), || self.free.queued());
-            return;
-        }
-        if let Err(entry) = self.free.keep(entry, stripe) {
-            return self.overfull(entry);
-        }
-        // No fence needed before this re-check: `keep` ends in a `SeqCst` read-modify-write
-        // (the parked count's increment, or `ArrayQueue::push` claiming its tail), and a
-        // waiter registers with a `SeqCst` increment and fence before it looks for a worker
-        // (the parked count with a `SeqCst` load; the queue's empty check after the queue's
-        // own `SeqCst` fence). So either the waiter finds this worker, or this re-check sees
-        // the waiter and hands a worker over. The loom stand-ins keep those orderings (see
-        // loom-tests/README.md).
-        seqcst_point();
-        if self.waiters.has_waiters() {
-            if let Some(entry) = self.free.take(stripe) {
-                self.waiters
-                    .offer(entry, |entry| self.queue(entry), || self.free.queued());
-            }
-        }
-    }
-
-    fn queue(&self, entry: Box<Entry<W>>) {
-        if let Err(entry) = self.free.push(entry) {
-            self.overfull(entry);
-        }
-    }
-
-    /// The free queue is sized for every worker the pool may open: this cannot happen, but
-    /// if it did the worker is closed rather than lost silently.
-    fn overfull(&self, entry: Box<Entry<W>>) {
-        log::error!(
-            "cylinder: {}: more free workers than the pool has room for; closing one",
-            self.name
-        );
-        self.close_worker(entry);
-    }
-
-    /// Closes `entry` if more than `floor` workers are open; else hands it back.
-    ///
-    /// A checkout that found the pool at its limit may have registered in the line just after
-    /// this worker's holder looked for waiters: now that the pool has room again, a start is
-    /// claimed for it (the waiter, for its part, asks the reaper for one if it sees the room
-    /// first; see `wait_for`).
-    fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
-        if self.counts.release_above(floor) {
-            self.closed_above(entry);
-            None
-        } else {
-            Some(entry)
-        }
-    }
-
-    /// Closes a worker already counted out by `Counts::release_above`, and restarts one if a
-    /// waiter or `min_idle` needs it.
-    fn closed_above(&self, entry: Box<Entry<W>>) {
-        {
-            drop_worker(&self.name, entry);
-            // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
-            // against a waiter's registration and fence, then its claim (`start_for_line`):
-            // one of the two sees the other (`seqcst_point` gives loom that order).
-            seqcst_point();
-            // Below `min_idle` only if a resize up came in after the floor was read.
-            if self.waiters.has_unserved()
-                || self.counts.total() < self.min_idle.load(Ordering::SeqCst)
-            {
-                self.refill();
-            }
-        }
-    }
-
-    /// Takes a worker out of service and starts another in its place.
-    ///
-    /// A worker that dies or fails a check before its first lease, within `reconnect_delay`
-    /// of its start, was dead on arrival: a failed start, with the backoff that follows. Any
-    /// other is replaced at once, backoff or not: a worker that served and then failed says
-    /// nothing about the next start.
-    fn retire(&self, entry: Box<Entry<W>>, why: Retire) {
-        let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
-        let id = entry.id;
-        let (event, cause) = match why {
-            Retire::Discarded => (Event::WorkerDiscarded, None),
-            Retire::Died => (Event::WorkerDied, None),
-            Retire::CheckFailed(cause) => (Event::CheckFailed, Some(cause)),
-            Retire::Broken(cause) => (Event::WorkerBroken, Some(cause)),
-            Retire::Expired => (Event::WorkerExpired, None),
-        };
-        match &cause {
-            Some(cause) => log::warn!(
-                "cylinder: {}: worker {} dropped ({event:?}): {cause}",
-                self.name,
-                entry.id
-            ),
-            None => log::debug!(
-                "cylinder: {}: worker {} dropped ({event:?})",
-                self.name,
-                entry.id
-            ),
-        }
-        // Closed first (its `Drop` ends before a replacement may start, so no more than the
-        // pool's limit are ever alive at once), then its replacement claimed, then the event:
-        // a callback that blocks must not hold back the replacement.
-        self.close_worker(entry);
-        if dead_on_arrival && matches!(event, Event::CheckFailed | Event::WorkerDied) {
-            let cause = cause.unwrap_or_else(|| {
-                Cause::message(format!("worker {id} died before its first lease"))
-            });
-            self.note_failure(cause);
-            self.refill();
-        } else {
-            if let Some(cause) = cause {
-                self.keep_cause(cause);
-            }
-            self.replace();
-        }
-        emit(&self.events, event);
-    }
-
-    /// Detaches a leased worker: the pool forgets it and starts another.
-    pub(crate) fn detach(&self, entry: Entry<W>) -> W {
-        if let Some(watch) = &self.watch {
-            watch.end(entry.id);
-        }
-        self.takes.fetch_add(1, Ordering::Relaxed);
-        self.counts.release();
-        emit(&self.events, Event::WorkerTaken);
-        self.refill();
-        entry.worker
-    }
-
-    /// Drops a worker the pool owns and forgets it.
-    fn close_worker(&self, entry: Box<Entry<W>>) {
-        self.counts.release();
-        drop_worker(&self.name, entry);
-    }
-
-    /// Drops every free worker (after close).
-    fn drain(&self) {
-        let stripe = Stripe::current();
-        while let Some(entry) = self.free.take(stripe) {
-            self.close_worker(entry);
-        }
-    }
-
-    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
-    /// afresh each time: a resize up that came in meanwhile stops the shrink.
-    fn shrink(&self) {
-        let stripe = Stripe::current();
-        loop {
-            let size = self.size.load(Ordering::SeqCst);
-            if self.counts.total() <= size {
-                break;
-            }
-            let Some(entry) = self.free.take(stripe) else {
-                break;
-            };
-            if let Some(entry) = self.close_above(entry, size) {
-                self.put_back(entry, stripe);
-                break;
-            }
-        }
-    }
-
     /// Closes: no start begins after this (the claims still waiting are given back; a start
     /// under way drops its worker when it ends), every waiter wakes with `Closed`, and the free
     /// workers are dropped.
@@ -1260,5 +753,50 @@ fn drop_worker<W>(pool: &str, entry: Box<Entry<W>>) {
     let id = entry.id;
     if contain::dispose(entry) {
         log::error!("cylinder: {pool}: dropping worker {id} panicked");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{Lease, Pool};
+    use crate::stripe::Stripe;
+
+    /// The crate's own threads (reaper, start threads) run callbacks; none may take one of
+    /// the client threads' stripes.
+    #[test]
+    fn the_reaper_and_start_threads_never_take_a_client_stripe() {
+        let owned = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (o, c) = (owned.clone(), calls.clone());
+        let pool = Pool::builder()
+            .size(2)
+            .warn_after(Duration::from_millis(10))
+            .on_event(move |_| {
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or_default()
+                    .to_string();
+                if name.starts_with("cylinder-") {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if Stripe::current().owned().is_some() {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .build(|| Ok(()))
+            .unwrap();
+        let slow = pool.checkout().unwrap();
+        Lease::discard(pool.checkout().unwrap());
+        let until = Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < 2 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(calls.load(Ordering::SeqCst) >= 2);
+        drop(slow);
+        assert_eq!(owned.load(Ordering::SeqCst), 0);
     }
 }

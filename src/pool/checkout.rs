@@ -1,0 +1,264 @@
+//! The checkout path: a worker for a lease, from the free list, the line or a start; the
+//! checks it passes first; and the fuse and backpressure while no worker can be had.
+
+use std::time::{Duration, Instant};
+
+use super::start::Held;
+use super::waitlist::WaitError;
+use super::{Entry, Retire, Shared};
+use crate::contain;
+use crate::error::{Cause, Error};
+use crate::event::{emit, Event};
+use crate::stripe::Stripe;
+use crate::sync::{deadline_after, Ordering};
+
+impl<W: Send + 'static> Shared<W> {
+    pub(super) fn check_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// A worker for a blocking checkout: a free one, else one from the line, within
+    /// `timeout`.
+    #[inline]
+    pub(super) fn acquire(&self, timeout: Duration) -> Result<Box<Entry<W>>, Error> {
+        let stripe = Stripe::current();
+        // Read the clock only if this checkout has to wait.
+        let mut deadline = None;
+        // Backpressure: with the fuse blown, this checkout waits for the next start attempt
+        // (not for one that failed before it came; a worker it meets dead on arrival counts)
+        // and leaves with that attempt's cause, so a client retrying against a dead server is
+        // slowed to the pace of `reconnect_delay`.
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+        loop {
+            self.check_open()?;
+            let entry = match self.free.take(stripe) {
+                Some(entry) => entry,
+                None => {
+                    self.never_again()?;
+                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
+                    self.wait_for(stripe, deadline, timeout, failed_before, false)?
+                }
+            };
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+            // A worker failed its check: the next is tried only within the caller's time
+            // (counted from the first failure, so a checkout that passes reads no clock).
+            let at = *deadline.get_or_insert_with(|| deadline_after(timeout));
+            if at.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.timed_out(timeout));
+            }
+        }
+    }
+
+    /// Nothing running, nothing starting, and the last start failed: nothing can come until
+    /// the next try. A waiter in line gives up once a start that failed after it came has
+    /// left the fuse blown; a non-blocking checkout fails at once while the pool waits out
+    /// `reconnect_delay` (see `fuse`).
+    pub(crate) fn fuse_blown(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+            && self.counts.open() == 0
+            && self.counts.starting() == 0
+    }
+
+    /// A worker for a non-blocking checkout: it never waits for another client, but when the
+    /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
+    /// as poolboy's non-blocking checkout does.
+    pub(super) fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
+        self.check_open()?;
+        let stripe = Stripe::current();
+        while let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        let nothing_open = self.counts.in_service() == 0;
+        // A worker that came in between the look and the counts is free now: look again.
+        while let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        if nothing_open && self.failing.load(Ordering::Acquire) {
+            // Nothing open and starts failing: down, not busy. At once while the pool waits
+            // out `reconnect_delay` or a retry is on its way; once the wait is over, this call
+            // tries a start itself (below), so a lazy pool comes back.
+            self.fuse()?;
+            if self.counts.on_their_way() > 0 {
+                if let Some(cause) = self.last_failure() {
+                    return Err(Error::Disconnected(cause));
+                }
+            }
+        } else if nothing_open && self.counts.on_their_way() > 0 {
+            // Nothing open yet and starts on their way, none failed (a lazy pool just built,
+            // or replacements): no worker is busy, so this waits for the first to come, as a
+            // start on this thread would, rather than open one more.
+            return self.try_wait_for_a_start(stripe);
+        }
+        if let Some(entry) = self.start_for_caller() {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        // Closed meanwhile: say so, not "busy".
+        self.check_open()?;
+        self.fuse()?;
+        emit(&self.events, Event::Overload);
+        Err(Error::Overload)
+    }
+
+    /// `try_checkout` with nothing open and starts on their way: waits for the first, as
+    /// long as a start may take.
+    pub(super) fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
+        let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+        let entry = {
+            let _counted = Held::take(&self.waiting_for_a_start, usize::MAX);
+            self.wait_for(stripe, deadline_after(waited), waited, failed_before, true)?
+        };
+        if let Some(entry) = self.admit(entry, stripe) {
+            return Ok(entry);
+        }
+        // Dead on arrival: a failed start, not a busy pool.
+        match self.last_failure() {
+            Some(cause) => Err(Error::Disconnected(cause)),
+            None => Err(Error::Overload),
+        }
+    }
+
+    /// revolver's fuse: with nothing running, nothing starting and the last start failed,
+    /// fail at once with that start's error rather than wait for a worker that cannot come.
+    /// Only while the pool waits out `reconnect_delay`: after it, a blocking checkout must get
+    /// into line and claim the next start (with `min_idle(0)` nothing else would).
+    pub(super) fn fuse(&self) -> Result<(), Error> {
+        if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        Ok(())
+    }
+
+    /// With the fuse blown and no start attempt ever again (`reconnect_delay` of
+    /// `Duration::MAX`), a blocking checkout has nothing to wait for: it fails at once.
+    pub(super) fn never_again(&self) -> Result<(), Error> {
+        if self.fuse_blown() && self.backoff_left(Instant::now()) == Some(Duration::MAX) {
+            if let Some(cause) = self.last_failure() {
+                return Err(Error::Disconnected(cause));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits in line for a worker until `deadline`.
+    /// It gives up when the fuse is blown by a start that failed after `failed_before` (the
+    /// count of failed starts when it came).
+    ///
+    /// A `try_checkout` (`for_a_start`) waits only for a start on its way: it claims none,
+    /// leaves with `Overload` once nothing is on its way (another client got it) or its time
+    /// is up, and is counted as no timeout.
+    pub(super) fn wait_for(
+        &self,
+        stripe: Stripe,
+        deadline: Option<Instant>,
+        timeout: Duration,
+        failed_before: u64,
+        for_a_start: bool,
+    ) -> Result<Box<Entry<W>>, Error> {
+        let waited = self.waiters.wait(
+            || self.free.take(stripe),
+            // Asked after each look that found nothing (and after the line stopped counting
+            // this waiter as served while it looked).
+            || {
+                if for_a_start {
+                    return self.counts.on_their_way() == 0 || self.fuse_blown();
+                }
+                // If the pool has room (a worker was closed since this checkout's claim
+                // failed), the reaper starts one for the line.
+                if self.has_room() {
+                    self.signal.request();
+                }
+                self.fuse_blown()
+                    && self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
+            },
+            deadline,
+            || self.free.queued(),
+            || {
+                if !for_a_start {
+                    self.start_for_line();
+                }
+            },
+            |entry| self.close_worker(entry),
+        );
+        match waited {
+            Ok(entry) => Ok(entry),
+            Err(WaitError::Closed) => Err(Error::Closed),
+            Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
+                match self.last_failure() {
+                    Some(cause) if self.fuse_blown() => Err(Error::Disconnected(cause)),
+                    _ => Err(Error::Overload),
+                }
+            }
+            Err(WaitError::GaveUp) => Err(Error::Disconnected(
+                self.last_failure()
+                    .unwrap_or_else(|| Cause::message("no worker could start")),
+            )),
+            Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
+        }
+    }
+
+    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with the
+    /// failing starts' cause if starts are failing.
+    pub(super) fn timed_out(&self, timeout: Duration) -> Error {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        emit(&self.events, Event::CheckoutTimedOut(timeout));
+        match self.last_failure() {
+            Some(cause) if self.failing.load(Ordering::Acquire) => Error::Disconnected(cause),
+            _ => Error::Timeout(timeout),
+        }
+    }
+
+    /// Makes a worker ready for a lease: a dead one (for types that can tell) or one that
+    /// fails the check is retired, and `None` says to look for another.
+    #[inline]
+    pub(super) fn admit(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
+        if self.is_dead(&entry) {
+            self.retire(entry, Retire::Died);
+            return None;
+        }
+        if self.uses.check {
+            if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
+                self.failed_checks.fetch_add(1, Ordering::Relaxed);
+                self.retire(entry, Retire::CheckFailed(cause));
+                return None;
+            }
+        }
+        entry.leased_before = true;
+        self.checkouts.add(stripe);
+        if let Some(watch) = &self.watch {
+            watch.begin(entry.id);
+        }
+        Some(entry)
+    }
+
+    #[inline]
+    pub(super) fn is_dead(&self, entry: &Entry<W>) -> bool {
+        !self.worker_alive(&entry.worker)
+    }
+
+    /// The `is_alive` hook's answer (a panic in it counts as dead).
+    #[inline]
+    pub(crate) fn worker_alive(&self, worker: &W) -> bool {
+        !self.uses.is_alive || contain::run(|| self.manager.is_alive(worker)).unwrap_or(false)
+    }
+
+    /// Drops a worker that was never counted in (a start given up or failed), contained.
+    pub(crate) fn dispose(&self, worker: W) {
+        if contain::dispose(worker) {
+            log::error!("cylinder: {}: dropping a new worker panicked", self.name);
+        }
+    }
+}

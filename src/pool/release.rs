@@ -1,0 +1,271 @@
+//! The return path: a worker back to service after a lease (its return hooks, the line, the
+//! free list), or out of it (retired and replaced, closed above the size, detached).
+
+use std::time::Instant;
+
+use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
+use crate::contain;
+use crate::error::Cause;
+use crate::event::{emit, Event};
+use crate::stripe::Stripe;
+use crate::sync::{seqcst_point, Ordering};
+
+impl<W: Send + 'static> Shared<W> {
+    /// Ends a lease: the worker goes back to service, or is retired and replaced.
+    #[inline]
+    pub(crate) fn end_lease(&self, mut entry: Box<Entry<W>>, how: Return) {
+        if let Some(watch) = &self.watch {
+            watch.end(entry.id);
+        }
+        let discard = match how {
+            Return::Release => false,
+            Return::Discard => true,
+            Return::Panicking => self.on_client_panic == OnClientPanic::Discard,
+        };
+        let unfit = if discard {
+            Some(Retire::Discarded)
+        } else {
+            self.unfit(&mut entry)
+        };
+        if let Some(why) = unfit {
+            self.discards.fetch_add(1, Ordering::Relaxed);
+            return self.retire(entry, why);
+        }
+        let stripe = Stripe::current();
+        self.releases.add(stripe);
+        self.put_back(entry, stripe);
+    }
+
+    /// Runs the return hooks on a worker coming back from a lease; `Some` says why it must
+    /// go.
+    #[inline]
+    pub(super) fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
+        if self.uses.is_broken {
+            match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
+                Ok(false) => {}
+                Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
+                Err(cause) => return Some(Retire::Broken(cause)),
+            }
+        }
+        if self.uses.reset {
+            if let Err(cause) = contain::call(|| self.manager.reset(&mut entry.worker)) {
+                return Some(Retire::Broken(cause));
+            }
+        }
+        if self.is_dead(entry) {
+            return Some(Retire::Died);
+        }
+        if self.max_lifetime.is_some() || self.idle_timeout.is_some() {
+            let now = Instant::now();
+            if self.expired(entry, now) {
+                return Some(Retire::Expired);
+            }
+            entry.idle_since = Some(now);
+        }
+        None
+    }
+
+    pub(super) fn expired(&self, entry: &Entry<W>, now: Instant) -> bool {
+        self.max_lifetime
+            .is_some_and(|lifetime| now.saturating_duration_since(entry.born) >= lifetime)
+    }
+
+    /// Returns a worker to service. While more workers are open than `size` (overflow, or a
+    /// shrink), it goes to a waiter if one waits and is otherwise closed (poolboy's rule).
+    #[inline]
+    pub(super) fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
+        let entry = if self.counts.total() > self.size.load(Ordering::Relaxed) {
+            match self.waiters.hand(entry) {
+                Ok(()) => return,
+                Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
+                    Some(entry) => entry,
+                    None => return,
+                },
+            }
+        } else {
+            entry
+        };
+        self.give_back(entry, stripe);
+        // A return racing `close` must not leave a worker in a closed pool.
+        if self.closed.load(Ordering::Acquire) {
+            self.drain();
+        }
+        // Nor one racing a shrink above the new size: the size was read before the worker
+        // was kept, and the shrink may have looked for free workers in between. The keep's
+        // `SeqCst` read-modify-write, then this look, against the resize's store, then its
+        // look for free workers: one of the two sees the other.
+        seqcst_point();
+        if self.counts.total() > self.size.load(Ordering::SeqCst) {
+            self.shrink();
+        }
+    }
+
+    /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'
+    /// lock only when someone waits.
+    #[inline]
+    pub(super) fn give_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
+        if self.waiters.has_waiters() {
+            self.waiters
+                .offer(entry, |entry| self.queue(entry), || self.free.queued());
+            return;
+        }
+        if let Err(entry) = self.free.keep(entry, stripe) {
+            return self.overfull(entry);
+        }
+        // No fence needed before this re-check: `keep` ends in a `SeqCst` read-modify-write
+        // (the parked count's increment, or `ArrayQueue::push` claiming its tail), and a
+        // waiter registers with a `SeqCst` increment and fence before it looks for a worker
+        // (the parked count with a `SeqCst` load; the queue's empty check after the queue's
+        // own `SeqCst` fence). So either the waiter finds this worker, or this re-check sees
+        // the waiter and hands a worker over. The loom stand-ins keep those orderings (see
+        // loom-tests/README.md).
+        seqcst_point();
+        if self.waiters.has_waiters() {
+            if let Some(entry) = self.free.take(stripe) {
+                self.waiters
+                    .offer(entry, |entry| self.queue(entry), || self.free.queued());
+            }
+        }
+    }
+
+    pub(super) fn queue(&self, entry: Box<Entry<W>>) {
+        if let Err(entry) = self.free.push(entry) {
+            self.overfull(entry);
+        }
+    }
+
+    /// The free queue is sized for every worker the pool may open: this cannot happen, but
+    /// if it did the worker is closed rather than lost silently.
+    pub(super) fn overfull(&self, entry: Box<Entry<W>>) {
+        log::error!(
+            "cylinder: {}: more free workers than the pool has room for; closing one",
+            self.name
+        );
+        self.close_worker(entry);
+    }
+
+    /// Closes `entry` if more than `floor` workers are open; else hands it back.
+    ///
+    /// A checkout that found the pool at its limit may have registered in the line just after
+    /// this worker's holder looked for waiters: now that the pool has room again, a start is
+    /// claimed for it (the waiter, for its part, asks the reaper for one if it sees the room
+    /// first; see `wait_for`).
+    pub(super) fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
+        if self.counts.release_above(floor) {
+            self.closed_above(entry);
+            None
+        } else {
+            Some(entry)
+        }
+    }
+
+    /// Closes a worker already counted out by `Counts::release_above`, and restarts one if a
+    /// waiter or `min_idle` needs it.
+    pub(super) fn closed_above(&self, entry: Box<Entry<W>>) {
+        {
+            drop_worker(&self.name, entry);
+            // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
+            // against a waiter's registration and fence, then its claim (`start_for_line`):
+            // one of the two sees the other (`seqcst_point` gives loom that order).
+            seqcst_point();
+            // Below `min_idle` only if a resize up came in after the floor was read.
+            if self.waiters.has_unserved()
+                || self.counts.total() < self.min_idle.load(Ordering::SeqCst)
+            {
+                self.refill();
+            }
+        }
+    }
+
+    /// Takes a worker out of service and starts another in its place.
+    ///
+    /// A worker that dies or fails a check before its first lease, within `reconnect_delay`
+    /// of its start, was dead on arrival: a failed start, with the backoff that follows. Any
+    /// other is replaced at once, backoff or not: a worker that served and then failed says
+    /// nothing about the next start.
+    pub(super) fn retire(&self, entry: Box<Entry<W>>, why: Retire) {
+        let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
+        let id = entry.id;
+        let (event, cause) = match why {
+            Retire::Discarded => (Event::WorkerDiscarded, None),
+            Retire::Died => (Event::WorkerDied, None),
+            Retire::CheckFailed(cause) => (Event::CheckFailed, Some(cause)),
+            Retire::Broken(cause) => (Event::WorkerBroken, Some(cause)),
+            Retire::Expired => (Event::WorkerExpired, None),
+        };
+        match &cause {
+            Some(cause) => log::warn!(
+                "cylinder: {}: worker {} dropped ({event:?}): {cause}",
+                self.name,
+                entry.id
+            ),
+            None => log::debug!(
+                "cylinder: {}: worker {} dropped ({event:?})",
+                self.name,
+                entry.id
+            ),
+        }
+        // Closed first (its `Drop` ends before a replacement may start, so no more than the
+        // pool's limit are ever alive at once), then its replacement claimed, then the event:
+        // a callback that blocks must not hold back the replacement.
+        self.close_worker(entry);
+        if dead_on_arrival && matches!(event, Event::CheckFailed | Event::WorkerDied) {
+            let cause = cause.unwrap_or_else(|| {
+                Cause::message(format!("worker {id} died before its first lease"))
+            });
+            self.note_failure(cause);
+            self.refill();
+        } else {
+            if let Some(cause) = cause {
+                self.keep_cause(cause);
+            }
+            self.replace();
+        }
+        emit(&self.events, event);
+    }
+
+    /// Detaches a leased worker: the pool forgets it and starts another.
+    pub(crate) fn detach(&self, entry: Entry<W>) -> W {
+        if let Some(watch) = &self.watch {
+            watch.end(entry.id);
+        }
+        self.takes.fetch_add(1, Ordering::Relaxed);
+        self.counts.release();
+        emit(&self.events, Event::WorkerTaken);
+        self.refill();
+        entry.worker
+    }
+
+    /// Drops a worker the pool owns and forgets it.
+    pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
+        self.counts.release();
+        drop_worker(&self.name, entry);
+    }
+
+    /// Drops every free worker (after close).
+    pub(super) fn drain(&self) {
+        let stripe = Stripe::current();
+        while let Some(entry) = self.free.take(stripe) {
+            self.close_worker(entry);
+        }
+    }
+
+    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
+    /// afresh each time: a resize up that came in meanwhile stops the shrink.
+    pub(super) fn shrink(&self) {
+        let stripe = Stripe::current();
+        loop {
+            let size = self.size.load(Ordering::SeqCst);
+            if self.counts.total() <= size {
+                break;
+            }
+            let Some(entry) = self.free.take(stripe) else {
+                break;
+            };
+            if let Some(entry) = self.close_above(entry, size) {
+                self.put_back(entry, stripe);
+                break;
+            }
+        }
+    }
+}
