@@ -47,9 +47,18 @@ impl Rng {
 enum Request {
     Echo(u64),
     Crash,
+    /// The handler calls its own actor: it must get `CallingSelf` at once.
+    CallSelf,
 }
 
-struct Echo;
+/// Self-calls that got anything but `Error::CallingSelf`.
+static WRONG_SELF_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Knows its own actor, to call it from its handler.
+#[derive(Default)]
+struct Echo {
+    me: Arc<std::sync::OnceLock<std::sync::Weak<Actor<Echo>>>>,
+}
 
 impl Behaviour for Echo {
     type Request = Request;
@@ -58,13 +67,30 @@ impl Behaviour for Echo {
         match request {
             Request::Echo(n) => n,
             Request::Crash => panic!("chaos: worker thread killed"),
+            Request::CallSelf => {
+                if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                    if !matches!(me.call(Request::Echo(7)), Err(Error::CallingSelf)) {
+                        WRONG_SELF_CALLS.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                0
+            }
         }
     }
 }
 
+/// An actor that knows itself.
+fn spawn_echo() -> Result<Arc<Actor<Echo>>, BoxError> {
+    let echo = Echo::default();
+    let me = echo.me.clone();
+    let actor = Arc::new(Actor::spawn(echo)?);
+    let _ = me.set(Arc::downgrade(&actor));
+    Ok(actor)
+}
+
 /// A worker thread with an "in use" flag that catches double leases.
 struct Member {
-    thread: Actor<Echo>,
+    thread: Arc<Actor<Echo>>,
     in_use: AtomicBool,
     /// Its `Drop` panics.
     bomb: bool,
@@ -73,7 +99,7 @@ struct Member {
 impl Member {
     fn new(serial: u64) -> Result<Member, BoxError> {
         Ok(Member {
-            thread: Actor::spawn(Echo)?,
+            thread: spawn_echo()?,
             in_use: AtomicBool::new(false),
             bomb: serial % 5 == 4,
         })
@@ -243,6 +269,16 @@ fn client(world: &World, seed: u64) {
                     member
                         .thread
                         .call_timeout(Request::Echo(2), Duration::from_millis(100))?;
+                    // A handler calling its own actor, inline or on the actor's thread.
+                    match rng.below(8) {
+                        0 => drop(member.thread.call(Request::CallSelf)?),
+                        1 => drop(
+                            member
+                                .thread
+                                .call_timeout(Request::CallSelf, Duration::from_millis(100))?,
+                        ),
+                        _ => {}
+                    }
                 }
                 6 => {
                     world.balancer.map(|member| member.is_alive());
@@ -504,6 +540,11 @@ fn chaos_run_keeps_every_invariant() {
     thread::sleep(secs);
     world.stop.store(true, Ordering::SeqCst);
     join_all(&finished, seed, Duration::from_secs(30));
+    assert_eq!(
+        WRONG_SELF_CALLS.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): a handler calling its own actor got something else than CallingSelf"
+    );
 
     // Faults over (a kill already queued in a worker's mailbox may still land): the pool
     // must come back to full size, every worker leasable at once and alive.
@@ -611,6 +652,11 @@ fn chaos_run_ends_with_close_under_load() {
     thread::sleep(Duration::from_millis(50));
     world.stop.store(true, Ordering::SeqCst);
     join_all(&finished, seed, Duration::from_secs(30));
+    assert_eq!(
+        WRONG_SELF_CALLS.load(Ordering::SeqCst),
+        0,
+        "chaos (seed {seed}): a handler calling its own actor got something else than CallingSelf"
+    );
     report(&world, "closed under load", seed, secs / 3);
     let stats = world.pool.stats();
     assert_eq!(

@@ -85,3 +85,39 @@ fn fifo_queue_mode_rotates_sequential_checkouts_through_every_worker() {
         "Fifo: five checkouts in a row, from five threads"
     );
 }
+
+/// r2d2's `idle_timeout_partial_use` with each checkout on a fresh thread, in both modes: one
+/// checkout every 125 ms for 1.5 s, `idle_timeout` 500 ms. `Lifo` keeps reusing the worker
+/// released last, so the other four age out; `Fifo` hands out the one idle longest, spreading
+/// the use over the workers, so more than one stays open.
+fn open_after_partial_use(mode: QueueMode) -> usize {
+    let pool = Pool::builder()
+        .size(5)
+        .min_idle(0)
+        .queue_mode(mode)
+        .idle_timeout(std::time::Duration::from_millis(500))
+        .build(|| Ok(()))
+        .unwrap();
+    let all: Vec<_> = (0..5).map(|_| pool.try_checkout().unwrap()).collect();
+    drop(all);
+    for _ in 0..12 {
+        thread::sleep(std::time::Duration::from_millis(125));
+        let handle = pool.clone();
+        thread::spawn(move || {
+            drop(
+                handle
+                    .checkout_timeout(std::time::Duration::from_secs(2))
+                    .unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+    }
+    pool.stats().size
+}
+
+#[test]
+fn idle_timeout_partial_use_shrinks_a_lifo_pool_and_not_a_fifo_one() {
+    assert_eq!(open_after_partial_use(QueueMode::Lifo), 1, "Lifo");
+    assert!(open_after_partial_use(QueueMode::Fifo) > 1, "Fifo");
+}
