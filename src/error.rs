@@ -55,7 +55,7 @@ impl Cause {
     pub(crate) fn panic(payload: &(dyn std::any::Any + Send)) -> Cause {
         let message = payload
             .downcast_ref::<&str>()
-            .map(|s| s.to_string())
+            .map(|s| (*s).to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic with a non-string payload".to_string());
         Cause::message(format!("panicked: {message}"))
@@ -67,6 +67,7 @@ impl Cause {
     /// let cause = cylinder::Cause::new(std::io::Error::other("disk full"));
     /// assert!(cause.get().downcast_ref::<std::io::Error>().is_some());
     /// ```
+    #[must_use]
     pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.0
     }
@@ -153,6 +154,7 @@ impl Error {
     /// assert_eq!(err.cause().unwrap().to_string(), "no live children");
     /// assert!(Error::Overload.cause().is_none());
     /// ```
+    #[must_use]
     pub fn cause(&self) -> Option<&Cause> {
         match self {
             Error::Disconnected(cause) => Some(cause),

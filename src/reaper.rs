@@ -99,7 +99,7 @@ impl Reaper {
                 .spawn(move || {
                     let _ending = ending;
                     crate::stripe::opt_out();
-                    Self::run(&waits_on, first, round)
+                    Self::run(&waits_on, first, round);
                 })?;
             Some(Running { handle, ended })
         };
@@ -111,12 +111,11 @@ impl Reaper {
         while let Some(asked) = signal.wait(retry) {
             // A round never panics by design (supervisor calls are contained); this keeps a
             // bug from silently ending upkeep for good.
-            retry = match catch_unwind(AssertUnwindSafe(|| round(asked))) {
-                Ok(next) => next,
-                Err(_) => {
-                    log::error!("cylinder: reaper round panicked; retrying in 1s");
-                    Some(Duration::from_secs(1))
-                }
+            retry = if let Ok(next) = catch_unwind(AssertUnwindSafe(|| round(asked))) {
+                next
+            } else {
+                log::error!("cylinder: reaper round panicked; retrying in 1s");
+                Some(Duration::from_secs(1))
             };
         }
     }

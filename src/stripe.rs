@@ -44,7 +44,7 @@ impl Claim {
         }
         let mut freed = FREED
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(stripe) = freed.pop() {
             return Claim(stripe);
         }
@@ -69,7 +69,7 @@ impl Drop for Claim {
         if self.0 != SHARED && !cfg!(loom) {
             FREED
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(self.0);
         }
     }

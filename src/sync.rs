@@ -102,7 +102,7 @@ mod imp {
             self.0.load_full()
         }
         pub(crate) fn store(&self, value: std::sync::Arc<T>) {
-            self.0.store(value)
+            self.0.store(value);
         }
     }
 
@@ -339,7 +339,7 @@ mod imp {
 pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard, SwapCell};
 
 /// A mutex that a panic may unwind through while it is held (the actor's behaviour, held
-/// across its handlers): in the real build it is [`Mutex`] (parking_lot's does not poison).
+/// across its handlers): in the real build it is [`Mutex`] (`parking_lot`'s does not poison).
 #[cfg(not(loom))]
 pub(crate) type UnwindMutex<T> = Mutex<T>;
 #[cfg(loom)]

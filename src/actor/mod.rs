@@ -250,6 +250,9 @@ impl Drop for DeadOnPanic<'_> {
 impl<B: Behaviour> Actor<B> {
     /// Starts the worker thread. Fails only if the operating system refuses a new thread.
     ///
+    /// # Errors
+    /// The error of `std::thread::Builder::spawn` when no thread can be started.
+    ///
     /// ```
     /// use cylinder::{Actor, Behaviour};
     ///
@@ -390,6 +393,10 @@ impl<B: Behaviour> Actor<B> {
     /// or its handler panicked, before it replied. If the actor is idle, the handler runs on
     /// this thread instead ([`Behaviour::INLINE_CALLS`]).
     ///
+    /// # Errors
+    /// [`Error::WorkerDied`] when the actor ended, or its handler panicked, before it replied;
+    /// [`Error::CallingSelf`] when called from one of this actor's own handlers.
+    ///
     /// ```
     /// use cylinder::{Actor, Behaviour};
     ///
@@ -416,6 +423,9 @@ impl<B: Behaviour> Actor<B> {
     /// Sends `request` and waits at most `timeout` for the reply: [`Error::Timeout`] after
     /// that. A reply that comes later is dropped; it is never taken for the reply to a later
     /// call.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no reply came within `timeout`; otherwise as [`call`](Self::call).
     ///
     /// ```
     /// use std::time::Duration;
@@ -492,6 +502,9 @@ impl<B: Behaviour> Actor<B> {
     }
 
     /// Sends `request` without waiting for it to be handled.
+    ///
+    /// # Errors
+    /// [`Error::WorkerDied`] when the actor has ended.
     ///
     /// ```
     /// use cylinder::{Actor, Behaviour};

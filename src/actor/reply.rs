@@ -146,12 +146,11 @@ impl<R: Send + 'static> ReplySlot<R> {
     /// the call is no longer awaited, and its reply will be dropped when it comes.
     pub(super) fn give_up(&self, timeout: Duration) -> Result<R, Error> {
         let mut slot = self.reply.lock();
-        match slot.take() {
-            Some(reply) => reply.ok_or(Error::WorkerDied),
-            None => {
-                self.awaited.store(0, Ordering::Relaxed);
-                Err(Error::Timeout(timeout))
-            }
+        if let Some(reply) = slot.take() {
+            reply.ok_or(Error::WorkerDied)
+        } else {
+            self.awaited.store(0, Ordering::Relaxed);
+            Err(Error::Timeout(timeout))
         }
     }
 

@@ -58,7 +58,8 @@ pub(super) static SPINNING: AtomicUsize = AtomicUsize::new(0);
 #[cfg(not(loom))]
 pub(super) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 /// Spins until `ready()` or `budget` has passed, unless as many threads as there are cores

@@ -141,6 +141,7 @@ impl<W> WorkerRef<W> {
     ///     .unwrap();
     /// assert!(Arc::ptr_eq(&balancer.get().unwrap().arc(), &node));
     /// ```
+    #[must_use]
     pub fn arc(&self) -> Arc<W> {
         self.snapshot.workers[self.index].clone()
     }
@@ -210,6 +211,7 @@ impl<W: Worker> BalancerLease<W> {
     /// let lease = balancer.lease().unwrap();
     /// assert!(Arc::ptr_eq(&lease.arc(), &node));
     /// ```
+    #[must_use]
     pub fn arc(&self) -> Arc<W> {
         self.member.worker.clone()
     }
@@ -687,6 +689,7 @@ impl<W: Worker> Balancer<W> {
     ///     .unwrap();
     /// assert_eq!(balancer.len(), 1);
     /// ```
+    #[must_use]
     pub fn len(&self) -> usize {
         self.shared.set.snapshot().workers.len()
     }
@@ -706,6 +709,7 @@ impl<W: Worker> Balancer<W> {
     ///     .unwrap();
     /// assert!(balancer.is_empty());
     /// ```
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -724,6 +728,7 @@ impl<W: Worker> Balancer<W> {
     ///     .unwrap();
     /// assert_eq!(balancer.reloads(), 1);
     /// ```
+    #[must_use]
     pub fn reloads(&self) -> u64 {
         self.shared.set.reloads()
     }

@@ -33,7 +33,7 @@ pub(crate) struct Member<W> {
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
 /// while a member is alive no other worker can have its address.
 fn key<W>(worker: &Arc<W>) -> usize {
-    Arc::as_ptr(worker) as *const () as usize
+    Arc::as_ptr(worker).cast::<()>() as usize
 }
 
 impl<W> Drop for Snapshot<W> {
@@ -376,17 +376,16 @@ impl<W: Worker> WorkerSet<W> {
                     dropped.push(Box::new(worker));
                     continue;
                 }
-                let member = match known.last.remove(&id) {
-                    Some(member) => member,
-                    None => {
-                        new += 1;
-                        match known.away.remove(&id).and_then(|cell| cell.upgrade()) {
-                            Some(member) => member,
-                            None => Arc::new(Member {
-                                worker,
-                                leased: AtomicBool::new(false),
-                            }),
-                        }
+                let member = if let Some(member) = known.last.remove(&id) {
+                    member
+                } else {
+                    new += 1;
+                    match known.away.remove(&id).and_then(|cell| cell.upgrade()) {
+                        Some(member) => member,
+                        None => Arc::new(Member {
+                            worker,
+                            leased: AtomicBool::new(false),
+                        }),
                     }
                 };
                 members.push(member.clone());
@@ -442,16 +441,15 @@ impl<W: Worker> WorkerSet<W> {
     /// When the reaper should try again after a reload: after `reconnect_delay` while the set
     /// is gone, else only when asked.
     pub(crate) fn retry_after<T>(&self, reload: &Result<T, Error>) -> Option<Duration> {
-        match reload {
-            Ok(_) => None,
-            Err(_) => {
-                log::debug!(
-                    "cylinder: {}: still disconnected, retrying in {:?}",
-                    self.name,
-                    self.reconnect_delay
-                );
-                Some(self.reconnect_delay)
-            }
+        if reload.is_ok() {
+            None
+        } else {
+            log::debug!(
+                "cylinder: {}: still disconnected, retrying in {:?}",
+                self.name,
+                self.reconnect_delay
+            );
+            Some(self.reconnect_delay)
         }
     }
 }

@@ -28,6 +28,9 @@ use crate::worker::Worker;
 /// ```
 pub trait Supervisor<W>: Send + Sync + 'static {
     /// The current children. `Err` or an empty list: the set is gone (disconnected).
+    /// # Errors
+    /// An error (or an empty list) says the set is gone: the balancer is disconnected, with this
+    /// error as the cause, until a later call lists live children.
     fn children(&self) -> Result<Vec<Arc<W>>, BoxError>;
 
     /// Told that `worker` was taken out of service (found dead by the balancer), once per worker,
@@ -150,7 +153,7 @@ impl<W: Worker> Supervisor<W> for Arc<Factory<W>> {
     }
 
     fn retire(&self, worker: &Arc<W>) {
-        Factory::retire(self, worker)
+        Factory::retire(self, worker);
     }
 }
 

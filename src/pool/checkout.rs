@@ -34,13 +34,12 @@ impl<W: Send + 'static> Shared<W> {
         let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
         loop {
             self.check_open()?;
-            let entry = match self.free.take(stripe) {
-                Some(entry) => entry,
-                None => {
-                    self.never_again()?;
-                    let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                    self.wait_for(stripe, deadline, timeout, failed_before, false)?
-                }
+            let entry = if let Some(entry) = self.free.take(stripe) {
+                entry
+            } else {
+                self.never_again()?;
+                let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
+                self.wait_for(stripe, deadline, timeout, failed_before, false)?
             };
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);

@@ -95,6 +95,9 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
     /// Detaches the worker from the pool and hands it over (deadpool's `Object::take`): the
     /// pool forgets it and starts another in its place.
     ///
+    /// # Panics
+    /// Never: a lease holds its worker until it ends.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use cylinder::{Lease, Pool};
@@ -105,6 +108,7 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
     /// let replacement = pool.checkout_timeout(Duration::from_secs(5)).unwrap();
     /// assert_eq!(*replacement, "conn");
     /// ```
+    #[must_use]
     pub fn take(mut lease: Self) -> W {
         let entry = lease
             .entry
@@ -140,7 +144,7 @@ impl<W: Send + 'static> OwnedLease<W> {
     /// assert_eq!(pool.stats().discards, 1);
     /// ```
     pub fn discard(lease: Self) {
-        Lease::discard(lease.0)
+        Lease::discard(lease.0);
     }
 
     /// Detaches the worker from the pool, as [`Lease::take`] does.
@@ -151,6 +155,7 @@ impl<W: Send + 'static> OwnedLease<W> {
     /// let pool = Pool::builder().size(1).build(|| Ok(5u8)).unwrap();
     /// assert_eq!(OwnedLease::take(pool.checkout_owned().unwrap()), 5);
     /// ```
+    #[must_use]
     pub fn take(lease: Self) -> W {
         Lease::take(lease.0)
     }

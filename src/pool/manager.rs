@@ -53,11 +53,15 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Makes a new worker (opens a connection). An error or panic is retried every
     /// `reconnect_delay`.
+    /// # Errors
+    /// The worker could not be made; the error is the cause the pool reports.
     fn start(&self) -> Result<Self::Worker, BoxError>;
 
     /// Checks a worker before it is leased (r2d2's `is_valid`), when the pool's
     /// `check_on_checkout` is on (the default). An error retires the worker and the next one
     /// is tried. Default: passes.
+    /// # Errors
+    /// The worker is unfit: it is retired, with this error as its cause.
     fn check(&self, worker: &mut Self::Worker) -> Result<(), BoxError> {
         let _ = worker;
         Ok(())
@@ -85,6 +89,8 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Makes a returned worker fit for the next holder (deadpool's `recycle`), e.g. rolls
     /// back a transaction its client left open. An error retires it. Default: nothing.
+    /// # Errors
+    /// The worker could not be reset: it is retired, with this error as its cause.
     fn reset(&self, worker: &mut Self::Worker) -> Result<(), BoxError> {
         let _ = worker;
         Ok(())
@@ -103,6 +109,8 @@ pub trait Manager: Send + Sync + 'static {
 /// ```
 pub trait CheckOutcome {
     /// `Ok` when the check passed, else why not.
+    /// # Errors
+    /// Why the check failed.
     fn into_result(self) -> Result<(), BoxError>;
 }
 

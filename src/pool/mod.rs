@@ -354,7 +354,7 @@ impl<W: Send + 'static> Pool<W> {
     /// **While the server is down** (no worker open, the last start failed), a blocking
     /// checkout waits for the pool's next start attempt, up to its own timeout, and fails with
     /// that attempt's cause: a client that retries in a loop makes at most about one failed
-    /// checkout per `reconnect_delay` instead of spinning. r2d2 and HikariCP block the same
+    /// checkout per `reconnect_delay` instead of spinning. r2d2 and `HikariCP` block the same
     /// way (for their whole timeout); [`try_checkout`](Self::try_checkout) and the balancer's
     /// `get` stay fail-fast, as revolver's fuse is.
     ///
@@ -596,6 +596,7 @@ impl<W: Send + 'static> Pool<W> {
     /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
     /// assert!(!pool.is_closed());
     /// ```
+    #[must_use]
     pub fn is_closed(&self) -> bool {
         self.handle.shared.closed.load(Ordering::Acquire)
     }
@@ -611,6 +612,7 @@ impl<W: Send + 'static> Pool<W> {
     /// assert_eq!((stats.size, stats.free, stats.leased), (2, 1, 1));
     /// drop(held);
     /// ```
+    #[must_use]
     pub fn stats(&self) -> PoolStats {
         self.handle.shared.stats()
     }
@@ -731,7 +733,7 @@ impl<W: Send + 'static> Drop for Shared<W> {
         contain::dispose(failure);
         contain::dispose(std::mem::replace(
             &mut self.manager,
-            Box::new(Gone(Default::default())),
+            Box::new(Gone(std::marker::PhantomData)),
         ));
         contain::dispose(self.events.take());
     }

@@ -121,7 +121,7 @@ impl<T> WaitList<T> {
             .iter()
             .filter(|e| e.woken && e.handed.is_none())
             .count();
-        for entry in line.entries.iter_mut() {
+        for entry in &mut line.entries {
             if on_the_way >= free {
                 break;
             }

@@ -1,4 +1,4 @@
-//! Slow-lease warnings (worker_pool's): leases held past `warn_after` are reported once, by
+//! Slow-lease warnings (`worker_pool`'s): leases held past `warn_after` are reported once, by
 //! the reaper, with how long they have been held.
 
 use std::time::{Duration, Instant};
