@@ -23,7 +23,7 @@ use crate::reaper::Reaper;
 use crate::stripe::{Stripe, StripedCursor};
 use crate::sync::{AtomicUsize, CachePadded, Mutex, Ordering, SnapshotGuard};
 use crate::worker::Worker;
-use set::{Member, Snapshot, WorkerSet};
+use set::{Asked, Member, Snapshot, WorkerSet};
 
 /// How long a `get` that found the whole set dead waits for a reload that another thread is
 /// running, before it reports `Disconnected`.
@@ -299,7 +299,7 @@ impl<W: Worker> Balancer<W> {
         });
         // A supervisor that is down at start is retried by the reaper, as revolver does.
         let retry = if options.connect_at_start {
-            let first = shared.set.reload();
+            let first = shared.set.reload(Asked::ByCaller);
             shared.set.retry_after(&first)
         } else {
             None
@@ -310,7 +310,10 @@ impl<W: Worker> Balancer<W> {
             shared.set.signal.clone(),
             None,
             Box::new(move |_asked| {
-                let reload = upkeep.set.reload();
+                if let Some(wait) = upkeep.set.too_soon() {
+                    return Some(wait);
+                }
+                let reload = upkeep.set.reload(Asked::Automatically);
                 upkeep.set.retry_after(&reload)
             }),
         )
@@ -505,6 +508,14 @@ impl<W: Worker> Balancer<W> {
         loop {
             let count = snapshot.workers.len();
             if count == 0 {
+                // Disconnected: fail fast, but once `reconnect_delay` has passed since the
+                // supervisor was last asked, ask it here (the reaper may be held up in a
+                // callback).
+                if !reloaded && shared.set.retry_due() {
+                    reloaded = true;
+                    snapshot = self.reload_all_dead();
+                    continue;
+                }
                 return Err(Error::Disconnected(snapshot.cause.clone()));
             }
             let start = first(&snapshot, count);
@@ -513,13 +524,18 @@ impl<W: Worker> Balancer<W> {
                     if let Some(stripe) = rotate {
                         shared.cursor.advance(stripe, index, count);
                     }
+                    if !snapshot.served.load(Ordering::Relaxed) {
+                        snapshot.served.store(true, Ordering::Relaxed);
+                    }
                     return Ok((snapshot, index));
                 }
                 Scan::Busy => {
                     emit(&shared.set.events, Event::Overload);
                     return Err(Error::Overload);
                 }
-                Scan::AllDead if !reloaded => {
+                // At most once per `reconnect_delay`: children that die on arrival must not be
+                // restarted on every call.
+                Scan::AllDead if !reloaded && shared.set.too_soon().is_none() => {
                     reloaded = true;
                     snapshot = self.reload_all_dead();
                 }
@@ -663,7 +679,7 @@ impl<W: Worker> Balancer<W> {
     /// ```
     pub fn connect(&self) -> Result<Connected, Error> {
         let set = &self.shared.set;
-        let reload = set.reload();
+        let reload = set.reload(Asked::ByCaller);
         // Hand a failure to the reaper, which retries every `reconnect_delay`.
         if set.retry_after(&reload).is_some() {
             set.signal.request();
@@ -760,7 +776,7 @@ impl<W: Worker> Balancer<W> {
     #[doc(hidden)]
     pub fn run_reaper_round(&self) {
         if self.shared.set.signal.take_request() {
-            let _ = self.shared.set.reload();
+            let _ = self.shared.set.reload(Asked::Automatically);
         }
     }
 }

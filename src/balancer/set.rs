@@ -54,6 +54,9 @@ pub(crate) struct Snapshot<W> {
     dead: Vec<AtomicBool>,
     alive: AtomicUsize,
     reload_asked: AtomicBool,
+    /// Whether a worker of this set was handed out: a set that dies before any was is dead
+    /// on arrival, and the next automatic reload waits `reconnect_delay`.
+    pub(crate) served: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
 }
@@ -65,6 +68,7 @@ impl<W> Snapshot<W> {
             dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             members,
             cause: Cause::message("no live children"),
         }
@@ -125,6 +129,16 @@ impl<W> Supervisor<W> for Gone {
     }
 }
 
+/// Who asked the supervisor for its children.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// `build` or `connect`: the caller's choice, never held back.
+    ByCaller,
+    /// A `get` or the reaper, after a death or while disconnected: at most once per
+    /// `reconnect_delay` after another automatic one.
+    Automatically,
+}
+
 /// Who is reloading: reloads run one at a time, without a lock held while the supervisor runs.
 #[derive(Default)]
 struct ReloadState {
@@ -150,6 +164,11 @@ pub(crate) struct WorkerSet<W> {
     /// once. Weak, so that a worker gone for good is forgotten (and its address may be
     /// reused).
     retired: Mutex<HashMap<usize, Weak<W>>>,
+    /// When the supervisor was last asked for its children: the automatic reloads (a `get`
+    /// that finds every worker dead or none at all, the reaper after a death) come at most
+    /// once per `reconnect_delay`, so children that die on arrival are not restarted in a
+    /// tight loop, and a reaper held up in a callback does not stop the reconnect.
+    last_asked: Mutex<Option<(Instant, Asked)>>,
     reload_state: Mutex<ReloadState>,
     reload_done: Condvar,
     pub(crate) signal: Arc<Signal>,
@@ -179,6 +198,7 @@ impl<W: Worker> WorkerSet<W> {
                 away: HashMap::new(),
             }),
             retired: Mutex::new(HashMap::new()),
+            last_asked: Mutex::new(None),
             reload_state: Mutex::new(ReloadState::default()),
             reload_done: Condvar::new(),
             signal: Arc::new(Signal::default()),
@@ -250,7 +270,7 @@ impl<W: Worker> WorkerSet<W> {
 
     /// Reloads now, waiting for a reload that is already running to finish first (the
     /// reaper's rounds and `connect`).
-    pub(crate) fn reload(&self) -> Result<Found, Error> {
+    pub(crate) fn reload(&self, asked: Asked) -> Result<Found, Error> {
         {
             let mut state = self.reload_state.lock();
             loop {
@@ -268,7 +288,7 @@ impl<W: Worker> WorkerSet<W> {
             }
             state.running = Some(current_thread());
         }
-        self.run_reload()
+        self.run_reload(asked)
     }
 
     /// For a `get` that found the whole set dead: reloads now unless a reload is running, in
@@ -294,12 +314,13 @@ impl<W: Worker> WorkerSet<W> {
                 }
             }
         }
-        let _ = self.run_reload();
+        let _ = self.run_reload(Asked::Automatically);
         true
     }
 
     /// The reload proper, run by the one thread that marked itself running.
-    fn run_reload(&self) -> Result<Found, Error> {
+    fn run_reload(&self, asked: Asked) -> Result<Found, Error> {
+        *self.last_asked.lock() = Some((Instant::now(), asked));
         /// Clears the running mark however the reload ends, a panic included: a reload that
         /// never finished must not make every later one wait forever.
         struct Finish<'a, W>(&'a WorkerSet<W>);
@@ -440,6 +461,33 @@ impl<W: Worker> WorkerSet<W> {
 
     /// When the reaper should try again after a reload: after `reconnect_delay` while the set
     /// is gone, else only when asked.
+    /// How long an automatic reload must still wait (`None`: it may run now): a set that an
+    /// automatic reload published and that died before any of its workers was handed out
+    /// was dead on arrival, and the next reload waits until `reconnect_delay` has passed.
+    pub(crate) fn too_soon(&self) -> Option<Duration> {
+        if self.current.load().served.load(Ordering::Relaxed) {
+            return None;
+        }
+        match *self.last_asked.lock() {
+            Some((at, Asked::Automatically)) => self.left_after(at),
+            _ => None,
+        }
+    }
+
+    /// What is left of `reconnect_delay` after `at`.
+    fn left_after(&self, at: Instant) -> Option<Duration> {
+        let due = at.checked_add(self.reconnect_delay)?;
+        Some(due.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
+    }
+
+    /// Whether the supervisor was asked before and `reconnect_delay` has passed since: a
+    /// disconnected `get` may ask again (a balancer built with `connect_at_start(false)`
+    /// waits for `connect`).
+    pub(crate) fn retry_due(&self) -> bool {
+        let last = *self.last_asked.lock();
+        last.is_some_and(|(at, _)| self.left_after(at).is_none())
+    }
+
     pub(crate) fn retry_after<T>(&self, reload: &Result<T, Error>) -> Option<Duration> {
         if reload.is_ok() {
             None

@@ -190,6 +190,16 @@ impl<W: Send + 'static> Shared<W> {
                     self.start_for_line();
                 }
             },
+            // While starts fail, the end of the backoff: the waiter asks for the next attempt
+            // itself then (the reaper makes it too, unless a callback holds it up).
+            || {
+                if for_a_start {
+                    return None;
+                }
+                let now = Instant::now();
+                self.backoff_left(now)
+                    .and_then(|left| now.checked_add(left))
+            },
             |entry| self.close_worker(entry),
         );
         match waited {

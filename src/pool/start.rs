@@ -340,6 +340,7 @@ impl<W: Send + 'static> Shared<W> {
                 let (entry, event) = self.joined(worker);
                 // For this caller, not the line.
                 drop(claim.joined());
+                self.wake_those_waiting_for_a_start();
                 // While it ran, this start counted as on its way to the line: a waiter that
                 // came meanwhile claimed none (`start_for_line`, `wanted`). Ask for one now.
                 if self.waiters.has_unserved() && self.has_room() {
@@ -354,7 +355,7 @@ impl<W: Send + 'static> Shared<W> {
             }
             Err(cause) => {
                 drop(claim);
-                self.start_failed(cause);
+                emit(&self.events, self.start_failed(cause));
                 None
             }
         }
@@ -421,7 +422,9 @@ impl<W: Send + 'static> Shared<W> {
         };
         let run_own = || {
             while let Some(claim) = own.take() {
-                self.run_claim(claim);
+                if let Some(event) = self.run_claim(claim) {
+                    emit(&self.events, event);
+                }
             }
         };
         if cfg!(loom) {
@@ -446,11 +449,21 @@ impl<W: Send + 'static> Shared<W> {
     /// A start thread's work (one `starters` unit was taken for it): take claimed starts one
     /// by one and run them. Before it ends, it looks once more for a claim made while it was
     /// leaving (the claimer may have seen every start thread busy).
+    ///
+    /// The event of each start is reported with the thread's place among the start threads
+    /// given back: a callback that blocks holds back no other start.
     fn run_starter(&self) {
         let mut enlisted = Held::adopt(&self.counts.starters);
         loop {
             while let Some(claim) = self.counts.take_pending() {
-                self.run_claim(claim);
+                if let Some(event) = self.run_claim(claim) {
+                    drop(enlisted);
+                    emit(&self.events, event);
+                    if !self.counts.enlist() {
+                        return;
+                    }
+                    enlisted = Held::adopt(&self.counts.starters);
+                }
             }
             drop(enlisted);
             if self.counts.pending.load(Ordering::SeqCst) == 0 || !self.counts.enlist() {
@@ -460,22 +473,26 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Runs one claimed start and delivers its worker, or records its failure. Nothing starts
-    /// once the pool is closed: the claim is given back.
-    fn run_claim(&self, claim: Claim<'_>) {
+    /// Runs one claimed start and delivers its worker, or records its failure; returns the
+    /// event for the caller to report. Nothing starts once the pool is closed: the claim is
+    /// given back.
+    #[must_use]
+    fn run_claim(&self, claim: Claim<'_>) -> Option<Event> {
         if self.closed.load(Ordering::SeqCst) {
-            return drop(claim);
+            drop(claim);
+            return None;
         }
         match self.open_worker() {
-            Ok(worker) => self.deliver(worker, claim),
+            Ok(worker) => Some(self.deliver(worker, claim)),
             Err(cause) => {
                 drop(claim);
                 // A start cut short by close is no failure to back off from; its error is
                 // user code to drop.
                 if self.closed.load(Ordering::SeqCst) {
                     contain::dispose(cause);
+                    None
                 } else {
-                    self.start_failed(cause);
+                    Some(self.start_failed(cause))
                 }
             }
         }
@@ -574,7 +591,7 @@ impl<W: Send + 'static> Shared<W> {
     /// so the line never sees it as neither. The event is reported once the worker is in the
     /// pool: a callback that checks out (or blocks) must not hold back the very worker it
     /// reports.
-    fn deliver(&self, worker: W, claim: Claim<'_>) {
+    fn deliver(&self, worker: W, claim: Claim<'_>) -> Event {
         let (entry, event) = self.joined(worker);
         let delivering = claim.joined();
         if self.closed.load(Ordering::Acquire) {
@@ -593,11 +610,16 @@ impl<W: Send + 'static> Shared<W> {
         if self.waiters.unserved() > 0 {
             self.refill();
         }
-        // A `try_checkout` waiting for a start on its way leaves once none is.
+        self.wake_those_waiting_for_a_start();
+        event
+    }
+
+    /// A `try_checkout` waiting for a start on its way leaves once none is: each start that
+    /// ends wakes them to look.
+    fn wake_those_waiting_for_a_start(&self) {
         if self.waiting_for_a_start.load(Ordering::SeqCst) > 0 {
             self.waiters.wake_all();
         }
-        emit(&self.events, event);
     }
 
     /// Gives a started worker its entry, with the event to report.
@@ -622,7 +644,8 @@ impl<W: Send + 'static> Shared<W> {
 
     /// A start failed (its claim already given back): the claims still waiting are dropped,
     /// and the pool waits `reconnect_delay` before the next try (the reaper makes it).
-    fn start_failed(&self, cause: Cause) {
+    #[must_use]
+    fn start_failed(&self, cause: Cause) -> Event {
         self.counts.cancel_pending();
         log::warn!(
             "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
@@ -630,7 +653,8 @@ impl<W: Send + 'static> Shared<W> {
             self.reconnect_delay
         );
         self.note_failure(cause);
-        emit(&self.events, Event::StartFailed);
+        self.wake_those_waiting_for_a_start();
+        Event::StartFailed
     }
 
     /// Records a failed start: the fuse and the backoff read it, and the reaper plans the

@@ -87,6 +87,21 @@ impl<W: Send + 'static> Shared<W> {
                 keep.push(entry);
             }
         }
+        // Workers started together expire together: never all at once. While no other worker
+        // would stay in service (none kept, none leased), the youngest expired one serves
+        // until the next sweep, when its replacements are in.
+        let held = keep.len() + retiring.len() + idle_closing.len();
+        if keep.is_empty() && self.counts.in_service() <= held {
+            let youngest = retiring
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, why))| matches!(why, Retire::Expired))
+                .max_by_key(|(_, (entry, _))| entry.born)
+                .map(|(at, _)| at);
+            if let Some(at) = youngest {
+                keep.push(retiring.swap_remove(at).0);
+            }
+        }
         // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
         // last in line (`Fifo`), as it was before the sweep.
         keep.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));

@@ -155,7 +155,8 @@ impl<T> WaitList<T> {
     /// that found nothing, once this waiter no longer counts as served) says nothing can come.
     /// While `take` looks, the waiter counts as served (see `unserved`). `registered` runs
     /// once the waiter is in line, with the line's lock let go (it may start an item that is
-    /// then offered to the line). `queued` counts the items queued for the line (see
+    /// then offered to the line), and again each time `next_try` (asked before each sleep)
+    /// comes before a wake-up. `queued` counts the items queued for the line (see
     /// `offer`). An item handed over at the moment of closing goes to `on_closed`, after the
     /// line's lock is let go.
     pub(crate) fn wait(
@@ -164,7 +165,8 @@ impl<T> WaitList<T> {
         mut give_up: impl FnMut() -> bool,
         deadline: Option<Instant>,
         queued: impl Fn() -> usize,
-        registered: impl FnOnce(),
+        registered: impl Fn(),
+        next_try: impl Fn() -> Option<Instant>,
         on_closed: impl FnOnce(T),
     ) -> Result<T, WaitError> {
         let mut line = self.line.lock();
@@ -219,9 +221,22 @@ impl<T> WaitList<T> {
             // (while this waiter was not asleep, e.g. running `registered`) was for an item
             // it has just missed, so it is due a fresh one.
             line.entries[at].woken = false;
-            let (guard, expired) = wake.wait_until(line, deadline);
+            let retry_at = next_try();
+            let until = match (deadline, retry_at) {
+                (Some(deadline), Some(retry_at)) => Some(deadline.min(retry_at)),
+                (deadline, None) => deadline,
+                (None, retry_at) => retry_at,
+            };
+            let (guard, expired) = wake.wait_until(line, until);
             line = guard;
-            timed_out = expired;
+            timed_out = expired && deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            if expired && !timed_out {
+                // `next_try` came first: run `registered` again, with the lock let go (the
+                // pool's next start attempt is due, and its reaper may be held up).
+                drop(line);
+                registered();
+                line = self.line.lock();
+            }
         };
         let entry = line
             .entries
@@ -291,6 +306,7 @@ mod tests {
                         in_registered.send(()).unwrap();
                         go.recv().unwrap();
                     },
+                    || None,
                     |_| {},
                 )
             })
@@ -305,6 +321,7 @@ mod tests {
                     None,
                     || free.lock().unwrap().len(),
                     || {},
+                    || None,
                     |_| {},
                 )
             })
