@@ -159,6 +159,8 @@ impl<T> WaitList<T> {
     /// comes before a wake-up. `queued` counts the items queued for the line (see
     /// `offer`). An item handed over at the moment of closing goes to `on_closed`, after the
     /// line's lock is let go.
+    // Each argument is one of the pool's hooks into the line: a struct would only name them twice.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait(
         &self,
         mut take: impl FnMut() -> Option<T>,
