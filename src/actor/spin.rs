@@ -1,8 +1,11 @@
 //! Spinning: bounded in time, adaptive, and never by more threads than there are cores.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(loom))]
+use std::time::Instant;
 
 use crate::sync::thread;
+#[cfg(not(loom))]
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// The longest a waiting side spins before it parks.

@@ -310,7 +310,7 @@ impl<W: Worker> Balancer<W> {
             shared.set.signal.clone(),
             None,
             Box::new(move |_asked| {
-                if let Some(wait) = upkeep.set.too_soon() {
+                if let Some(wait) = upkeep.set.too_soon(&upkeep.set.snapshot()) {
                     return Some(wait);
                 }
                 let reload = upkeep.set.reload(Asked::Automatically);
@@ -505,6 +505,7 @@ impl<W: Worker> Balancer<W> {
         let shared = &*self.shared;
         let mut snapshot = shared.set.snapshot();
         let mut reloaded = false;
+        let mut looked_again = false;
         loop {
             let count = snapshot.workers.len();
             if count == 0 {
@@ -533,9 +534,14 @@ impl<W: Worker> Balancer<W> {
                     emit(&shared.set.events, Event::Overload);
                     return Err(Error::Overload);
                 }
+                // A newer set was published meanwhile: look at it first.
+                Scan::AllDead if !shared.set.is_current(&snapshot) && !looked_again => {
+                    looked_again = true;
+                    snapshot = shared.set.snapshot();
+                }
                 // At most once per `reconnect_delay`: children that die on arrival must not be
                 // restarted on every call.
-                Scan::AllDead if !reloaded && shared.set.too_soon().is_none() => {
+                Scan::AllDead if !reloaded && shared.set.too_soon(&snapshot).is_none() => {
                     reloaded = true;
                     snapshot = self.reload_all_dead();
                 }

@@ -464,8 +464,8 @@ impl<W: Worker> WorkerSet<W> {
     /// How long an automatic reload must still wait (`None`: it may run now): a set that an
     /// automatic reload published and that died before any of its workers was handed out
     /// was dead on arrival, and the next reload waits until `reconnect_delay` has passed.
-    pub(crate) fn too_soon(&self) -> Option<Duration> {
-        if self.current.load().served.load(Ordering::Relaxed) {
+    pub(crate) fn too_soon(&self, scanned: &Snapshot<W>) -> Option<Duration> {
+        if scanned.served.load(Ordering::Relaxed) {
             return None;
         }
         match *self.last_asked.lock() {
@@ -486,6 +486,13 @@ impl<W: Worker> WorkerSet<W> {
     pub(crate) fn retry_due(&self) -> bool {
         let last = *self.last_asked.lock();
         last.is_some_and(|(at, _)| self.left_after(at).is_none())
+    }
+
+    /// Whether `snapshot` is the set published now.
+    pub(crate) fn is_current(&self, snapshot: &Snapshot<W>) -> bool {
+        let current = self.current.load();
+        let current: &Snapshot<W> = &current;
+        std::ptr::eq(current, snapshot)
     }
 
     pub(crate) fn retry_after<T>(&self, reload: &Result<T, Error>) -> Option<Duration> {

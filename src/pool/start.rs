@@ -458,6 +458,11 @@ impl<W: Send + 'static> Shared<W> {
             while let Some(claim) = self.counts.take_pending() {
                 if let Some(event) = self.run_claim(claim) {
                     drop(enlisted);
+                    // A claim made while every start thread was busy gets a thread of its
+                    // own before this one runs user code.
+                    if self.counts.pending.load(Ordering::SeqCst) > 0 {
+                        self.launch();
+                    }
                     emit(&self.events, event);
                     if !self.counts.enlist() {
                         return;

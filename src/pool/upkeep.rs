@@ -88,10 +88,17 @@ impl<W: Send + 'static> Shared<W> {
             }
         }
         // Workers started together expire together: never all at once. While no other worker
-        // would stay in service (none kept, none leased), the youngest expired one serves
-        // until the next sweep, when its replacements are in.
-        let held = keep.len() + retiring.len() + idle_closing.len();
-        if keep.is_empty() && self.counts.in_service() <= held {
+        // would stay in service (none kept, none leased) and replacements are coming (several
+        // expire now, or starts are on their way), the youngest expired one serves until a
+        // later sweep, when they are in; a lone expired worker with nothing coming goes.
+        let expired = retiring
+            .iter()
+            .filter(|(_, why)| matches!(why, Retire::Expired))
+            .count();
+        // The idle ones closed are out of the count already.
+        let held = keep.len() + retiring.len();
+        let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
+        if keep.is_empty() && coming && self.counts.in_service() <= held {
             let youngest = retiring
                 .iter()
                 .enumerate()

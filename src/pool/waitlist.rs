@@ -159,7 +159,7 @@ impl<T> WaitList<T> {
     /// comes before a wake-up. `queued` counts the items queued for the line (see
     /// `offer`). An item handed over at the moment of closing goes to `on_closed`, after the
     /// line's lock is let go.
-    // Each argument is one of the pool's hooks into the line: a struct would only name them twice.
+    // Each argument is one of the pool's hooks into the line; a struct would name them twice.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait(
         &self,
