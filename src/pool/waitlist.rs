@@ -231,7 +231,11 @@ impl<T> WaitList<T> {
             };
             let (guard, expired) = wake.wait_until(line, until);
             line = guard;
-            timed_out = expired && deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            // Without a retry time the wait's own timeout is the deadline's (as the loom
+            // stand-in, which times out without the clock moving, needs it to be).
+            timed_out = expired
+                && (retry_at.is_none()
+                    || deadline.is_some_and(|deadline| Instant::now() >= deadline));
             if expired && !timed_out {
                 // `next_try` came first: run `registered` again, with the lock let go (the
                 // pool's next start attempt is due, and its reaper may be held up).
