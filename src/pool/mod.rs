@@ -61,7 +61,9 @@ use crate::error::{Cause, Error};
 use crate::event::EventHook;
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
-use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{
+    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
 use free::FreeList;
 use manager::Uses;
 use start::Counts;
@@ -569,6 +571,19 @@ impl<W: Send + 'static> Pool<W> {
         seqcst_point();
         shared.shrink();
         shared.fill_now();
+        // The reaper may have claimed some of the new workers' starts first (it reads the
+        // new `min_idle` too): those are this resize's as well, and it returns once they
+        // ended, as long as a start may take.
+        if !cfg!(loom) {
+            let limit = shared.start_timeout.unwrap_or(shared.checkout_timeout);
+            let deadline = deadline_after(limit);
+            while shared.counts.on_their_way() > 0
+                && !shared.closed.load(Ordering::Acquire)
+                && deadline.map_or(true, |at| Instant::now() < at)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         Ok(())
     }
 
