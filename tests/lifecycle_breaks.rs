@@ -1,6 +1,9 @@
 //! Breaker findings against the reworked lifecycle: each test names its scenario and fails on
 //! the code it was written against. Bounded in time; hangs are detected with bounded waits.
 
+mod common;
+
+use common::within;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -8,15 +11,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cylinder::{BoxError, Error, Event, Pool};
-
-/// Runs `f` on a thread and waits at most `limit` for it; `None` if it did not finish.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
-}
 
 /// An error whose `Drop` panics (user code the pool must contain).
 #[derive(Debug)]

@@ -2,6 +2,9 @@
 //! and fails on the code it was written against. Bounded in time; hangs are detected with
 //! bounded waits.
 
+mod common;
+
+use common::within;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -12,14 +15,6 @@ use cylinder::{Balancer, BoxError, Error, Factory, Pool, Supervisor, Worker};
 
 /// Runs `f` on a thread and waits at most `limit` for it; `None` if it did not finish.
 #[allow(dead_code)]
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
-}
-
 /// An error whose `Drop` panics (user code the crate must contain).
 #[derive(Debug)]
 struct BombError;

@@ -2,6 +2,9 @@
 //! and fails on the code it was written against. Bounded in time; hangs are detected with
 //! bounded waits.
 
+mod common;
+
+use common::within;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -11,14 +14,6 @@ use cylinder::{Error, Pool};
 
 /// Runs `f` on a thread and waits at most `limit` for it; `None` if it did not finish.
 #[allow(dead_code)]
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
-}
-
 /// A lazy pool of one (`min_idle(0)`): a first `try_checkout` opens the worker on its own
 /// thread (a slow start) and keeps it. A second `try_checkout` that comes meanwhile sees
 /// nothing open and a start on its way, so it waits for it; that start was the first
