@@ -12,21 +12,6 @@ use std::time::Duration;
 use common::{eventually, Probe};
 use cylinder::{Balancer, BoxError, Error, Pool, Supervisor, Worker};
 
-/// Silences the panics these tests cause on purpose (their message ends "on purpose"); any
-/// other panic, an assertion quoting one of them included, is still printed.
-fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-        if !message.is_some_and(|m| m.ends_with("on purpose")) {
-            eprintln!("{info}");
-        }
-    }));
-}
-
 /// What a call that may panic came to: its value, or the panic's message.
 fn caught<T>(call: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(call)).map_err(|payload| {
@@ -105,7 +90,7 @@ impl Worker for Fragile {
 /// Three workers, the first of which panics in `is_alive` or `queue_len` once the set is
 /// loaded: `get` and `lease` take it out of rotation as dead and hand out the other two.
 fn a_panicking_worker_is_taken_out_of_rotation(queue_len_panics: bool) {
-    quiet_panics();
+    common::quiet_panics();
     let workers: Vec<Arc<Fragile>> = (0..3)
         .map(|id| {
             Arc::new(Fragile {
