@@ -183,6 +183,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// `try_checkout`s in line for a start on its way: each start that ends wakes them to
     /// look whether anything is still on its way for them.
     waiting_for_a_start: AtomicUsize,
+    /// Free workers the reaper's sweep has taken off the free list to look at: still idle,
+    /// counted as free by `stats()` so a sweep never shows a full quiet pool as empty.
+    sweeping: AtomicUsize,
     /// The last start (or fresh worker's check) that failed, and when.
     failure: Mutex<Option<(Cause, Instant)>>,
     /// Whether starts are failing: set by a failure, cleared by a successful start.
@@ -301,6 +304,7 @@ impl<W: Send + 'static> Pool<W> {
             watch: options.warn_after.map(LeaseWatch::new),
             deciding: Mutex::new(()),
             waiting_for_a_start: AtomicUsize::new(0),
+            sweeping: AtomicUsize::new(0),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
@@ -696,7 +700,7 @@ impl<W: Send + 'static> Shared<W> {
         PoolStats {
             size: open,
             max_size: size,
-            free: self.free.len().min(open),
+            free: (self.free.len() + self.sweeping.load(Ordering::Relaxed)).min(open),
             leased: (checkouts.saturating_sub(releases + discards + takes) as usize).min(open),
             waiters: self.waiters.len(),
             starting: self.counts.starting(),

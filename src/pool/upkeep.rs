@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::{Retire, Shared};
 use crate::event::{emit, Event};
 use crate::stripe::Stripe;
-use crate::sync::Ordering;
+use crate::sync::{AtomicUsize, Ordering};
 
 /// The shortest pause between two rounds that have work of their own: a tiny `warn_after`
 /// or `idle_timeout` must not make the reaper spin.
@@ -65,11 +65,15 @@ impl<W: Send + 'static> Shared<W> {
     /// worker.
     fn sweep(&self, now: Instant) {
         let stripe = Stripe::current();
+        let mut sweep_held = SweepHeld::new(&self.sweeping);
         let mut keep = Vec::new();
         let mut retiring = Vec::new();
         let mut idle_closing = Vec::new();
         for _ in 0..self.free.len() {
+            // Counted before it leaves the list, so `stats()` never misses it in between.
+            sweep_held.take_one();
             let Some(entry) = self.free.take(stripe) else {
+                sweep_held.leave_one();
                 break;
             };
             if self.expired(&entry, now) {
@@ -114,14 +118,48 @@ impl<W: Send + 'static> Shared<W> {
         keep.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
         for entry in keep {
             self.put_back(entry, stripe);
+            sweep_held.leave_one();
         }
         for entry in idle_closing {
+            sweep_held.leave_one();
             self.closed_above(entry);
             log::debug!("cylinder: {}: closed an idle worker", self.name);
             emit(&self.events, Event::WorkerIdleClosed);
         }
         for (entry, why) in retiring {
+            sweep_held.leave_one();
             self.retire(entry, why);
         }
+    }
+}
+
+/// The sweep's count of the free workers it holds (`Shared::sweeping`), given back one by one
+/// as each is put back or closed, and all at once on any other exit, unwinding included.
+struct SweepHeld<'a> {
+    count: &'a AtomicUsize,
+    held: usize,
+}
+
+impl<'a> SweepHeld<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        SweepHeld { count, held: 0 }
+    }
+
+    fn take_one(&mut self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.held += 1;
+    }
+
+    fn leave_one(&mut self) {
+        if self.held > 0 {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.held -= 1;
+        }
+    }
+}
+
+impl Drop for SweepHeld<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
