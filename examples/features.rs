@@ -88,7 +88,7 @@ fn main() -> Result<(), cylinder::Error> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|e| matches!(e, Event::SlowLease(_)))
+        .filter(|e| matches!(e, Event::SlowLease { .. }))
         .count();
     println!("leases held 120 ms with warn_after 50 ms: {slow} slow-lease reports");
 

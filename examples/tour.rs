@@ -128,7 +128,7 @@ fn print_reports() {
 fn show<T: fmt::Display>(result: &Result<T, Error>) -> String {
     match result {
         Ok(value) => value.to_string(),
-        Err(Error::Disconnected(cause)) => format!("Err(Disconnected), cause: {cause}"),
+        Err(Error::Disconnected { cause, .. }) => format!("Err(Disconnected), cause: {cause}"),
         Err(Error::Overload) => "Err(Overload): every live worker is leased".to_string(),
         Err(err) => format!("Err({err:?})"),
     }
@@ -235,7 +235,7 @@ fn main() -> Result<(), BoxError> {
         &show(&worker),
         Some("{error, disconnected}"),
     );
-    assert!(matches!(worker, Err(Error::Disconnected(_))));
+    assert!(matches!(worker, Err(Error::Disconnected { .. })));
 
     step("crew.start()?", &crew.start()?, None);
     let back = Instant::now();

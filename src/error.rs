@@ -91,6 +91,50 @@ impl std::error::Error for Cause {
     }
 }
 
+/// What a pool looked like when an error was made: carried by [`Error::Timeout`] and
+/// [`Error::Disconnected`] from a pool, so a log line says at once whether the pool was
+/// exhausted (every worker leased, a line waiting) or down (nothing open, starts failing).
+/// `Display` is one line, HikariCP-style.
+///
+/// ```
+/// use std::time::Duration;
+/// use cylinder::{Error, Pool};
+///
+/// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
+/// let _held = pool.checkout().unwrap();
+/// let err = pool.checkout_timeout(Duration::from_millis(20)).unwrap_err();
+/// let state = err.state().unwrap();
+/// assert_eq!((state.size, state.leased, state.idle), (1, 1, 0));
+/// assert_eq!(
+///     err.to_string(),
+///     "no worker came free within 20ms (size 1, leased 1, idle 0, waiting 0, starting 0)"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Workers open (leased or idle).
+    pub size: usize,
+    /// Workers leased to clients.
+    pub leased: usize,
+    /// Workers free in the pool.
+    pub idle: usize,
+    /// Checkouts waiting in line.
+    pub waiting: usize,
+    /// Starts under way.
+    pub starting: usize,
+}
+
+impl fmt::Display for PoolState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "size {}, leased {}, idle {}, waiting {}, starting {}",
+            self.size, self.leased, self.idle, self.waiting, self.starting
+        )
+    }
+}
+
 /// Everything that can go wrong in `cylinder`, each variant naming its cause.
 ///
 /// A variant with a cause ([`Disconnected`](Error::Disconnected)) gives it through
@@ -105,15 +149,26 @@ impl std::error::Error for Cause {
 /// assert_eq!(err.to_string(), "invalid configuration: size: must be at least 1, got 0");
 ///
 /// let down = Pool::<u32>::builder().size(2).build(|| Err("connection refused".into())).unwrap_err();
-/// assert!(matches!(down, Error::Disconnected(_)));
-/// assert_eq!(down.to_string(), "disconnected: no worker is running");
+/// assert!(matches!(down, Error::Disconnected { .. }));
+/// assert_eq!(
+///     down.to_string(),
+///     "disconnected: no worker is running (size 0, leased 0, idle 0, waiting 0, starting 0)"
+/// );
 /// assert_eq!(down.source().unwrap().to_string(), "connection refused");
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
-    /// A blocking checkout waited this long and no worker came free.
-    Timeout(Duration),
+    /// A blocking checkout (or a [`drain`](crate::Pool::drain)) waited this long and no
+    /// worker came free (every lease did not come back).
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+        /// The pool at that moment (`None` from a balancer).
+        state: Option<PoolState>,
+        /// The last start error, if a start ever failed: reachable by `source()` too.
+        cause: Option<Cause>,
+    },
     /// Every worker is busy: all are leased (pool), or all are over `max_queue_len` or leased
     /// (balancer).
     Overload,
@@ -122,7 +177,12 @@ pub enum Error {
     /// No worker can be had: the supervisor is gone or has no live children (balancer), or no
     /// worker could be started (pool). The cause is the last error met (the supervisor's or
     /// start's error or panic, or why the set is empty); the reaper keeps retrying.
-    Disconnected(Cause),
+    Disconnected {
+        /// The last error met; also `source()`.
+        cause: Cause,
+        /// The pool at that moment (`None` from a balancer).
+        state: Option<PoolState>,
+    },
     /// A builder option is out of range; `option` is its name.
     InvalidConfig {
         /// The builder method that was given the bad value.
@@ -145,19 +205,41 @@ impl Error {
         }
     }
 
-    /// The cause carried, if any.
+    /// `Disconnected` with `cause` and no pool state (a balancer's).
+    pub(crate) fn disconnected(cause: Cause) -> Error {
+        Error::Disconnected { cause, state: None }
+    }
+
+    /// The cause carried, if any: `Disconnected`'s, or the last start error a `Timeout` saw.
     ///
     /// ```
     /// use cylinder::{Cause, Error};
     ///
-    /// let err = Error::Disconnected(Cause::message("no live children"));
+    /// let err = Error::Disconnected { cause: Cause::message("no live children"), state: None };
     /// assert_eq!(err.cause().unwrap().to_string(), "no live children");
     /// assert!(Error::Overload.cause().is_none());
     /// ```
     #[must_use]
     pub fn cause(&self) -> Option<&Cause> {
         match self {
-            Error::Disconnected(cause) => Some(cause),
+            Error::Disconnected { cause, .. } => Some(cause),
+            Error::Timeout { cause, .. } => cause.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The pool's state when the error was made, if it came from a pool.
+    ///
+    /// ```
+    /// use cylinder::Pool;
+    ///
+    /// let err = Pool::<u32>::builder().size(3).build(|| Err("refused".into())).unwrap_err();
+    /// assert_eq!(err.state().unwrap().size, 0);
+    /// ```
+    #[must_use]
+    pub fn state(&self) -> Option<&PoolState> {
+        match self {
+            Error::Disconnected { state, .. } | Error::Timeout { state, .. } => state.as_ref(),
             _ => None,
         }
     }
@@ -166,10 +248,16 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Timeout(waited) => write!(f, "no worker came free within {waited:?}"),
+            Error::Timeout { waited, state, .. } => {
+                write!(f, "no worker came free within {waited:?}")?;
+                in_state(f, state.as_ref())
+            }
             Error::Overload => f.write_str("overload: every worker is busy"),
             Error::Closed => f.write_str("closed"),
-            Error::Disconnected(_) => f.write_str("disconnected: no worker is running"),
+            Error::Disconnected { state, .. } => {
+                f.write_str("disconnected: no worker is running")?;
+                in_state(f, state.as_ref())
+            }
             Error::InvalidConfig { option, reason } => {
                 write!(f, "invalid configuration: {option}: {reason}")
             }
@@ -178,6 +266,14 @@ impl fmt::Display for Error {
                 f.write_str("an actor's handler called its own actor, which would wait for itself")
             }
         }
+    }
+}
+
+/// ` (size …, leased …)` after a message, when the pool's state is known.
+fn in_state(f: &mut fmt::Formatter<'_>, state: Option<&PoolState>) -> fmt::Result {
+    match state {
+        Some(state) => write!(f, " ({state})"),
+        None => Ok(()),
     }
 }
 

@@ -50,8 +50,14 @@ pub enum Event {
     CheckoutTimedOut(Duration),
     /// A non-blocking checkout or a `get()` found every worker busy.
     Overload,
-    /// A lease has been held this long, past the pool's `warn_after`.
-    SlowLease(Duration),
+    /// A lease has been held this long, past the pool's `warn_after` (a leak, or a slow
+    /// client).
+    SlowLease {
+        /// How long it has been held.
+        held: Duration,
+        /// Where it was taken: the caller of `checkout` (or `transaction`, …).
+        taken_at: &'static std::panic::Location<'static>,
+    },
     /// A worker could not be started (the pool retries every `reconnect_delay`).
     StartFailed,
     /// A worker failed its check before a lease and was dropped.
@@ -64,6 +70,9 @@ pub enum Event {
     WorkerIdleClosed,
     /// A client detached its lease's worker from the pool (`Lease::take`).
     WorkerTaken,
+    /// A worker was closed by [`Pool::evict_all`](crate::Pool::evict_all): at once if it
+    /// was idle, when its lease ended if it was leased.
+    WorkerEvicted,
 }
 
 /// The user's callback, shared by the pool or balancer and its reaper.

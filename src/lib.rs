@@ -127,10 +127,11 @@
 //! [`build`](PoolBuilder::build) fails fast, with the cause, when no worker can start.
 //! [`build_unchecked`](PoolBuilder::build_unchecked) returns at once and starts the workers
 //! in the background, retried every `reconnect_delay`: services may start before their
-//! database. While nothing is running and the last start failed, a checkout fails at once
-//! with [`Error::Disconnected`], whose `source()` is the start's error (revolver's fuse;
-//! r2d2 would wait its whole timeout first); once a start succeeds, checkouts work again by
-//! themselves.
+//! database. While nothing is running and starts fail, a checkout fails with
+//! [`Error::Disconnected`] at the pool's next start attempt (a non-blocking one at once),
+//! whose `source()` is the start's error (revolver's fuse; r2d2 would wait its whole
+//! timeout first), and whose message says what the pool looked like; once a start
+//! succeeds, checkouts work again by themselves.
 //!
 //! ```
 //! use std::error::Error as _;
@@ -140,8 +141,9 @@
 //!     .size(8)
 //!     .build_unchecked(|| -> Result<u32, BoxError> { Err("connection refused".into()) })?;
 //! let err = pool.checkout().unwrap_err();
-//! assert!(matches!(err, Error::Disconnected(_)));
-//! assert_eq!(err.to_string(), "disconnected: no worker is running");
+//! assert!(matches!(err, Error::Disconnected { .. }));
+//! // "disconnected: no worker is running (size 0, leased 0, idle 0, waiting 0, starting 0)"
+//! assert!(err.to_string().starts_with("disconnected: no worker is running (size 0,"));
 //! assert_eq!(err.source().unwrap().to_string(), "connection refused");
 //! # Ok::<(), Error>(())
 //! ```
@@ -267,7 +269,7 @@
 //! | gruff | waiting client fails → evicted | a waiter that times out leaves the line and takes nothing |
 //! | revolver | `balance`, `pid` round-robin | `Balancer::builder().build_with(supervisor)`, `get()` |
 //! | revolver | dead worker leaves rotation, reload below `min_alive_ratio` | the same |
-//! | revolver | disconnected fuse, reconnect | `Error::Disconnected(cause)`, retried every `reconnect_delay` |
+//! | revolver | disconnected fuse, reconnect | `Error::Disconnected { cause, .. }`, retried every `reconnect_delay` |
 //! | revolver | `max_message_queue_length` | `max_queue_len(n)` → `Error::Overload` |
 //! | revolver | lease mode, `transaction/2` | `Balancer::lease()`, `Balancer::transaction(f)` |
 //! | revolver | `map/2`, `connect/1`, `connect_at_start` | `map(f)`, `connect()`, `connect_at_start(false)` |
@@ -326,7 +328,7 @@ pub use actor::{Actor, Behaviour};
 pub use balancer::{
     Balancer, BalancerBuilder, BalancerLease, Connected, Factory, Strategy, Supervisor, WorkerRef,
 };
-pub use error::{BoxError, Cause, Error};
+pub use error::{BoxError, Cause, Error, PoolState};
 pub use event::Event;
 pub use pool::{
     CheckOutcome, Lease, Manager, OnClientPanic, OwnedLease, Pool, PoolBuilder, PoolStats,

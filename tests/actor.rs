@@ -53,7 +53,7 @@ fn call_timeout_gives_up() {
             Duration::from_millis(10),
         )
         .unwrap_err();
-    assert!(matches!(err, Error::Timeout(_)));
+    assert!(matches!(err, Error::Timeout { .. }));
     assert_eq!(actor.call(Request::Echo(5)).unwrap(), 5);
 }
 
@@ -123,7 +123,7 @@ fn a_late_reply_is_never_taken_for_the_next_one() {
         // descheduled for longer than the handler may find its own reply in time.)
         let late = actor.call_timeout((round * 2, 3_000), Duration::from_micros(200));
         assert!(
-            matches!(late, Err(Error::Timeout(_))) || matches!(late, Ok(v) if v == round * 2),
+            matches!(late, Err(Error::Timeout { .. })) || matches!(late, Ok(v) if v == round * 2),
             "{late:?}"
         );
         assert_eq!(actor.call((round * 2 + 1, 0)).unwrap(), round * 2 + 1);
@@ -139,7 +139,8 @@ fn a_late_reply_from_another_actor_is_dropped() {
         let late = slow.call_timeout((1_000 + round, 5_000), Duration::from_micros(100));
         // A caller descheduled for longer than the handler may find its reply in time.
         assert!(
-            matches!(late, Err(Error::Timeout(_))) || matches!(late, Ok(v) if v == 1_000 + round),
+            matches!(late, Err(Error::Timeout { .. }))
+                || matches!(late, Ok(v) if v == 1_000 + round),
             "{late:?}"
         );
         assert_eq!(

@@ -148,7 +148,7 @@ fn stress<const INLINE: bool>() {
                             tally.replaced.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(Error::Timeout(_)) => {
+                    Err(Error::Timeout { .. }) => {
                         assert!(roll < 50, "a call without a timeout timed out");
                         tally.timed_out.fetch_add(1, Ordering::Relaxed);
                     }

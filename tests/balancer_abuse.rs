@@ -35,7 +35,7 @@ fn a_supervisor_that_calls_its_own_balancer_does_not_deadlock() {
     balancer.connect().unwrap();
     let nested = nested.lock().unwrap().clone();
     assert_eq!(nested.len(), 1);
-    assert!(matches!(nested[0], Err(Error::Disconnected(_))));
+    assert!(matches!(nested[0], Err(Error::Disconnected { .. })));
     // Every worker dead while the supervisor has fresh ones: get() reloads at once, and the
     // supervisor's own get() inside that reload does not wait for itself.
     let old = board.current();
@@ -138,7 +138,7 @@ fn leases_dropped_while_gets_and_reloads_race() {
                         Err(Error::Overload) => {
                             overloads.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(Error::Disconnected(_)) => {}
+                        Err(Error::Disconnected { .. }) => {}
                         Err(err) => panic!("{err:?}"),
                     }
                 }

@@ -88,7 +88,7 @@ fn leases_survive_a_reload_and_a_reconnect() {
     // The supervisor goes away and comes back with the same children: still leased.
     board.stop();
     assert!(balancer.connect().is_err());
-    assert!(matches!(balancer.lease(), Err(Error::Disconnected(_))));
+    assert!(matches!(balancer.lease(), Err(Error::Disconnected { .. })));
     board.set(children);
     assert!(eventually(SLACK, || balancer.get().is_ok()));
     let other = balancer.lease().unwrap();

@@ -187,7 +187,10 @@ struct World {
 
 fn expected(err: &Error, world: &World) -> bool {
     match err {
-        Error::Timeout(_) | Error::Overload | Error::Disconnected(_) | Error::WorkerDied => true,
+        Error::Timeout { .. }
+        | Error::Overload
+        | Error::Disconnected { .. }
+        | Error::WorkerDied => true,
         Error::Closed => world.closing.load(Ordering::SeqCst),
         _ => false,
     }
@@ -298,7 +301,7 @@ fn client(world: &World, seed: u64) {
                     });
                 }
                 _ => match world.balancer.connect() {
-                    Ok(_) | Err(Error::Disconnected(_)) => {}
+                    Ok(_) | Err(Error::Disconnected { .. }) => {}
                     Err(other) => return Err(other),
                 },
             }

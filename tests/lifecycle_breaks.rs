@@ -41,7 +41,7 @@ fn close_does_not_wait_on_an_on_event_callback_blocked_on_the_reaper() {
         .size(1)
         .warn_after(Duration::from_millis(20))
         .on_event(move |event| {
-            if matches!(event, Event::SlowLease(_)) {
+            if matches!(event, Event::SlowLease { .. }) {
                 let _ = entered_tx.lock().unwrap().send(());
                 let until = Instant::now() + Duration::from_secs(10);
                 while !g.load(Ordering::SeqCst) && Instant::now() < until {
@@ -75,6 +75,7 @@ fn a_checkout_meeting_dead_on_arrival_workers_fails_with_the_cause_not_at_its_ti
         .size(1)
         .reconnect_delay(Duration::from_millis(100))
         .checkout_timeout(Duration::from_secs(4))
+        .check_after_idle(Duration::ZERO) // the check runs at every checkout
         .test_on_checkout(|checks: &mut usize| {
             *checks += 1;
             if *checks == 1 {
@@ -94,7 +95,7 @@ fn a_checkout_meeting_dead_on_arrival_workers_fails_with_the_cause_not_at_its_ti
     .expect("the checkout returned");
     let (got, took) = outcome;
     match &got {
-        Err(Error::Disconnected(cause)) => {
+        Err(Error::Disconnected { cause, .. }) => {
             assert!(cause.to_string().contains("reset"), "{cause}")
         }
         other => panic!("expected Disconnected, got {other:?}"),
@@ -220,6 +221,7 @@ fn try_checkout_after_build_unchecked_meeting_a_dead_on_arrival_worker_is_discon
     let pool = Pool::builder()
         .size(1)
         .reconnect_delay(Duration::from_millis(500))
+        .check_after_idle(Duration::ZERO) // the check runs at every checkout
         .test_on_checkout(|checks: &mut usize| {
             *checks += 1;
             *checks == 1 // passes at its start, fails at the checkout
@@ -231,7 +233,7 @@ fn try_checkout_after_build_unchecked_meeting_a_dead_on_arrival_worker_is_discon
         .unwrap();
     let got = pool.try_checkout().map(|_| ());
     assert!(
-        matches!(got, Err(Error::Disconnected(_))),
+        matches!(got, Err(Error::Disconnected { .. })),
         "expected Disconnected (a failed start), got {got:?}"
     );
 }
@@ -459,7 +461,7 @@ fn try_checkout_while_down_with_a_retry_in_flight_fails_fast() {
     let began = Instant::now();
     let got = pool.try_checkout().map(|_| ());
     let took = began.elapsed();
-    assert!(matches!(got, Err(Error::Disconnected(_))), "{got:?}");
+    assert!(matches!(got, Err(Error::Disconnected { .. })), "{got:?}");
     assert!(
         took < Duration::from_millis(300),
         "try_checkout waited {took:?} for a retry while the pool was known to be down"

@@ -77,7 +77,7 @@ fn try_checkout_on_a_lazy_pool_recovers_after_the_server_comes_back() {
         .unwrap();
     let first = pool.try_checkout().map(|_| ());
     assert!(
-        matches!(first, Err(Error::Disconnected(_))),
+        matches!(first, Err(Error::Disconnected { .. })),
         "the server is down: {first:?}"
     );
     up.store(true, Ordering::SeqCst);
@@ -353,7 +353,10 @@ fn try_checkout_outwaited_by_a_slow_first_start_answers_its_own_error_not_a_time
     let got = pool.try_checkout().map(|_| ());
     let timeouts = pool.stats().timeouts;
     assert!(
-        matches!(got, Ok(()) | Err(Error::Overload | Error::Disconnected(_))) && timeouts == 0,
+        matches!(
+            got,
+            Ok(()) | Err(Error::Overload | Error::Disconnected { .. })
+        ) && timeouts == 0,
         "try_checkout answered {got:?} and counted {timeouts} blocking checkout timeouts"
     );
 }

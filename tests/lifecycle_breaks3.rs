@@ -165,7 +165,7 @@ fn a_blocked_slow_lease_callback_does_not_hold_back_the_retry_a_blocking_checkou
         .warn_after(Duration::from_millis(20))
         .checkout_timeout(Duration::from_secs(4))
         .on_event(move |event| {
-            if matches!(event, cylinder::Event::SlowLease(_)) {
+            if matches!(event, cylinder::Event::SlowLease { .. }) {
                 // Blocks (a slow log sink) until the test ends.
                 let _ = release_rx
                     .lock()

@@ -201,7 +201,11 @@ fn checks_out_within<W: Send + 'static>(pool: &Pool<W>, limit: Duration) -> Resu
         let got = within(Duration::from_secs(5), move || {
             handle.checkout_timeout(ms(200)).map(drop)
         })
-        .unwrap_or(Err(Error::Timeout(Duration::from_secs(5))));
+        .unwrap_or(Err(Error::Timeout {
+            waited: Duration::from_secs(5),
+            state: None,
+            cause: None,
+        }));
         if got.is_ok() || began.elapsed() >= limit {
             return got;
         }
@@ -841,7 +845,7 @@ fn a_client_retrying_checkouts_while_starts_fail_makes_one_failed_checkout_per_r
     let wrong: Vec<_> = outcome
         .iter()
         .filter(|err| {
-            !matches!(err, Error::Disconnected(cause) if cause.to_string() == "connection refused")
+            !matches!(err, Error::Disconnected { cause, .. } if cause.to_string() == "connection refused")
         })
         .collect();
     assert!(
@@ -861,7 +865,7 @@ fn a_client_retrying_checkouts_while_starts_fail_makes_one_failed_checkout_per_r
         handle.try_checkout().map(drop)
     });
     assert!(
-        matches!(tried, Some(Err(Error::Disconnected(_)))),
+        matches!(tried, Some(Err(Error::Disconnected { .. }))),
         "try_checkout while starts fail: {tried:?}"
     );
 }

@@ -158,7 +158,7 @@ fn tiny_and_huge_checkout_timeouts_mixed_lose_nothing() {
                             thread::yield_now();
                             lease.leave();
                         }
-                        Err(Error::Timeout(_)) => {}
+                        Err(Error::Timeout { .. }) => {}
                         Err(other) => panic!("{other:?}"),
                     }
                 }
@@ -327,7 +327,7 @@ fn panicking_callbacks_never_lose_a_worker() {
                                     lease.enter();
                                     lease.leave();
                                 }
-                                Err(Error::Disconnected(_)) => {
+                                Err(Error::Disconnected { .. }) => {
                                     thread::sleep(Duration::from_millis(2))
                                 }
                                 Err(other) => panic!("{other:?}"),
@@ -456,7 +456,7 @@ fn resize_racing_traffic_and_sweeps_settles_at_the_last_size() {
                                     1 => drop(Lease::take(lease)),
                                     _ => drop(lease),
                                 },
-                                Err(Error::Timeout(_)) => {}
+                                Err(Error::Timeout { .. }) => {}
                                 Err(other) => panic!("{other:?}"),
                             }
                         }
@@ -515,7 +515,7 @@ fn build_unchecked_with_a_start_failing_then_succeeding_recovers() {
         .unwrap();
     assert!(eventually(Duration::from_secs(5), || matches!(
         pool.try_checkout(),
-        Err(Error::Disconnected(_))
+        Err(Error::Disconnected { .. })
     )));
     failing.store(false, Ordering::SeqCst);
     // Within a backoff the fuse fails fast (by design); once it is over, checkouts succeed.
@@ -577,7 +577,7 @@ fn duration_max_for_every_duration_option_is_accepted_and_works() {
         down.checkout().map(|_| ()).unwrap_err()
     });
     assert!(
-        matches!(outcome, Some(Error::Disconnected(_))),
+        matches!(outcome, Some(Error::Disconnected { .. })),
         "{outcome:?}"
     );
 }
@@ -649,7 +649,7 @@ fn last_handle_dropped_from_on_event_on_background_threads() {
             .warn_after(Duration::from_millis(5))
             .on_event(move |event| {
                 let fire = match trigger {
-                    0 => matches!(event, Event::SlowLease(_)),
+                    0 => matches!(event, Event::SlowLease { .. }),
                     _ => matches!(event, Event::WorkerRestarted),
                 };
                 if fire {

@@ -400,7 +400,7 @@ fn resize_and_timeouts_racing_slow_starts_for_the_line() {
                     // The revolver fuse, as documented: a start that ran past
                     // `start_timeout` while nothing was open or starting fails the line
                     // at once with its cause, no-limit waiters included.
-                    Err(Error::Disconnected(cause))
+                    Err(Error::Disconnected { cause, .. })
                         if cause.to_string().contains("did not finish within") => {}
                     Err(err) => assert!(timeout != Duration::MAX, "no-limit checkout: {err:?}"),
                 }

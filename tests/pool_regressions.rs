@@ -27,7 +27,7 @@ fn close_from_on_event_on_the_reaper_racing_close_does_not_deadlock() {
         .warn_after(Duration::from_millis(5))
         .on_event(move |event| {
             // `SlowLease` is reported by the reaper, on its own thread.
-            if let Event::SlowLease(_) = event {
+            if let Event::SlowLease { .. } = event {
                 let handle = in_hook.lock().unwrap().clone();
                 let _ = tx.lock().unwrap().send(());
                 // Let the other thread get into `close` and start joining the reaper.
@@ -61,6 +61,7 @@ fn slow_failing_checks_do_not_stretch_checkout_timeout() {
     const WORKERS: usize = 32;
     let pool = Pool::builder()
         .size(WORKERS)
+        .check_after_idle(Duration::ZERO) // the check runs at every checkout
         // Each worker passes its first check (at its start), then fails slowly.
         .test_on_checkout(|checks: &mut u32| {
             *checks += 1;

@@ -139,7 +139,7 @@ fn a_start_that_cannot_start_anything_fails_the_build_with_its_cause() {
         .size(2)
         .build(|| -> Result<Probe, BoxError> { Err("no database".into()) })
         .unwrap_err();
-    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     assert_eq!(err.source().unwrap().to_string(), "no database");
 }
 
@@ -166,7 +166,7 @@ fn nothing_running_and_starts_failing_blocks_then_fails_with_the_cause() {
     // The replacement's failure recorded (the non-blocking checkout says so).
     assert!(eventually(SLACK, || matches!(
         pool.try_checkout(),
-        Err(Error::Disconnected(_))
+        Err(Error::Disconnected { .. })
     )));
     let began = Instant::now();
     let err = pool
@@ -176,7 +176,7 @@ fn nothing_running_and_starts_failing_blocks_then_fails_with_the_cause() {
         began.elapsed() >= Duration::from_millis(300),
         "a blocking checkout waits for the next attempt, up to its timeout"
     );
-    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     assert_eq!(err.source().unwrap().to_string(), "connection refused");
     let began = Instant::now();
     let err = pool.try_checkout().unwrap_err();
@@ -207,7 +207,7 @@ fn a_start_over_its_timeout_counts_as_failed() {
     let err = pool
         .checkout_timeout(Duration::from_millis(300))
         .unwrap_err();
-    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
     assert!(
         err.source()
             .unwrap()

@@ -17,7 +17,7 @@ fn a_slow_lease_is_reported_once_with_how_long_it_was_held() {
         .size(2)
         .warn_after(Duration::from_millis(40))
         .on_event(move |event| {
-            if let Event::SlowLease(held) = event {
+            if let Event::SlowLease { held, .. } = event {
                 log.lock().unwrap().push(*held);
             }
         })

@@ -53,7 +53,7 @@ fn waiter_behind_a_try_checkout_start_gets_a_start_of_its_own() {
         held_rx.recv().unwrap();
         match waited {
             Some(Ok(())) => {}
-            Some(Err(Error::Timeout(_))) => lost += 1,
+            Some(Err(Error::Timeout { .. })) => lost += 1,
             other => panic!("unexpected: {other:?}"),
         }
         release_tx.send(()).unwrap();
@@ -342,7 +342,7 @@ fn a_fresh_worker_failing_its_check_blows_the_fuse_at_once() {
         let got = pool.checkout_timeout(Duration::from_secs(20)).map(drop);
         let took = began.elapsed();
         assert!(
-            matches!(got, Err(Error::Disconnected(_))),
+            matches!(got, Err(Error::Disconnected { .. })),
             "round {round}: {got:?}"
         );
         if took >= Duration::from_secs(10) {

@@ -26,7 +26,9 @@ fn a_timed_out_waiter_consumes_nothing() {
     let lease = pool.checkout().unwrap();
     let began = Instant::now();
     let waited = pool.checkout_timeout(Duration::from_millis(50));
-    assert!(matches!(waited, Err(Error::Timeout(d)) if d == Duration::from_millis(50)));
+    assert!(
+        matches!(waited, Err(Error::Timeout { waited: d, .. }) if d == Duration::from_millis(50))
+    );
     assert!(began.elapsed() >= Duration::from_millis(50));
     let stats = pool.stats();
     assert_eq!(
@@ -51,8 +53,13 @@ fn the_default_checkout_timeout_applies() {
         .build(start)
         .unwrap();
     let _held = pool.checkout().unwrap();
-    assert!(matches!(pool.checkout(), Err(Error::Timeout(d)) if d == Duration::from_millis(30)));
-    assert!(matches!(pool.transaction(|_| ()), Err(Error::Timeout(_))));
+    assert!(
+        matches!(pool.checkout(), Err(Error::Timeout { waited: d, .. }) if d == Duration::from_millis(30))
+    );
+    assert!(matches!(
+        pool.transaction(|_| ()),
+        Err(Error::Timeout { .. })
+    ));
 }
 
 #[test]

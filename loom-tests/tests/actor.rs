@@ -282,7 +282,7 @@ fn timeout_racing_the_late_reply() {
         let actor = spawn::<false>(&seen);
         match actor.call_timeout(Msg::Echo(1), Duration::ZERO) {
             Ok(n) => assert_eq!(n, 1),
-            Err(Error::Timeout(_)) => {}
+            Err(Error::Timeout { .. }) => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
         assert_eq!(actor.call(Msg::Echo(2)).unwrap(), 2, "took the late reply");

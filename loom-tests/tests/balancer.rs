@@ -108,11 +108,11 @@ fn reconnect_racing_get() {
     model(|| {
         let board = Board::new(Vec::new());
         let balancer = Arc::new(Balancer::builder().build_with(board.supervisor()).unwrap());
-        assert!(matches!(balancer.get(), Err(Error::Disconnected(_))));
+        assert!(matches!(balancer.get(), Err(Error::Disconnected { .. })));
         let reader = balancer.clone();
         let t = thread::spawn(move || match reader.get() {
             Ok(worker) => assert_eq!(worker.id, 7),
-            Err(err) => assert!(matches!(err, Error::Disconnected(_))),
+            Err(err) => assert!(matches!(err, Error::Disconnected { .. })),
         });
         *board.children.lock().unwrap() = vec![Node::new(7)];
         balancer.run_reaper_round();

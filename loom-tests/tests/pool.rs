@@ -148,7 +148,7 @@ fn timeout_racing_a_release() {
                         lease.leave();
                         true
                     }
-                    Err(Error::Timeout(_)) => false,
+                    Err(Error::Timeout { .. }) => false,
                     Err(other) => panic!("unexpected {other}"),
                 },
             );
@@ -411,7 +411,7 @@ fn an_impatient_waiter_on_its_way_beside_a_keeper() {
                         lease.enter();
                         lease.leave();
                     }
-                    Err(Error::Timeout(_)) => {}
+                    Err(Error::Timeout { .. }) => {}
                     Err(other) => panic!("unexpected {other}"),
                 },
             )

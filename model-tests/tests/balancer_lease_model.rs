@@ -563,7 +563,7 @@ impl Client<'_> {
 
     fn check_error(&self, what: &str, err: &Error, predicted: &Option<(Vec<u64>, bool)>) {
         match err {
-            Error::Overload | Error::Disconnected(_) => {}
+            Error::Overload | Error::Disconnected { .. } => {}
             other => self.env.violate(format!(
                 "{what} returned {other:?}, not Overload or Disconnected"
             )),
@@ -571,7 +571,7 @@ impl Client<'_> {
         if let Some((free, connected)) = predicted {
             let right = match err {
                 Error::Overload => *connected && free.is_empty(),
-                Error::Disconnected(_) => !*connected,
+                Error::Disconnected { .. } => !*connected,
                 _ => false,
             };
             if !right {
@@ -701,7 +701,7 @@ impl Client<'_> {
                     };
                     match &result {
                         Ok(found) if found.total == live.len() && !live.is_empty() => {}
-                        Err(Error::Disconnected(_)) if live.is_empty() => {}
+                        Err(Error::Disconnected { .. }) if live.is_empty() => {}
                         other => env.violate(format!(
                             "connect() returned {other:?}; the supervisor lists {} live children",
                             live.len()
@@ -713,7 +713,7 @@ impl Client<'_> {
                         ids
                     });
                 } else if let Err(err) = &result {
-                    if !matches!(err, Error::Disconnected(_)) {
+                    if !matches!(err, Error::Disconnected { .. }) {
                         env.violate(format!("connect() returned {err:?}"));
                     }
                 }
@@ -887,7 +887,7 @@ fn quiet_point(
             panic_message(&*payload)
         )),
         Ok(Ok(found)) if found.total == live.len() && !live.is_empty() => {}
-        Ok(Err(Error::Disconnected(_))) if live.is_empty() => {}
+        Ok(Err(Error::Disconnected { .. })) if live.is_empty() => {}
         Ok(other) => env.violate(format!(
             "{when}: connect() returned {other:?}; the supervisor lists {} live children",
             live.len()
@@ -952,7 +952,7 @@ fn quiet_point(
         }
         let right_end = match &last_err {
             Some(Error::Overload) => !live.is_empty(),
-            Some(Error::Disconnected(_)) => live.is_empty(),
+            Some(Error::Disconnected { .. }) => live.is_empty(),
             _ => false,
         };
         if !right_end && got == expected {

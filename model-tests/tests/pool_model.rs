@@ -835,6 +835,8 @@ fn build(env: &Arc<Env>, config: &Config) -> Result<Pool<W>, Error> {
     }
     if config.check {
         let env = env.clone();
+        // Checked before every lease, so every checkout meets the injected faults.
+        builder = builder.check_after_idle(Duration::ZERO);
         builder = builder.test_on_checkout(move |w: &mut W| -> Result<(), BoxError> {
             env.touch(w.id, "test_on_checkout");
             let doa = lock(&env.workers).get(&w.id).is_some_and(|s| s.doa);
@@ -1121,7 +1123,7 @@ impl<'p> Client<'_, 'p> {
                     env.violate(format!("{what} returned Closed on an open pool"));
                 }
             }
-            Error::Disconnected(cause) => {
+            Error::Disconnected { cause, .. } => {
                 if env.fail_marks.load(SeqCst) == 0 && !env.timed_out(cause) {
                     env.violate(format!(
                         "{what} returned Disconnected ({cause}) though no start failed"
@@ -1133,7 +1135,7 @@ impl<'p> Client<'_, 'p> {
                     env.violate(format!("{what} (a blocking checkout) returned Overload"));
                 }
             }
-            Error::Timeout(after) => match waited {
+            Error::Timeout { waited: after, .. } => match waited {
                 None => env.violate(format!("{what} (non-blocking) returned Timeout")),
                 Some(timeout) => {
                     if *after != timeout {
@@ -1247,7 +1249,7 @@ impl<'p> Client<'_, 'p> {
                         self.limit()
                     ));
                 }
-                if full && !matches!(err, Error::Timeout(_) | Error::Overload) {
+                if full && !matches!(err, Error::Timeout { .. } | Error::Overload) {
                     env.violate(format!(
                         "{what} with every worker leased returned {err:?}, not Timeout or Overload"
                     ));
@@ -1732,7 +1734,7 @@ fn run_case(case: &Case) -> Result<(), String> {
                 }
             } else if config.unchecked {
                 env.violate(format!("build_unchecked failed: {err:?}"));
-            } else if !matches!(err, Error::Disconnected(_)) {
+            } else if !matches!(err, Error::Disconnected { .. }) {
                 env.violate(format!("build failed with {err:?}, not Disconnected"));
             } else if env.fail_marks.load(SeqCst) == 0
                 && !err.cause().is_some_and(|c| env.timed_out(c))

@@ -443,7 +443,7 @@ impl<B: Behaviour> Actor<B> {
     ///
     /// let sleepy = Actor::spawn(Sleepy).unwrap();
     /// let late = sleepy.call_timeout(100, Duration::from_millis(5));
-    /// assert!(matches!(late, Err(Error::Timeout(_))));
+    /// assert!(matches!(late, Err(Error::Timeout { .. })));
     /// // The late reply (100) is not mistaken for this one.
     /// assert_eq!(sleepy.call_timeout(0, Duration::from_secs(5)).unwrap(), 0);
     /// ```

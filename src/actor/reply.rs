@@ -150,7 +150,11 @@ impl<R: Send + 'static> ReplySlot<R> {
             reply.ok_or(Error::WorkerDied)
         } else {
             self.awaited.store(0, Ordering::Relaxed);
-            Err(Error::Timeout(timeout))
+            Err(Error::Timeout {
+                waited: timeout,
+                state: None,
+                cause: None,
+            })
         }
     }
 

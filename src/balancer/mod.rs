@@ -189,8 +189,18 @@ impl<W> std::fmt::Debug for WorkerRef<W> {
 /// assert_eq!(balancer.lease().unwrap().0, 1);
 /// ```
 pub struct BalancerLease<W: Worker> {
-    member: Arc<Member<W>>,
+    /// Always `Some` until the lease is dropped, which lets go of it contained: the lease
+    /// may hold the last reference to a worker that left the set, whose `Drop` is user code.
+    member: Option<Arc<Member<W>>>,
     shared: Arc<Shared<W>>,
+}
+
+impl<W: Worker> BalancerLease<W> {
+    fn member(&self) -> &Member<W> {
+        self.member
+            .as_ref()
+            .expect("a lease holds its member until it is dropped")
+    }
 }
 
 impl<W: Worker> BalancerLease<W> {
@@ -213,7 +223,7 @@ impl<W: Worker> BalancerLease<W> {
     /// ```
     #[must_use]
     pub fn arc(&self) -> Arc<W> {
-        self.member.worker.clone()
+        self.member().worker.clone()
     }
 }
 
@@ -221,7 +231,7 @@ impl<W: Worker> Deref for BalancerLease<W> {
     type Target = W;
 
     fn deref(&self) -> &W {
-        &self.member.worker
+        &self.member().worker
     }
 }
 
@@ -237,7 +247,10 @@ impl Drop for LeaseCount<'_> {
 
 impl<W: Worker> Drop for BalancerLease<W> {
     fn drop(&mut self) {
-        self.member.leased.store(false, Ordering::Release);
+        if let Some(member) = self.member.take() {
+            member.leased.store(false, Ordering::Release);
+            contain::dispose(member);
+        }
         self.shared.leases.fetch_sub(1, Ordering::Release);
     }
 }
@@ -317,7 +330,7 @@ impl<W: Worker> Balancer<W> {
                 upkeep.set.retry_after(&reload)
             }),
         )
-        .map_err(|err| Error::Disconnected(Cause::new(err)))?;
+        .map_err(|err| Error::disconnected(Cause::new(err)))?;
         if retry.is_some() {
             shared.set.signal.request();
         }
@@ -353,7 +366,7 @@ impl<W: Worker> Balancer<W> {
     ///     .build_with(|| -> Result<Vec<Arc<Node>>, BoxError> { Err("connection refused".into()) })
     ///     .unwrap();
     /// let err = down.get().unwrap_err();
-    /// assert!(matches!(err, Error::Disconnected(_)));
+    /// assert!(matches!(err, Error::Disconnected { .. }));
     /// assert_eq!(err.source().unwrap().to_string(), "connection refused");
     /// ```
     #[inline]
@@ -459,7 +472,7 @@ impl<W: Worker> Balancer<W> {
         )?;
         std::mem::forget(counted);
         Ok(BalancerLease {
-            member: snapshot.members[index].clone(),
+            member: Some(snapshot.members[index].clone()),
             shared: self.shared.clone(),
         })
     }
@@ -509,15 +522,14 @@ impl<W: Worker> Balancer<W> {
         loop {
             let count = snapshot.workers.len();
             if count == 0 {
-                // Disconnected: fail fast, but once `reconnect_delay` has passed since the
-                // supervisor was last asked, ask it here (the reaper may be held up in a
-                // callback).
-                if !reloaded && shared.set.retry_due() {
-                    reloaded = true;
-                    snapshot = self.reload_all_dead();
-                    continue;
+                // Disconnected: fail fast. Once `reconnect_delay` has passed since the
+                // supervisor was last asked (the reaper may be held up in a callback), a
+                // reload starts on a thread of its own: never on this caller's, which must
+                // not pay for a supervisor that is slow to fail.
+                if shared.set.retry_due() {
+                    self.reload_in_background();
                 }
-                return Err(Error::Disconnected(snapshot.cause.clone()));
+                return Err(Error::disconnected(snapshot.cause.clone()));
             }
             let start = first(&snapshot, count);
             match self.scan(&snapshot, start, lease) {
@@ -547,7 +559,7 @@ impl<W: Worker> Balancer<W> {
                 }
                 Scan::AllDead => {
                     shared.set.ask_reload(&snapshot);
-                    return Err(Error::Disconnected(Cause::message("no live children")));
+                    return Err(Error::disconnected(Cause::message("no live children")));
                 }
             }
         }
@@ -567,6 +579,34 @@ impl<W: Worker> Balancer<W> {
             set.signal.request();
         }
         snapshot
+    }
+
+    /// Reloads on a short-lived thread of its own, unless one is running already. It holds
+    /// the balancer only while the supervisor runs.
+    #[cold]
+    #[inline(never)]
+    fn reload_in_background(&self) {
+        let set = &self.shared.set;
+        if set.background_reload.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("cylinder-reload-{}", set.name()))
+            .spawn(move || {
+                crate::stripe::opt_out();
+                if let Some(shared) = shared.upgrade() {
+                    let set = &shared.set;
+                    if set.retry_due() {
+                        set.reload_or_wait(Duration::ZERO);
+                    }
+                    set.background_reload.store(false, Ordering::Release);
+                }
+            });
+        if spawned.is_err() {
+            set.background_reload.store(false, Ordering::Release);
+            set.signal.request();
+        }
     }
 
     /// One pass over the set from `start`.

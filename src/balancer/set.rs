@@ -173,6 +173,8 @@ pub(crate) struct WorkerSet<W> {
     reload_done: Condvar,
     pub(crate) signal: Arc<Signal>,
     pub(crate) events: Option<EventHook>,
+    /// A reload thread started by a `get` on a disconnected balancer is running.
+    pub(crate) background_reload: AtomicBool,
     connected_once: AtomicBool,
     reloads: AtomicU64,
 }
@@ -203,6 +205,7 @@ impl<W: Worker> WorkerSet<W> {
             reload_done: Condvar::new(),
             signal: Arc::new(Signal::default()),
             events,
+            background_reload: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
         }
@@ -279,7 +282,7 @@ impl<W: Worker> WorkerSet<W> {
                     Some(runner) if runner == current_thread() => {
                         // The supervisor (or an event callback it caused) asked for a
                         // reload from inside a reload: waiting would wait for itself.
-                        return Err(Error::Disconnected(Cause::message(
+                        return Err(Error::disconnected(Cause::message(
                             "a reload was asked for from inside the supervisor",
                         )));
                     }
@@ -340,6 +343,9 @@ impl<W: Worker> WorkerSet<W> {
             let _finish = Finish(self);
             self.merge_children(&mut events, &mut dropped)
         };
+        // Paced from the end of this attempt: a supervisor slow to fail is not asked again
+        // the moment it answers.
+        *self.last_asked.lock() = Some((Instant::now(), asked));
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
         if contain::dispose_each(dropped) > 0 {
@@ -358,7 +364,7 @@ impl<W: Worker> WorkerSet<W> {
     ) -> Result<Found, Error> {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         // User code first, with no lock held: the supervisor, then each child's `is_alive`.
-        let listed = match contain::call(|| self.supervisor.children()).map_err(Error::Disconnected)
+        let listed = match contain::call(|| self.supervisor.children()).map_err(Error::disconnected)
         {
             Ok(listed) => listed,
             Err(err) => {
@@ -382,7 +388,7 @@ impl<W: Worker> WorkerSet<W> {
         if live.is_empty() {
             // Nothing live: the last set's cells stay known, for the reconnect.
             self.disconnect(Cause::message("no live children"), events, dropped);
-            return Err(Error::Disconnected(Cause::message("no live children")));
+            return Err(Error::disconnected(Cause::message("no live children")));
         }
         let (members, new) = {
             let mut known = self.known.lock();

@@ -11,6 +11,9 @@ use crate::event::{Event, EventHook};
 /// allocated up front.
 pub const MAX_POOL_SIZE: usize = 1 << 20;
 
+/// `check_after_idle`'s default, HikariCP's: a worker used this recently is not checked.
+const DEFAULT_CHECK_AFTER_IDLE: Duration = Duration::from_millis(500);
+
 /// What happens to a lease whose client panics while holding it.
 ///
 /// A panic counts only if it began while the lease was held: a lease taken and returned in a
@@ -55,6 +58,9 @@ pub enum OnClientPanic {
 /// | `warn_after` | off: no slow-lease reports |
 /// | `test_on_checkout` | none (a [`Manager`]'s `check` for [`build_with`](Self::build_with)) |
 /// | `check_on_checkout` | true: run the check before each lease, if there is one |
+/// | `check_after_idle` | 500 ms: the check is skipped for a worker used or checked more recently |
+/// | `keepalive` | off: the reaper checks workers idle this long |
+/// | `on_start` | none: runs on each new worker before it joins |
 /// | `is_broken`, `reset` | none (a [`Manager`]'s for [`build_with`](Self::build_with)) |
 /// | `on_event` | none |
 /// | `name` | `"pool"` (in log lines and thread names) |
@@ -89,12 +95,15 @@ pub struct PoolBuilder<W> {
     pub(crate) max_overflow: usize,
     pub(crate) warn_after: Option<Duration>,
     pub(crate) check_on_checkout: bool,
+    pub(crate) check_after_idle: Duration,
+    pub(crate) keepalive: Option<Duration>,
     pub(crate) events: Option<EventHook>,
     pub(crate) name: String,
     check: Option<super::manager::CheckFn<W>>,
     is_broken: Option<super::manager::BrokenFn<W>>,
     reset: Option<super::manager::CheckFn<W>>,
     is_alive: Option<super::manager::AliveFn<W>>,
+    pub(crate) on_start: Option<super::manager::CheckFn<W>>,
 }
 
 impl<W> Default for PoolBuilder<W> {
@@ -113,12 +122,15 @@ impl<W> Default for PoolBuilder<W> {
             max_overflow: 0,
             warn_after: None,
             check_on_checkout: true,
+            check_after_idle: DEFAULT_CHECK_AFTER_IDLE,
+            keepalive: None,
             events: None,
             name: "pool".to_string(),
             check: None,
             is_broken: None,
             reset: None,
             is_alive: None,
+            on_start: None,
         }
     }
 }
@@ -208,7 +220,7 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///     .build(|| Ok(()))
     ///     .unwrap();
     /// let _held = pool.checkout().unwrap();
-    /// assert!(matches!(pool.checkout(), Err(Error::Timeout(_))));
+    /// assert!(matches!(pool.checkout(), Err(Error::Timeout { .. })));
     /// ```
     pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
         self.checkout_timeout = timeout;
@@ -357,13 +369,17 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// A check run on a worker before it is leased (r2d2's `test_on_check_out` with
     /// `is_valid`): it returns `bool` or a `Result` whose error is the cause. A worker that
     /// fails it (or whose check panics) is dropped and replaced, and the next worker is tried
-    /// within the caller's timeout. Default: none.
+    /// within the caller's timeout. It runs on a new worker, and then only on a worker idle
+    /// at least [`check_after_idle`](Self::check_after_idle) (500 ms by default). Default:
+    /// none.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use cylinder::Pool;
     ///
     /// let pool = Pool::builder()
     ///     .size(2)
+    ///     .check_after_idle(Duration::ZERO) // before every lease
     ///     .test_on_checkout(|conn: &mut Vec<u8>| conn.len() < 1024)
     ///     .build(|| Ok(Vec::new()))
     ///     .unwrap();
@@ -396,6 +412,70 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// ```
     pub fn check_on_checkout(mut self, on: bool) -> Self {
         self.check_on_checkout = on;
+        self
+    }
+
+    /// The checkout check runs only on a worker that has been idle at least this long
+    /// (since its last lease ended, its start, or its last keepalive check): one used a
+    /// moment ago is as good as checked, and a check is a round trip to the server. Default:
+    /// 500 ms (HikariCP's `aliveBypassWindowMs`); `Duration::ZERO` checks before every lease.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// let checks = Arc::new(AtomicUsize::new(0));
+    /// let count = checks.clone();
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .check_after_idle(Duration::from_secs(60))
+    ///     .test_on_checkout(move |_: &mut ()| { count.fetch_add(1, Ordering::Relaxed); true })
+    ///     .build(|| Ok(()))
+    ///     .unwrap();
+    /// for _ in 0..10 {
+    ///     pool.checkout().unwrap();
+    /// }
+    /// // Checked once when it started; never again while it is in use.
+    /// assert_eq!(checks.load(Ordering::Relaxed), 1);
+    /// ```
+    pub fn check_after_idle(mut self, idle: Duration) -> Self {
+        self.check_after_idle = idle;
+        self
+    }
+
+    /// Has the reaper check each idle worker that has not been used (or checked) for this
+    /// long, with the pool's check (`test_on_checkout`, or the [`Manager`]'s `check`), one
+    /// at a time, never a leased one: a connection the server or a firewall cut during a
+    /// quiet night is replaced before a client meets it (HikariCP's `keepaliveTime`).
+    /// Default: off.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use cylinder::Pool;
+    ///
+    /// struct Conn { cut: Arc<AtomicBool> }
+    ///
+    /// let cut = Arc::new(AtomicBool::new(false));
+    /// let starts = cut.clone();
+    /// let pool = Pool::builder()
+    ///     .size(1)
+    ///     .keepalive(Duration::from_millis(20))
+    ///     .test_on_checkout(|conn: &mut Conn| !conn.cut.load(Ordering::Acquire))
+    ///     .build(move || Ok(Conn { cut: starts.clone() }))
+    ///     .unwrap();
+    /// cut.store(true, Ordering::Release); // the firewall drops the idle connection
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// cut.store(false, Ordering::Release); // later starts are fine
+    /// std::thread::sleep(Duration::from_millis(100));
+    /// assert!(pool.stats().failed_checks >= 1); // found by the reaper, not by a client
+    /// assert!(pool.checkout().is_ok());
+    /// ```
+    pub fn keepalive(mut self, idle: Duration) -> Self {
+        self.keepalive = Some(idle);
         self
     }
 
@@ -468,6 +548,40 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// ```
     pub fn is_alive(mut self, test: impl Fn(&W) -> bool + Send + Sync + 'static) -> Self {
         self.is_alive = Some(Box::new(test));
+        self
+    }
+
+    /// Runs on every new worker right after its start (from the closure or from a
+    /// [`Manager`], after the manager's `start`), before it joins the pool: a connection
+    /// customizer (r2d2's `connection_customizer`), e.g. `PRAGMA busy_timeout` or
+    /// `SET search_path`. An error (or panic) makes it a failed start with that cause:
+    /// the worker is dropped and the pool retries after `reconnect_delay`.
+    ///
+    /// ```
+    /// use cylinder::{BoxError, Pool};
+    ///
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .on_start(|conn: &mut Vec<&str>| -> Result<(), BoxError> {
+    ///         conn.push("PRAGMA busy_timeout = 5000");
+    ///         Ok(())
+    ///     })
+    ///     .build(|| Ok(Vec::new()))
+    ///     .unwrap();
+    /// assert_eq!(*pool.checkout().unwrap(), ["PRAGMA busy_timeout = 5000"]);
+    ///
+    /// let refused = Pool::builder()
+    ///     .size(1)
+    ///     .on_start(|_: &mut u8| -> Result<(), BoxError> { Err("permission denied".into()) })
+    ///     .build(|| Ok(0))
+    ///     .unwrap_err();
+    /// assert_eq!(refused.cause().unwrap().to_string(), "permission denied");
+    /// ```
+    pub fn on_start<E: Into<BoxError>>(
+        mut self,
+        hook: impl Fn(&mut W) -> Result<(), E> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_start = Some(Box::new(move |worker| hook(worker).map_err(Into::into)));
         self
     }
 
@@ -550,7 +664,7 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///     .build_unchecked(|| -> Result<u32, BoxError> { Err("database is down".into()) })
     ///     .unwrap();
     /// let err = pool.checkout_timeout(Duration::from_secs(5)).unwrap_err();
-    /// assert!(matches!(err, Error::Disconnected(_)));
+    /// assert!(matches!(err, Error::Disconnected { .. }));
     /// assert_eq!(err.source().unwrap().to_string(), "database is down");
     /// ```
     pub fn build_unchecked(
@@ -563,8 +677,11 @@ impl<W: Send + 'static> PoolBuilder<W> {
     }
 
     /// Starts the pool's workers from `manager`, as [`build`](Self::build) does from a
-    /// closure; the manager's `check`, `is_broken` and `reset` are its hooks (builder hooks
-    /// are not used).
+    /// closure. Hooks set on the builder run after the manager's own: `test_on_checkout`
+    /// after its `check`, `reset` after its `reset`, `is_broken` and `is_alive` as a second
+    /// opinion (either one saying broken or dead retires the worker), and `on_start` after
+    /// its `start`: so a manager from another crate (an r2d2 one, say) gets a connection
+    /// customizer or a check of your own without a wrapper.
     ///
     /// # Errors
     /// As [`build`](Self::build).
@@ -580,11 +697,19 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///     }
     /// }
     ///
-    /// let pool = Pool::builder().size(2).build_with(Counter).unwrap();
-    /// assert_eq!(*pool.checkout().unwrap(), 0);
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .on_start(|n: &mut u64| -> Result<(), BoxError> {
+    ///         *n = 42; // e.g. `PRAGMA busy_timeout` on a fresh connection
+    ///         Ok(())
+    ///     })
+    ///     .build_with(Counter)
+    ///     .unwrap();
+    /// assert_eq!(*pool.checkout().unwrap(), 42);
     /// ```
     pub fn build_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
-        Pool::start(self, Box::new(manager), Uses::ALL, true)
+        let (options, manager, uses) = self.with_manager(manager);
+        Pool::start(options, manager, uses, true)
     }
 
     /// [`build_unchecked`](Self::build_unchecked) with a [`Manager`].
@@ -607,7 +732,56 @@ impl<W: Send + 'static> PoolBuilder<W> {
     /// assert!(pool.try_checkout().is_err());
     /// ```
     pub fn build_unchecked_with(self, manager: impl Manager<Worker = W>) -> Result<Pool<W>, Error> {
-        Pool::start(self, Box::new(manager), Uses::ALL, false)
+        let (options, manager, uses) = self.with_manager(manager);
+        Pool::start(options, manager, uses, false)
+    }
+
+    /// `manager`, with the builder's hooks (if any) run after its own.
+    fn with_manager(
+        mut self,
+        manager: impl Manager<Worker = W>,
+    ) -> (Self, Box<dyn Manager<Worker = W>>, Uses) {
+        if self.check.is_none()
+            && self.is_broken.is_none()
+            && self.reset.is_none()
+            && self.is_alive.is_none()
+        {
+            return (self, Box::new(manager), Uses::ALL);
+        }
+        let manager = std::sync::Arc::new(manager);
+        let hooks = Hooks {
+            start: {
+                let manager = manager.clone();
+                Box::new(move || manager.start())
+            },
+            check: {
+                let (manager, own) = (manager.clone(), self.check.take());
+                Some(Box::new(move |worker: &mut W| {
+                    manager.check(worker)?;
+                    own.as_ref().map_or(Ok(()), |check| check(worker))
+                }))
+            },
+            is_broken: {
+                let (manager, own) = (manager.clone(), self.is_broken.take());
+                Some(Box::new(move |worker: &mut W| {
+                    manager.is_broken(worker) || own.as_ref().is_some_and(|test| test(worker))
+                }))
+            },
+            reset: {
+                let (manager, own) = (manager.clone(), self.reset.take());
+                Some(Box::new(move |worker: &mut W| {
+                    manager.reset(worker)?;
+                    own.as_ref().map_or(Ok(()), |reset| reset(worker))
+                }))
+            },
+            is_alive: {
+                let own = self.is_alive.take();
+                Some(Box::new(move |worker: &W| {
+                    manager.is_alive(worker) && own.as_ref().map_or(true, |test| test(worker))
+                }))
+            },
+        };
+        (self, Box::new(hooks), Uses::ALL)
     }
 
     fn hooks(
@@ -641,6 +815,7 @@ impl<W: Send + 'static> PoolBuilder<W> {
             ("idle_timeout", self.idle_timeout),
             ("start_timeout", self.start_timeout),
             ("warn_after", self.warn_after),
+            ("keepalive", self.keepalive),
         ] {
             if let Some(value) = value {
                 positive(option, value)?;
@@ -694,6 +869,9 @@ impl<W> std::fmt::Debug for PoolBuilder<W> {
             .field("is_broken", &self.is_broken.is_some())
             .field("reset", &self.reset.is_some())
             .field("is_alive", &self.is_alive.is_some())
+            .field("check_after_idle", &self.check_after_idle)
+            .field("keepalive", &self.keepalive)
+            .field("on_start", &self.on_start.is_some())
             .field("on_event", &self.events.is_some())
             .field("name", &self.name)
             .finish()

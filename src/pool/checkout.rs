@@ -1,14 +1,16 @@
 //! The checkout path: a worker for a lease, from the free list, the line or a start; the
 //! checks it passes first; and the fuse and backpressure while no worker can be had.
 
+use std::panic::Location;
 use std::time::{Duration, Instant};
 
+use super::metrics::PoolMetrics;
 use super::start::Held;
 use super::waitlist::WaitError;
 use super::{Entry, Retire, Shared};
 use crate::contain;
 use crate::error::{Cause, Error};
-use crate::event::{emit, Event};
+use crate::event::Event;
 use crate::stripe::Stripe;
 use crate::sync::{deadline_after, Ordering};
 
@@ -88,7 +90,7 @@ impl<W: Send + 'static> Shared<W> {
             self.fuse()?;
             if self.counts.on_their_way() > 0 {
                 if let Some(cause) = self.last_failure() {
-                    return Err(Error::Disconnected(cause));
+                    return Err(self.down(cause));
                 }
             }
         } else if nothing_open && self.counts.on_their_way() > 0 {
@@ -105,7 +107,7 @@ impl<W: Send + 'static> Shared<W> {
         // Closed meanwhile: say so, not "busy".
         self.check_open()?;
         self.fuse()?;
-        emit(&self.events, Event::Overload);
+        self.emit(Event::Overload);
         Err(Error::Overload)
     }
 
@@ -123,7 +125,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         // Dead on arrival: a failed start, not a busy pool.
         match self.last_failure() {
-            Some(cause) => Err(Error::Disconnected(cause)),
+            Some(cause) => Err(self.down(cause)),
             None => Err(Error::Overload),
         }
     }
@@ -135,7 +137,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn fuse(&self) -> Result<(), Error> {
         if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
             if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
+                return Err(self.down(cause));
             }
         }
         Ok(())
@@ -146,7 +148,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn never_again(&self) -> Result<(), Error> {
         if self.fuse_blown() && self.backoff_left(Instant::now()) == Some(Duration::MAX) {
             if let Some(cause) = self.last_failure() {
-                return Err(Error::Disconnected(cause));
+                return Err(self.down(cause));
             }
         }
         Ok(())
@@ -167,6 +169,7 @@ impl<W: Send + 'static> Shared<W> {
         failed_before: u64,
         for_a_start: bool,
     ) -> Result<Box<Entry<W>>, Error> {
+        let began = PoolMetrics::ON.then(Instant::now);
         let waited = self.waiters.wait(
             || self.free.take(stripe),
             // Asked after each look that found nothing (and after the line stopped counting
@@ -202,16 +205,19 @@ impl<W: Send + 'static> Shared<W> {
             },
             |entry| self.close_worker(entry),
         );
+        if let Some(began) = began {
+            self.metrics.waited(began.elapsed());
+        }
         match waited {
             Ok(entry) => Ok(entry),
             Err(WaitError::Closed) => Err(Error::Closed),
             Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
                 match self.last_failure() {
-                    Some(cause) if self.fuse_blown() => Err(Error::Disconnected(cause)),
+                    Some(cause) if self.fuse_blown() => Err(self.down(cause)),
                     _ => Err(Error::Overload),
                 }
             }
-            Err(WaitError::GaveUp) => Err(Error::Disconnected(
+            Err(WaitError::GaveUp) => Err(self.down(
                 self.last_failure()
                     .unwrap_or_else(|| Cause::message("no worker could start")),
             )),
@@ -219,14 +225,21 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with the
-    /// failing starts' cause if starts are failing.
+    /// A blocking checkout gave up after `timeout`: counted, reported, and answered with
+    /// `Disconnected` if nothing is open and starts are failing, else `Timeout` with the
+    /// pool's state and the last start error, if any.
     pub(super) fn timed_out(&self, timeout: Duration) -> Error {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
-        emit(&self.events, Event::CheckoutTimedOut(timeout));
+        self.emit(Event::CheckoutTimedOut(timeout));
         match self.last_failure() {
-            Some(cause) if self.failing.load(Ordering::Acquire) => Error::Disconnected(cause),
-            _ => Error::Timeout(timeout),
+            Some(cause) if self.failing.load(Ordering::Acquire) && self.counts.open() == 0 => {
+                self.down(cause)
+            }
+            cause => Error::Timeout {
+                waited: timeout,
+                state: Some(self.state()),
+                cause,
+            },
         }
     }
 
@@ -238,7 +251,11 @@ impl<W: Send + 'static> Shared<W> {
             self.retire(entry, Retire::Died);
             return None;
         }
-        if self.uses.check {
+        if self.evicted(&entry) {
+            self.retire(entry, Retire::Evicted);
+            return None;
+        }
+        if self.uses.check && self.check_due(&entry) {
             if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 self.retire(entry, Retire::CheckFailed(cause));
@@ -246,11 +263,25 @@ impl<W: Send + 'static> Shared<W> {
             }
         }
         entry.leased_before = true;
+        entry.lease_clock = self.metrics.lease_began();
         self.checkouts.add(stripe);
-        if let Some(watch) = &self.watch {
-            watch.begin(entry.id);
-        }
         Some(entry)
+    }
+
+    /// Whether the checkout check runs on this worker: idle (and unchecked) at least
+    /// `check_after_idle`.
+    #[inline]
+    fn check_due(&self, entry: &Entry<W>) -> bool {
+        self.check_after_idle.is_zero()
+            || Instant::now().saturating_duration_since(entry.last_good()) >= self.check_after_idle
+    }
+
+    /// A lease begins: watched for `warn_after`, with where it was taken.
+    #[inline]
+    pub(super) fn watch_lease(&self, entry: &Entry<W>, site: &'static Location<'static>) {
+        if let Some(watch) = &self.watch {
+            watch.begin(entry.id, site);
+        }
     }
 
     #[inline]

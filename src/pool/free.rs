@@ -210,3 +210,36 @@ impl<T> FreeList<T> {
         total.max(0) as usize
     }
 }
+
+/// A count of free workers the pool's own code has taken off the list for a moment (the
+/// reaper's sweep, `Pool::map`): still idle, so `stats()` counts them as free. Each is
+/// counted before it is taken and given back after it is put back (or closed); the rest on
+/// any other exit, unwinding included.
+pub(crate) struct HeldFree<'a> {
+    count: &'a AtomicUsize,
+    held: usize,
+}
+
+impl<'a> HeldFree<'a> {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        HeldFree { count, held: 0 }
+    }
+
+    pub(crate) fn take_one(&mut self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.held += 1;
+    }
+
+    pub(crate) fn leave_one(&mut self) {
+        if self.held > 0 {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.held -= 1;
+        }
+    }
+}
+
+impl Drop for HeldFree<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}

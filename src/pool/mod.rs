@@ -22,14 +22,16 @@
 //! | claimed | starting | a start thread takes it up (not once closed) | claim guarded | `run_starter`, `run_claim` |
 //! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
-//! | idle | leased | a checkout; the check passes | `checkouts` +1 | `admit` |
-//! | idle | closing | the check fails or it is dead (before its first lease: a failed start) | `total` −1 | `retire` |
-//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
-//! | leased | closing | discarded, broken, reset failed, dead, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
+//! | idle | leased | a checkout; the check passes (or is skipped: used within `check_after_idle`) | `checkouts` +1 | `admit`, `check_due` |
+//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), or evicted | `total` −1 | `admit`, `retire` |
+//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
+//! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
 //! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
-//! | idle | closing | past `max_lifetime`, or found dead by the reaper | `total` −1 | `sweep`, `retire` |
-//! | idle | closing | the pool closed | `total` −1 | `drain` |
+//! | idle | looked over | the reaper's sweep (at its period, or at a worker's expiry), `evict_all`, `map` | `held_free` +1 (`HeldFree`) | `sweep` |
+//! | looked over | idle | alive, not expired, passed its `keepalive` check if one was due | `held_free` −1 | `sweep`, `keep_alive`, `put_back` |
+//! | looked over | closing | past its `max_lifetime` (less its jitter), evicted, dead, failed its `keepalive` check | `held_free` −1, `total` −1 | `sweep`, `retire` |
+//! | idle | closing | the pool closed (`close`, `drain`) | `total` −1 | `drain` |
 //! | closing | — | its `Drop` runs (contained) | — | `close_worker` |
 //!
 //! A retired worker is replaced at once (`replace`), even while the pool waits out a failed
@@ -42,6 +44,7 @@ mod checkout;
 mod free;
 mod lease;
 mod manager;
+mod metrics;
 mod release;
 mod start;
 mod upkeep;
@@ -53,19 +56,21 @@ pub use free::QueueMode;
 pub use lease::{Lease, OwnedLease};
 pub use manager::{CheckOutcome, Manager};
 
+use std::panic::Location;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::contain;
-use crate::error::{Cause, Error};
-use crate::event::EventHook;
+use crate::error::{Cause, Error, PoolState};
+use crate::event::{Event, EventHook};
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
 use crate::sync::{
     deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
-use free::FreeList;
+use free::{FreeList, HeldFree};
 use manager::Uses;
+use metrics::{LeaseClock, PoolMetrics};
 use start::Counts;
 use waitlist::WaitList;
 use watch::LeaseWatch;
@@ -122,12 +127,31 @@ pub(crate) struct Entry<W> {
     /// A number for log lines and slow-lease reports.
     pub(crate) id: u64,
     born: Instant,
-    /// When its last lease ended (kept only when the pool has an `idle_timeout`).
+    /// When `max_lifetime` closes it: `born + max_lifetime`, less a random amount of up to
+    /// 2.5 % fixed at its start (HikariCP's variance), so workers started together do not
+    /// all expire together.
+    expires: Option<Instant>,
+    /// When its last lease ended (kept only when the pool reads it: `idle_timeout`,
+    /// `check_after_idle`, `keepalive`).
     idle_since: Option<Instant>,
+    /// When it last passed a keepalive check.
+    checked_at: Option<Instant>,
     /// Whether it was ever leased: a fresh worker that fails its check counts as a failed
     /// start (and waits `reconnect_delay`), so a check that always fails cannot make the
     /// pool start workers in a tight loop.
     leased_before: bool,
+    /// The pool's `evict_all` count when it started: older ones are closed.
+    generation: u64,
+    /// When its lease began (for `cylinder_pool_lease_seconds`; nothing without `metrics`).
+    lease_clock: LeaseClock,
+}
+
+impl<W> Entry<W> {
+    /// When it was last known to be good: started, returned from a lease, or checked.
+    fn last_good(&self) -> Instant {
+        let used = self.idle_since.unwrap_or(self.born);
+        self.checked_at.map_or(used, |checked| checked.max(used))
+    }
 }
 
 /// How a lease ends.
@@ -145,6 +169,7 @@ enum Retire {
     CheckFailed(Cause),
     Broken(Cause),
     Expired,
+    Evicted,
 }
 
 pub(crate) struct Shared<W: Send + 'static> {
@@ -152,6 +177,8 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// This pool, for the start threads it launches.
     me: Weak<Shared<W>>,
     manager: Box<dyn Manager<Worker = W>>,
+    /// The builder's `on_start`, run after every start.
+    on_start: Option<manager::CheckFn<W>>,
     uses: Uses,
     free: FreeList<Box<Entry<W>>>,
     waiters: WaitList<Box<Entry<W>>>,
@@ -183,9 +210,22 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// `try_checkout`s in line for a start on its way: each start that ends wakes them to
     /// look whether anything is still on its way for them.
     waiting_for_a_start: AtomicUsize,
-    /// Free workers the reaper's sweep has taken off the free list to look at: still idle,
-    /// counted as free by `stats()` so a sweep never shows a full quiet pool as empty.
-    sweeping: AtomicUsize,
+    /// Free workers the pool's own code holds for a moment (the reaper's sweep, `map`):
+    /// still idle, counted as free by `stats()`, so a quiet pool always adds up.
+    held_free: AtomicUsize,
+    /// The checkout check runs only on a worker idle (unchecked) at least this long.
+    check_after_idle: Duration,
+    /// Idle workers unused this long are checked by the reaper.
+    keepalive: Option<Duration>,
+    /// Whether a return reads the clock for its worker's `idle_since`.
+    reads_idle_clock: bool,
+    /// How many times `evict_all` was called: workers started before the last call go.
+    generation: AtomicU64,
+    /// The earliest expiry of a worker returned since the last sweep that the sweep may not
+    /// have planned for, in nanoseconds after `epoch` (`u64::MAX`: none).
+    next_expiry: AtomicU64,
+    epoch: Instant,
+    metrics: PoolMetrics,
     /// The last start (or fresh worker's check) that failed, and when.
     failure: Mutex<Option<(Cause, Instant)>>,
     /// Whether starts are failing: set by a failure, cleared by a successful start.
@@ -270,19 +310,28 @@ impl<W: Send + 'static> Pool<W> {
     }
 
     pub(crate) fn start(
-        options: PoolBuilder<W>,
+        mut options: PoolBuilder<W>,
         manager: Box<dyn Manager<Worker = W>>,
         mut uses: Uses,
         checked: bool,
     ) -> Result<Self, Error> {
         let (size, min_idle) = options.validate()?;
+        let has_check = uses.check;
+        if options.keepalive.is_some() && !has_check {
+            return Err(Error::invalid(
+                "keepalive",
+                "needs a check to run: set test_on_checkout, or build_with a Manager",
+            ));
+        }
         uses.check &= options.check_on_checkout;
         // Room to grow: a resize up to four times the size (at least 64).
         let capacity = ((size + options.max_overflow) * 4).clamp(64, MAX_POOL_SIZE);
+        let on_start = options.on_start.take();
         let shared = Arc::new_cyclic(|me| Shared {
             name: options.name.clone(),
             me: me.clone(),
             manager,
+            on_start,
             uses,
             free: FreeList::new(capacity, options.queue_mode),
             waiters: WaitList::new(options.fifo_after),
@@ -304,7 +353,17 @@ impl<W: Send + 'static> Pool<W> {
             watch: options.warn_after.map(LeaseWatch::new),
             deciding: Mutex::new(()),
             waiting_for_a_start: AtomicUsize::new(0),
-            sweeping: AtomicUsize::new(0),
+            held_free: AtomicUsize::new(0),
+            check_after_idle: options.check_after_idle,
+            keepalive: options.keepalive,
+            reads_idle_clock: options.idle_timeout.is_some()
+                || options.max_lifetime.is_some()
+                || options.keepalive.is_some()
+                || (uses.check && !options.check_after_idle.is_zero()),
+            generation: AtomicU64::new(0),
+            next_expiry: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            metrics: PoolMetrics::new(&options.name),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
@@ -326,7 +385,7 @@ impl<W: Send + 'static> Pool<W> {
             None,
             Box::new(move |_asked| upkeep.upkeep(&mut schedule)),
         )
-        .map_err(|err| Error::Disconnected(Cause::new(err)))?;
+        .map_err(|err| Error::disconnected(Cause::new(err)))?;
         let pool = Pool {
             handle: Arc::new(Handle {
                 shared,
@@ -340,8 +399,9 @@ impl<W: Send + 'static> Pool<W> {
                 let cause = shared
                     .last_failure()
                     .unwrap_or_else(|| Cause::message("no worker started"));
+                let down = shared.down(cause);
                 pool.close();
-                return Err(Error::Disconnected(cause));
+                return Err(down);
             }
         } else {
             shared.refill();
@@ -367,7 +427,8 @@ impl<W: Send + 'static> Pool<W> {
     /// # Errors
     /// [`Error::Timeout`] when none came free in time; [`Error::Disconnected`] (with the
     /// last start's error as its cause) when no worker is running and a start attempt failed
-    /// after this checkout began (or starts were failing when it timed out);
+    /// after this checkout began (or nothing was running and starts were failing when it
+    /// timed out);
     /// [`Error::Closed`].
     ///
     /// ```
@@ -378,6 +439,7 @@ impl<W: Send + 'static> Pool<W> {
     /// lease.push(3);
     /// assert_eq!(*lease, [1, 2, 3]);
     /// ```
+    #[track_caller]
     pub fn checkout(&self) -> Result<Lease<'_, W>, Error> {
         self.checkout_timeout(self.handle.shared.checkout_timeout)
     }
@@ -397,13 +459,15 @@ impl<W: Send + 'static> Pool<W> {
     /// let pool = Pool::builder().size(1).build(|| Ok(())).unwrap();
     /// let held = pool.checkout().unwrap();
     /// let waited = pool.checkout_timeout(Duration::from_millis(10));
-    /// assert!(matches!(waited, Err(Error::Timeout(_))));
+    /// assert!(matches!(waited, Err(Error::Timeout { .. })));
     /// drop(held);
     /// ```
     #[inline]
+    #[track_caller]
     pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.handle.shared;
         let entry = shared.acquire(timeout)?;
+        shared.watch_lease(&entry, Location::caller());
         Ok(Lease::borrowed(shared, entry))
     }
 
@@ -430,9 +494,11 @@ impl<W: Send + 'static> Pool<W> {
     /// assert!(matches!(pool.try_checkout(), Err(Error::Overload)));
     /// drop(held);
     /// ```
+    #[track_caller]
     pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.handle.shared;
         let entry = shared.try_acquire()?;
+        shared.watch_lease(&entry, Location::caller());
         Ok(Lease::borrowed(shared, entry))
     }
 
@@ -455,6 +521,7 @@ impl<W: Send + 'static> Pool<W> {
     /// threads.into_iter().for_each(|t| t.join().unwrap());
     /// assert_eq!(pool.stats().free, 2);
     /// ```
+    #[track_caller]
     pub fn checkout_owned(&self) -> Result<OwnedLease<W>, Error> {
         self.checkout_owned_timeout(self.handle.shared.checkout_timeout)
     }
@@ -473,8 +540,10 @@ impl<W: Send + 'static> Pool<W> {
     /// assert!(pool.checkout_owned_timeout(Duration::from_millis(5)).is_err());
     /// drop(held);
     /// ```
+    #[track_caller]
     pub fn checkout_owned_timeout(&self, timeout: Duration) -> Result<OwnedLease<W>, Error> {
         let entry = self.handle.shared.acquire(timeout)?;
+        self.handle.shared.watch_lease(&entry, Location::caller());
         Ok(OwnedLease::new(self.clone(), entry))
     }
 
@@ -491,6 +560,7 @@ impl<W: Send + 'static> Pool<W> {
     /// let n = pool.transaction(|counter| { *counter += 1; *counter }).unwrap();
     /// assert_eq!(n, 1);
     /// ```
+    #[track_caller]
     pub fn transaction<R>(&self, f: impl FnOnce(&mut W) -> R) -> Result<R, Error> {
         let mut lease = self.checkout()?;
         Ok(f(&mut lease))
@@ -514,23 +584,38 @@ impl<W: Send + 'static> Pool<W> {
     pub fn map<R>(&self, mut f: impl FnMut(&mut W) -> R) -> Vec<R> {
         let shared = &*self.handle.shared;
         let stripe = Stripe::current();
-        // Gives the workers back even if `f` panics.
-        struct Held<'a, W: Send + 'static>(&'a Shared<W>, Vec<Box<Entry<W>>>, Stripe);
+        // Gives the workers back even if `f` panics; counted as free meanwhile.
+        struct Held<'a, W: Send + 'static> {
+            shared: &'a Shared<W>,
+            entries: Vec<Box<Entry<W>>>,
+            count: HeldFree<'a>,
+            stripe: Stripe,
+        }
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
-                for entry in self.1.drain(..) {
-                    self.0.put_back(entry, self.2);
+                for entry in self.entries.drain(..) {
+                    self.shared.put_back(entry, self.stripe);
+                    self.count.leave_one();
                 }
             }
         }
-        let mut held = Held(shared, Vec::new(), stripe);
+        let mut held = Held {
+            shared,
+            entries: Vec::new(),
+            count: HeldFree::new(&shared.held_free),
+            stripe,
+        };
         for _ in 0..shared.free.len() {
+            held.count.take_one();
             match shared.free.take(stripe) {
-                Some(entry) => held.1.push(entry),
-                None => break,
+                Some(entry) => held.entries.push(entry),
+                None => {
+                    held.count.leave_one();
+                    break;
+                }
             }
         }
-        held.1
+        held.entries
             .iter_mut()
             .map(|entry| f(&mut entry.worker))
             .collect()
@@ -561,14 +646,16 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         shared.check_open()?;
         builder::within("resize", size, 1, shared.capacity - shared.max_overflow)?;
-        {
+        let ended_before = shared.starts_ended();
+        let added = {
             let _one_at_a_time = shared.resizing.lock();
             shared.size.store(size, Ordering::SeqCst);
             let min_idle = shared
                 .min_idle_option
                 .map_or(size, |min_idle| min_idle.min(size));
-            shared.min_idle.store(min_idle, Ordering::SeqCst);
-        }
+            let before = shared.min_idle.swap(min_idle, Ordering::SeqCst);
+            min_idle.saturating_sub(before.max(shared.counts.open())) as u64
+        };
         // The new size stored, then the pool's count read (`shrink`, `fill_now`), against a
         // worker closed as above the old size, then the size read (`close_above`): one of
         // the two sees the other, so a worker closed meanwhile is started again.
@@ -576,17 +663,98 @@ impl<W: Send + 'static> Pool<W> {
         shared.shrink();
         shared.fill_now();
         // The reaper may have claimed some of the new workers' starts first (it reads the
-        // new `min_idle` too): those are this resize's as well, and it returns once they
-        // ended, as long as a start may take.
-        if !cfg!(loom) {
+        // new `min_idle` too): those are this resize's as well, and it returns once as many
+        // starts as it added have ended, as long as a start may take. A shrink adds none:
+        // it never waits for a start that is not its own.
+        if !cfg!(loom) && added > 0 {
             let limit = shared.start_timeout.unwrap_or(shared.checkout_timeout);
             let deadline = deadline_after(limit);
-            while shared.counts.on_their_way() > 0
+            while shared.starts_ended().wrapping_sub(ended_before) < added
+                && shared.counts.on_their_way() > 0
                 && !shared.closed.load(Ordering::Acquire)
                 && deadline.map_or(true, |at| Instant::now() < at)
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
+        }
+        Ok(())
+    }
+
+    /// Closes every worker the pool has now and starts fresh ones in their place (HikariCP's
+    /// `softEvictConnections`), e.g. after a failover or a credential rotation: idle workers
+    /// are closed at once, leased ones when their lease ends (never revoked). Replacements
+    /// start as any replacement does, a few at a time. Each is reported as
+    /// [`Event::WorkerEvicted`] (and counted with the reason `evicted`).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use cylinder::Pool;
+    ///
+    /// let generation = Arc::new(AtomicU32::new(1));
+    /// let current = generation.clone();
+    /// let pool = Pool::builder()
+    ///     .size(2)
+    ///     .build(move || Ok(current.load(Ordering::SeqCst)))
+    ///     .unwrap();
+    /// let held = pool.checkout().unwrap();
+    /// generation.store(2, Ordering::SeqCst); // new credentials
+    /// pool.evict_all();
+    /// assert_eq!(*held, 1); // a lease is never revoked...
+    /// drop(held); // ...its worker goes when it comes back
+    /// for _ in 0..2 {
+    ///     assert_eq!(*pool.checkout().unwrap(), 2);
+    /// }
+    /// ```
+    pub fn evict_all(&self) {
+        let shared = &*self.handle.shared;
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+        shared.sweep(Instant::now());
+    }
+
+    /// Closes the pool and waits, up to `timeout`, for the leases still out to end: new
+    /// checkouts fail with [`Error::Closed`] and the waiting ones wake with it at once, while
+    /// running work finishes (a graceful shutdown: sqlx's `close().await`). Workers are
+    /// dropped as they come back.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] (with the pool's state) when leases were still out after
+    /// `timeout`: the pool is closed all the same, and they are dropped as they end.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cylinder::{Error, Pool};
+    ///
+    /// let pool = Pool::builder().size(2).build(|| Ok(0u64)).unwrap();
+    /// let mut lease = pool.checkout_owned().unwrap();
+    /// let work = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(20));
+    ///     *lease += 1; // finishes, then gives the worker back
+    /// });
+    /// pool.drain(Duration::from_secs(5)).unwrap();
+    /// assert!(matches!(pool.checkout(), Err(Error::Closed)));
+    /// assert_eq!(pool.stats().size, 0);
+    /// work.join().unwrap();
+    /// ```
+    pub fn drain(&self, timeout: Duration) -> Result<(), Error> {
+        let began = Instant::now();
+        self.close();
+        let shared = &*self.handle.shared;
+        let deadline = deadline_after(timeout);
+        let mut pause = Duration::from_micros(50);
+        while shared.counts.open() > 0 {
+            let now = Instant::now();
+            if deadline.is_some_and(|at| now >= at) {
+                return Err(Error::Timeout {
+                    waited: began.elapsed(),
+                    state: Some(shared.state()),
+                    cause: None,
+                });
+            }
+            // Shutdown is no hot path: a short, growing pause between looks.
+            let left = deadline.map_or(pause, |at| at - now);
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
         Ok(())
     }
@@ -700,7 +868,7 @@ impl<W: Send + 'static> Shared<W> {
         PoolStats {
             size: open,
             max_size: size,
-            free: (self.free.len() + self.sweeping.load(Ordering::Relaxed)).min(open),
+            free: (self.free.len() + self.held_free.load(Ordering::Relaxed)).min(open),
             leased: (checkouts.saturating_sub(releases + discards + takes) as usize).min(open),
             waiters: self.waiters.len(),
             starting: self.counts.starting(),
@@ -712,6 +880,38 @@ impl<W: Send + 'static> Shared<W> {
             takes,
             failed_checks: self.failed_checks.load(Ordering::Relaxed),
             overflow: open.saturating_sub(size),
+        }
+    }
+
+    /// Starts that ended so far, with a worker or without.
+    fn starts_ended(&self) -> u64 {
+        self.started.load(Ordering::SeqCst) + self.counts.failed_starts.load(Ordering::SeqCst)
+    }
+
+    /// Reports an event: to the metrics (with the `metrics` feature) and the `on_event`
+    /// callback.
+    pub(crate) fn emit(&self, event: Event) {
+        self.metrics.event(&event);
+        crate::event::emit(&self.events, event);
+    }
+
+    /// The pool as an error reports it.
+    pub(crate) fn state(&self) -> PoolState {
+        let stats = self.stats();
+        PoolState {
+            size: stats.size,
+            leased: stats.leased,
+            idle: stats.free,
+            waiting: stats.waiters,
+            starting: stats.starting,
+        }
+    }
+
+    /// `Disconnected` with `cause` and the pool's state now.
+    pub(crate) fn down(&self, cause: Cause) -> Error {
+        Error::Disconnected {
+            cause,
+            state: Some(self.state()),
         }
     }
 
@@ -754,6 +954,7 @@ impl<W: Send + 'static> Drop for Shared<W> {
             &mut self.manager,
             Box::new(Gone(std::marker::PhantomData)),
         ));
+        contain::dispose(self.on_start.take());
         contain::dispose(self.events.take());
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
 use crate::error::Cause;
-use crate::event::{emit, Event};
+use crate::event::Event;
 use crate::stripe::Stripe;
 use crate::sync::{seqcst_point, Ordering};
 
@@ -17,6 +17,7 @@ impl<W: Send + 'static> Shared<W> {
         if let Some(watch) = &self.watch {
             watch.end(entry.id);
         }
+        self.metrics.lease_ended(entry.lease_clock);
         let discard = match how {
             Return::Release => false,
             Return::Discard => true,
@@ -55,10 +56,16 @@ impl<W: Send + 'static> Shared<W> {
         if self.is_dead(entry) {
             return Some(Retire::Died);
         }
-        if self.max_lifetime.is_some() || self.idle_timeout.is_some() {
+        if self.evicted(entry) {
+            return Some(Retire::Evicted);
+        }
+        if self.reads_idle_clock {
             let now = Instant::now();
             if self.expired(entry, now) {
                 return Some(Retire::Expired);
+            }
+            if let Some(at) = entry.expires {
+                self.note_expiry(at);
             }
             entry.idle_since = Some(now);
         }
@@ -66,8 +73,13 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     pub(super) fn expired(&self, entry: &Entry<W>, now: Instant) -> bool {
-        self.max_lifetime
-            .is_some_and(|lifetime| now.saturating_duration_since(entry.born) >= lifetime)
+        entry.expires.is_some_and(|at| now >= at)
+    }
+
+    /// Started before the last `evict_all`.
+    #[inline]
+    pub(super) fn evicted(&self, entry: &Entry<W>) -> bool {
+        entry.generation != self.generation.load(Ordering::Relaxed)
     }
 
     /// Returns a worker to service. While more workers are open than `size` (overflow, or a
@@ -192,6 +204,7 @@ impl<W: Send + 'static> Shared<W> {
             Retire::CheckFailed(cause) => (Event::CheckFailed, Some(cause)),
             Retire::Broken(cause) => (Event::WorkerBroken, Some(cause)),
             Retire::Expired => (Event::WorkerExpired, None),
+            Retire::Evicted => (Event::WorkerEvicted, None),
         };
         match &cause {
             Some(cause) => log::warn!(
@@ -221,7 +234,7 @@ impl<W: Send + 'static> Shared<W> {
             }
             self.replace();
         }
-        emit(&self.events, event);
+        self.emit(event);
     }
 
     /// Detaches a leased worker: the pool forgets it and starts another.
@@ -229,9 +242,10 @@ impl<W: Send + 'static> Shared<W> {
         if let Some(watch) = &self.watch {
             watch.end(entry.id);
         }
+        self.metrics.lease_ended(entry.lease_clock);
         self.takes.fetch_add(1, Ordering::Relaxed);
         self.counts.release();
-        emit(&self.events, Event::WorkerTaken);
+        self.emit(Event::WorkerTaken);
         self.refill();
         entry.worker
     }

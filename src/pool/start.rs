@@ -10,10 +10,11 @@
 
 use std::time::{Duration, Instant};
 
+use super::metrics::{LeaseClock, PoolMetrics};
 use super::{Entry, Shared};
 use crate::contain;
 use crate::error::Cause;
-use crate::event::{emit, Event};
+use crate::event::Event;
 use crate::stripe::{self, Stripe};
 use crate::sync::{seqcst_point, AtomicU64, AtomicUsize, Ordering};
 
@@ -336,8 +337,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         let claim = self.counts.claim_one(self.limit())?;
         match self.open_worker() {
-            Ok(worker) => {
-                let (entry, event) = self.joined(worker);
+            Ok(opened) => {
+                let (entry, event) = self.joined(opened);
                 // For this caller, not the line.
                 drop(claim.joined());
                 self.wake_those_waiting_for_a_start();
@@ -346,7 +347,7 @@ impl<W: Send + 'static> Shared<W> {
                 if self.waiters.has_unserved() && self.has_room() {
                     self.signal.request();
                 }
-                emit(&self.events, event);
+                self.emit(event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
                     return None;
@@ -355,7 +356,7 @@ impl<W: Send + 'static> Shared<W> {
             }
             Err(cause) => {
                 drop(claim);
-                emit(&self.events, self.start_failed(cause));
+                self.emit(self.start_failed(cause));
                 None
             }
         }
@@ -423,7 +424,7 @@ impl<W: Send + 'static> Shared<W> {
         let run_own = || {
             while let Some(claim) = own.take() {
                 if let Some(event) = self.run_claim(claim) {
-                    emit(&self.events, event);
+                    self.emit(event);
                 }
             }
         };
@@ -463,7 +464,7 @@ impl<W: Send + 'static> Shared<W> {
                     if self.counts.pending.load(Ordering::SeqCst) > 0 {
                         self.launch();
                     }
-                    emit(&self.events, event);
+                    self.emit(event);
                     if !self.counts.enlist() {
                         return;
                     }
@@ -488,7 +489,7 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         match self.open_worker() {
-            Ok(worker) => Some(self.deliver(worker, claim)),
+            Ok(opened) => Some(self.deliver(opened, claim)),
             Err(cause) => {
                 drop(claim);
                 // A start cut short by close is no failure to back off from; its error is
@@ -504,12 +505,20 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Opens a worker with the start closure or manager, within `start_timeout` if one is
-    /// set, and looks it over (see [`first_look`](Self::first_look)).
-    fn open_worker(&self) -> Result<W, Cause> {
-        match self.start_timeout {
+    /// set, and looks it over (see [`first_look`](Self::first_look)). With it comes the
+    /// `evict_all` count from before the start began: a start under way when `evict_all`
+    /// is called may have used what the eviction was for (old credentials, the old server).
+    fn open_worker(&self) -> Result<(W, u64), Cause> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let began = PoolMetrics::ON.then(Instant::now);
+        let opened = match self.start_timeout {
             Some(limit) if !cfg!(loom) => self.open_within(limit),
             _ => self.open_now(),
+        };
+        if let Some(began) = began {
+            self.metrics.started(began.elapsed());
         }
+        opened.map(|worker| (worker, generation))
     }
 
     fn open_now(&self) -> Result<W, Cause> {
@@ -519,7 +528,11 @@ impl<W: Send + 'static> Shared<W> {
             return Err(Cause::message("the pool was closed"));
         }
         let mut worker = contain::call(|| self.manager.start())?;
-        match self.first_look(&mut worker) {
+        let customized = match &self.on_start {
+            Some(hook) => contain::call(|| hook(&mut worker)),
+            None => Ok(()),
+        };
+        match customized.and_then(|()| self.first_look(&mut worker)) {
             Ok(()) => Ok(worker),
             Err(cause) => {
                 self.dispose(worker);
@@ -596,8 +609,8 @@ impl<W: Send + 'static> Shared<W> {
     /// so the line never sees it as neither. The event is reported once the worker is in the
     /// pool: a callback that checks out (or blocks) must not hold back the very worker it
     /// reports.
-    fn deliver(&self, worker: W, claim: Claim<'_>) -> Event {
-        let (entry, event) = self.joined(worker);
+    fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Event {
+        let (entry, event) = self.joined(opened);
         let delivering = claim.joined();
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
@@ -628,13 +641,20 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Gives a started worker its entry, with the event to report.
-    fn joined(&self, worker: W) -> (Box<Entry<W>>, Event) {
+    fn joined(&self, (worker, generation): (W, u64)) -> (Box<Entry<W>>, Event) {
+        let born = Instant::now();
         let entry = Box::new(Entry {
             worker,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            born: Instant::now(),
+            born,
+            expires: self
+                .max_lifetime
+                .and_then(|lifetime| born.checked_add(jittered(lifetime))),
             idle_since: None,
+            checked_at: None,
             leased_before: false,
+            generation,
+            lease_clock: LeaseClock::IDLE,
         });
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
         self.failing.store(false, Ordering::Release);
@@ -674,4 +694,17 @@ impl<W: Send + 'static> Shared<W> {
             self.waiters.wake_all();
         }
     }
+}
+
+/// `lifetime` less a random amount of up to 2.5 % (HikariCP's variance): workers started
+/// together expire over a spread, not in one reconnect storm.
+fn jittered(lifetime: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh `RandomState` is keyed anew: its hash of nothing is a random number.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    #[allow(clippy::cast_precision_loss)] // 53 bits of randomness are plenty
+    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+    lifetime.saturating_sub(lifetime.mul_f64(0.025 * fraction))
 }

@@ -3,10 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Retire, Shared};
-use crate::event::{emit, Event};
+use super::free::HeldFree;
+use super::metrics::{PoolMetrics, SAMPLE_EVERY};
+use super::{Entry, Retire, Shared};
+use crate::contain;
+use crate::error::Cause;
+use crate::event::Event;
 use crate::stripe::Stripe;
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::Ordering;
 
 /// The shortest pause between two rounds that have work of their own: a tiny `warn_after`
 /// or `idle_timeout` must not make the reaper spin.
@@ -32,54 +36,97 @@ impl<W: Send + 'static> Shared<W> {
             None => self.refill(),
         }
         if let Some(every) = self.sweep_every() {
-            let due = *schedule.next_sweep.get_or_insert(now + every);
+            let planned = *schedule.next_sweep.get_or_insert(now + every);
+            // A worker idle at its expiry is closed then, not at the next regular sweep.
+            let due = self.next_expiry().map_or(planned, |at| at.min(planned));
             if due <= now {
-                self.sweep(now);
+                let kept_expiry = self.sweep(now);
                 schedule.next_sweep = Some(now + every);
+                self.plan_expiry(kept_expiry.map(|at| at.max(now + MIN_TICK)));
                 soon(every);
             } else {
                 soon(due - now);
+            }
+            if let Some(at) = self.next_expiry() {
+                soon(at.saturating_duration_since(now));
             }
         }
         if let Some(watch) = &self.watch {
             watch.report(&self.name, &self.events);
             soon((watch.limit / 2).max(MIN_TICK));
         }
+        if PoolMetrics::ON {
+            self.metrics.sample(&self.stats());
+            soon(SAMPLE_EVERY);
+        }
         next
     }
 
-    /// How often the free workers are looked over for `idle_timeout` and `max_lifetime`.
+    /// How often the free workers are looked over for `idle_timeout`, `max_lifetime` and
+    /// `keepalive`.
     fn sweep_every(&self) -> Option<Duration> {
-        let shortest = match (self.idle_timeout, self.max_lifetime) {
-            (Some(idle), Some(life)) => idle.min(life),
-            (Some(limit), None) | (None, Some(limit)) => limit,
-            (None, None) => return None,
-        };
+        let shortest = [self.idle_timeout, self.max_lifetime, self.keepalive]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some((shortest / 4).clamp(MIN_TICK, Duration::from_secs(60)))
     }
 
-    /// Looks over the free workers: closes those past `max_lifetime` or found dead (and
-    /// starts others in their place), and those idle past `idle_timeout` while more than
-    /// `min_idle` are open. The ones kept go back before any of that runs user code (a
-    /// worker's `Drop`, an event callback), so a callback that blocks holds back no free
-    /// worker.
-    fn sweep(&self, now: Instant) {
+    /// The earliest expiry the next sweep must come by, if any.
+    fn next_expiry(&self) -> Option<Instant> {
+        match self.next_expiry.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            nanos => self.epoch.checked_add(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Sets the earliest expiry the reaper plans for (after a sweep), keeping one a return
+    /// noted meanwhile if it is earlier.
+    fn plan_expiry(&self, at: Option<Instant>) {
+        let nanos = at.map_or(u64::MAX, |at| self.since_epoch(at));
+        self.next_expiry.fetch_min(nanos, Ordering::Relaxed);
+    }
+
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A worker back in the pool that expires before the reaper planned to look: the
+    /// reaper is told, so it is closed at its expiry.
+    #[inline]
+    pub(super) fn note_expiry(&self, at: Instant) {
+        let nanos = self.since_epoch(at);
+        if nanos < self.next_expiry.load(Ordering::Relaxed) {
+            self.next_expiry.fetch_min(nanos, Ordering::Relaxed);
+            self.signal.request();
+        }
+    }
+
+    /// Looks over the free workers, each taken off the list once: those past
+    /// `max_lifetime`, evicted, or found dead are closed (and others started in their
+    /// place), those idle past `idle_timeout` while more than `min_idle` are open are
+    /// closed, and those due a `keepalive` check are checked. Each one kept goes back as soon
+    /// as it has been looked at, before the next is (a liveness probe or check that blocks
+    /// holds back only its own worker), and all are back before any closing runs user code
+    /// (a worker's `Drop`, an event callback). Returns the earliest expiry among those kept.
+    pub(super) fn sweep(&self, now: Instant) -> Option<Instant> {
         let stripe = Stripe::current();
-        let mut sweep_held = SweepHeld::new(&self.sweeping);
-        let mut keep = Vec::new();
+        let mut held = HeldFree::new(&self.held_free);
+        let mut looking = Vec::new();
         let mut retiring = Vec::new();
         let mut idle_closing = Vec::new();
+        // First the verdicts that need no user code, every worker taken off the list.
         for _ in 0..self.free.len() {
             // Counted before it leaves the list, so `stats()` never misses it in between.
-            sweep_held.take_one();
+            held.take_one();
             let Some(entry) = self.free.take(stripe) else {
-                sweep_held.leave_one();
+                held.leave_one();
                 break;
             };
-            if self.expired(&entry, now) {
+            if self.evicted(&entry) {
+                retiring.push((entry, Retire::Evicted));
+            } else if self.expired(&entry, now) {
                 retiring.push((entry, Retire::Expired));
-            } else if self.is_dead(&entry) {
-                retiring.push((entry, Retire::Died));
             } else if self.idle_timeout.is_some_and(|limit| {
                 now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born)) >= limit
             }) && self
@@ -88,7 +135,7 @@ impl<W: Send + 'static> Shared<W> {
             {
                 idle_closing.push(entry);
             } else {
-                keep.push(entry);
+                looking.push(entry);
             }
         }
         // Workers started together expire together: never all at once. While no other worker
@@ -100,9 +147,9 @@ impl<W: Send + 'static> Shared<W> {
             .filter(|(_, why)| matches!(why, Retire::Expired))
             .count();
         // The idle ones closed are out of the count already.
-        let held = keep.len() + retiring.len();
+        let held_now = looking.len() + retiring.len();
         let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
-        if keep.is_empty() && coming && self.counts.in_service() <= held {
+        if looking.is_empty() && coming && self.counts.in_service() <= held_now {
             let youngest = retiring
                 .iter()
                 .enumerate()
@@ -110,56 +157,52 @@ impl<W: Send + 'static> Shared<W> {
                 .max_by_key(|(_, (entry, _))| entry.born)
                 .map(|(at, _)| at);
             if let Some(at) = youngest {
-                keep.push(retiring.swap_remove(at).0);
+                looking.push(retiring.swap_remove(at).0);
             }
         }
         // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
         // last in line (`Fifo`), as it was before the sweep.
-        keep.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
-        for entry in keep {
+        looking.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
+        let mut earliest_expiry: Option<Instant> = None;
+        for mut entry in looking {
+            if self.is_dead(&entry) {
+                retiring.push((entry, Retire::Died));
+                continue;
+            }
+            if let Err(cause) = self.keep_alive(&mut entry, now) {
+                self.failed_checks.fetch_add(1, Ordering::Relaxed);
+                retiring.push((entry, Retire::CheckFailed(cause)));
+                continue;
+            }
+            if let Some(at) = entry.expires {
+                earliest_expiry = Some(earliest_expiry.map_or(at, |earliest| earliest.min(at)));
+            }
             self.put_back(entry, stripe);
-            sweep_held.leave_one();
+            held.leave_one();
         }
         for entry in idle_closing {
-            sweep_held.leave_one();
+            held.leave_one();
             self.closed_above(entry);
             log::debug!("cylinder: {}: closed an idle worker", self.name);
-            emit(&self.events, Event::WorkerIdleClosed);
+            self.emit(Event::WorkerIdleClosed);
         }
         for (entry, why) in retiring {
-            sweep_held.leave_one();
+            held.leave_one();
             self.retire(entry, why);
         }
-    }
-}
-
-/// The sweep's count of the free workers it holds (`Shared::sweeping`), given back one by one
-/// as each is put back or closed, and all at once on any other exit, unwinding included.
-struct SweepHeld<'a> {
-    count: &'a AtomicUsize,
-    held: usize,
-}
-
-impl<'a> SweepHeld<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        SweepHeld { count, held: 0 }
+        earliest_expiry
     }
 
-    fn take_one(&mut self) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.held += 1;
-    }
-
-    fn leave_one(&mut self) {
-        if self.held > 0 {
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            self.held -= 1;
+    /// The `keepalive` check, for an idle worker unused (and unchecked) that long.
+    fn keep_alive(&self, entry: &mut Entry<W>, now: Instant) -> Result<(), Cause> {
+        let Some(limit) = self.keepalive else {
+            return Ok(());
+        };
+        if now.saturating_duration_since(entry.last_good()) < limit {
+            return Ok(());
         }
-    }
-}
-
-impl Drop for SweepHeld<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(self.held, Ordering::Relaxed);
+        contain::call(|| self.manager.check(&mut entry.worker))?;
+        entry.checked_at = Some(Instant::now());
+        Ok(())
     }
 }

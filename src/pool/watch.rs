@@ -1,6 +1,8 @@
-//! Slow-lease warnings (`worker_pool`'s): leases held past `warn_after` are reported once, by
-//! the reaper, with how long they have been held.
+//! Slow-lease warnings (`worker_pool`'s, HikariCP's leak detection): leases held past
+//! `warn_after` are reported once, by the reaper, with how long they have been held and
+//! where they were taken (the checkout's caller, by `#[track_caller]`).
 
+use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use crate::event::{emit, Event, EventHook};
@@ -9,6 +11,7 @@ use crate::sync::Mutex;
 struct Held {
     worker: u64,
     since: Instant,
+    site: &'static Location<'static>,
     reported: bool,
 }
 
@@ -25,10 +28,11 @@ impl LeaseWatch {
         }
     }
 
-    pub(crate) fn begin(&self, worker: u64) {
+    pub(crate) fn begin(&self, worker: u64, site: &'static Location<'static>) {
         self.held.lock().push(Held {
             worker,
             since: Instant::now(),
+            site,
             reported: false,
         });
     }
@@ -47,15 +51,16 @@ impl LeaseWatch {
             let held_for = lease.since.elapsed();
             if !lease.reported && held_for >= self.limit {
                 lease.reported = true;
-                slow.push(held_for);
+                slow.push((held_for, lease.site));
             }
         }
-        for held_for in slow {
+        for (held, taken_at) in slow {
             log::warn!(
-                "cylinder: {pool}: a lease has been held for {held_for:?} (warn_after is {:?})",
+                "cylinder: {pool}: a lease taken at {taken_at} has been held for {held:?} \
+                 (warn_after is {:?})",
                 self.limit
             );
-            emit(events, Event::SlowLease(held_for));
+            emit(events, Event::SlowLease { held, taken_at });
         }
     }
 }

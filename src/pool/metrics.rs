@@ -1,0 +1,211 @@
+//! What a pool reports through the [`metrics`](https://docs.rs/metrics) facade (the cargo
+//! feature `metrics`): its handles are registered once, when the pool is built, with the
+//! label `pool = <name>`, so install the exporter's recorder before building pools.
+//!
+//! | series | kind | what |
+//! |---|---|---|
+//! | `cylinder_pool_checkout_wait_seconds` | histogram | time in line, for checkouts that waited |
+//! | `cylinder_pool_start_seconds` | histogram | time to open a worker (failed starts too) |
+//! | `cylinder_pool_lease_seconds` | histogram | how long each lease was held |
+//! | `cylinder_pool_workers_closed_total` | counter, `reason` | workers closed, by why |
+//! | `cylinder_pool_timeouts_total` | counter | blocking checkouts that timed out |
+//! | `cylinder_pool_start_failures_total` | counter | starts that failed |
+//! | `cylinder_pool_workers` | gauge, `state` | `idle`, `leased`, `starting` workers |
+//! | `cylinder_pool_waiting` | gauge | checkouts in line |
+//!
+//! The gauges are sampled by the pool's reaper every [`SAMPLE_EVERY`]; the rest is recorded
+//! where it happens. Without the feature every method here is empty and the lease clock
+//! is a zero-sized type: nothing is compiled in.
+
+use std::time::Duration;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+use crate::event::Event;
+
+/// How often the reaper samples the gauges.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a worker was closed: the `reason` label of `cylinder_pool_workers_closed_total`.
+const REASONS: [&str; 8] = [
+    "broken",
+    "check_failed",
+    "expired",
+    "idle",
+    "discarded",
+    "taken",
+    "died",
+    "evicted",
+];
+
+/// The `reason` an event closes a worker for, if it closes one.
+fn reason(event: &Event) -> Option<usize> {
+    let name = match event {
+        Event::WorkerBroken => "broken",
+        Event::CheckFailed => "check_failed",
+        Event::WorkerExpired => "expired",
+        Event::WorkerIdleClosed => "idle",
+        Event::WorkerDiscarded => "discarded",
+        Event::WorkerTaken => "taken",
+        Event::WorkerDied => "died",
+        Event::WorkerEvicted => "evicted",
+        _ => return None,
+    };
+    REASONS.iter().position(|reason| *reason == name)
+}
+
+/// When a lease began, kept in its entry (zero-sized without the feature).
+#[derive(Clone, Copy)]
+pub(crate) struct LeaseClock(#[cfg(feature = "metrics")] Option<Instant>);
+
+impl LeaseClock {
+    pub(crate) const IDLE: LeaseClock = LeaseClock(
+        #[cfg(feature = "metrics")]
+        None,
+    );
+}
+
+/// The pool's metric handles.
+#[cfg(feature = "metrics")]
+pub(crate) struct PoolMetrics {
+    checkout_wait: metrics::Histogram,
+    start: metrics::Histogram,
+    lease: metrics::Histogram,
+    closed: [metrics::Counter; REASONS.len()],
+    timeouts: metrics::Counter,
+    start_failures: metrics::Counter,
+    idle: metrics::Gauge,
+    leased: metrics::Gauge,
+    starting: metrics::Gauge,
+    waiting: metrics::Gauge,
+}
+
+/// Nothing: the feature is off.
+#[cfg(not(feature = "metrics"))]
+pub(crate) struct PoolMetrics;
+
+#[cfg(feature = "metrics")]
+impl PoolMetrics {
+    pub(crate) fn new(pool: &str) -> Self {
+        use metrics::{counter, gauge, histogram, Unit};
+        metrics::describe_histogram!(
+            "cylinder_pool_checkout_wait_seconds",
+            Unit::Seconds,
+            "Time a checkout waited in line for a worker (checkouts that waited)"
+        );
+        metrics::describe_histogram!(
+            "cylinder_pool_start_seconds",
+            Unit::Seconds,
+            "Time to open a worker"
+        );
+        metrics::describe_histogram!(
+            "cylinder_pool_lease_seconds",
+            Unit::Seconds,
+            "How long a lease was held"
+        );
+        metrics::describe_counter!(
+            "cylinder_pool_workers_closed_total",
+            "Workers closed, by reason"
+        );
+        let pool = pool.to_string();
+        let state = |state: &'static str| gauge!("cylinder_pool_workers", "pool" => pool.clone(), "state" => state);
+        PoolMetrics {
+            checkout_wait: histogram!("cylinder_pool_checkout_wait_seconds", "pool" => pool.clone()),
+            start: histogram!("cylinder_pool_start_seconds", "pool" => pool.clone()),
+            lease: histogram!("cylinder_pool_lease_seconds", "pool" => pool.clone()),
+            closed: REASONS.map(|reason| {
+                counter!(
+                    "cylinder_pool_workers_closed_total",
+                    "pool" => pool.clone(),
+                    "reason" => reason
+                )
+            }),
+            timeouts: counter!("cylinder_pool_timeouts_total", "pool" => pool.clone()),
+            start_failures: counter!("cylinder_pool_start_failures_total", "pool" => pool.clone()),
+            idle: state("idle"),
+            leased: state("leased"),
+            starting: state("starting"),
+            waiting: gauge!("cylinder_pool_waiting", "pool" => pool.clone()),
+        }
+    }
+
+    /// Whether the reaper should sample the gauges.
+    pub(crate) const ON: bool = true;
+
+    /// A checkout that waited in line got a worker or gave up after `waited`.
+    pub(crate) fn waited(&self, waited: Duration) {
+        self.checkout_wait.record(waited.as_secs_f64());
+    }
+
+    /// A start (that succeeded or not) took `took`.
+    pub(crate) fn started(&self, took: Duration) {
+        self.start.record(took.as_secs_f64());
+    }
+
+    #[inline]
+    pub(crate) fn lease_began(&self) -> LeaseClock {
+        LeaseClock(Some(Instant::now()))
+    }
+
+    #[inline]
+    pub(crate) fn lease_ended(&self, clock: LeaseClock) {
+        if let Some(began) = clock.0 {
+            self.lease.record(began.elapsed().as_secs_f64());
+        }
+    }
+
+    /// What an event counts toward.
+    pub(crate) fn event(&self, event: &Event) {
+        match event {
+            Event::CheckoutTimedOut(_) => self.timeouts.increment(1),
+            Event::StartFailed => self.start_failures.increment(1),
+            event => {
+                if let Some(at) = reason(event) {
+                    self.closed[at].increment(1);
+                }
+            }
+        }
+    }
+
+    /// Sets the gauges.
+    pub(crate) fn sample(&self, stats: &super::PoolStats) {
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let gauge = |gauge: &metrics::Gauge, value: usize| gauge.set(value as f64);
+        gauge(&self.idle, stats.free);
+        gauge(&self.leased, stats.leased);
+        gauge(&self.starting, stats.starting);
+        gauge(&self.waiting, stats.waiters);
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+#[allow(clippy::unused_self)] // the same calls as with the feature, compiled to nothing
+impl PoolMetrics {
+    pub(crate) fn new(_pool: &str) -> Self {
+        PoolMetrics
+    }
+
+    pub(crate) const ON: bool = false;
+
+    #[inline]
+    pub(crate) fn waited(&self, _waited: Duration) {}
+
+    #[inline]
+    pub(crate) fn started(&self, _took: Duration) {}
+
+    #[inline]
+    pub(crate) fn lease_began(&self) -> LeaseClock {
+        LeaseClock::IDLE
+    }
+
+    #[inline]
+    pub(crate) fn lease_ended(&self, _clock: LeaseClock) {}
+
+    #[inline]
+    pub(crate) fn event(&self, event: &Event) {
+        let _ = reason(event);
+    }
+
+    #[inline]
+    pub(crate) fn sample(&self, _stats: &super::PoolStats) {}
+}

@@ -1,0 +1,264 @@
+//! The `metrics` feature: every series the pool records, with its labels, read back from a
+//! recorder installed for this test binary.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use common::eventually;
+use cylinder::{BoxError, Lease, Pool};
+use metrics::{
+    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+
+/// A histogram that keeps every value.
+#[derive(Default)]
+struct Values(Mutex<Vec<f64>>);
+
+impl HistogramFn for Values {
+    fn record(&self, value: f64) {
+        self.0.lock().unwrap().push(value);
+    }
+}
+
+/// Keeps every series by its name and sorted labels, e.g.
+/// `cylinder_pool_workers{pool=a,state=idle}`.
+#[derive(Default)]
+struct Store {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    histograms: Mutex<HashMap<String, Arc<Values>>>,
+}
+
+fn id(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|label| format!("{}={}", label.key(), label.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+struct TestRecorder(&'static Store);
+
+impl Recorder for TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut all = self.0.counters.lock().unwrap();
+        Counter::from_arc(all.entry(id(key)).or_default().clone())
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let mut all = self.0.gauges.lock().unwrap();
+        Gauge::from_arc(all.entry(id(key)).or_default().clone())
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let mut all = self.0.histograms.lock().unwrap();
+        Histogram::from_arc(all.entry(id(key)).or_default().clone())
+    }
+}
+
+fn store() -> &'static Store {
+    static STORE: OnceLock<&'static Store> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let store: &'static Store = Box::leak(Box::default());
+        metrics::set_global_recorder(TestRecorder(store)).expect("one recorder per binary");
+        store
+    })
+}
+
+fn counter(name: &str) -> u64 {
+    store()
+        .counters
+        .lock()
+        .unwrap()
+        .get(name)
+        .map_or(0, |c| c.load(Ordering::SeqCst))
+}
+
+fn gauge(name: &str) -> f64 {
+    store()
+        .gauges
+        .lock()
+        .unwrap()
+        .get(name)
+        .map_or(f64::NAN, |g| f64::from_bits(g.load(Ordering::SeqCst)))
+}
+
+fn histogram(name: &str) -> Vec<f64> {
+    store()
+        .histograms
+        .lock()
+        .unwrap()
+        .get(name)
+        .map_or_else(Vec::new, |h| h.0.lock().unwrap().clone())
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn waits_starts_and_leases_are_timed_apart() {
+    store();
+    let pool = Pool::builder()
+        .size(1)
+        .name("timing")
+        .build(|| {
+            thread::sleep(ms(20));
+            Ok(())
+        })
+        .unwrap();
+    let starts = histogram("cylinder_pool_start_seconds{pool=timing}");
+    assert_eq!(starts.len(), 1);
+    assert!(starts[0] >= 0.019, "{starts:?}");
+    // Not waited: no wait recorded.
+    drop(pool.checkout().unwrap());
+    assert!(histogram("cylinder_pool_checkout_wait_seconds{pool=timing}").is_empty());
+    // One checkout waits for a lease held 50 ms.
+    let held = pool.checkout().unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        thread::spawn(move || drop(pool.checkout().unwrap()))
+    };
+    assert!(eventually(Duration::from_secs(5), || pool.stats().waiters == 1));
+    thread::sleep(ms(50));
+    drop(held);
+    waiter.join().unwrap();
+    let waits = histogram("cylinder_pool_checkout_wait_seconds{pool=timing}");
+    assert_eq!(waits.len(), 1);
+    assert!(waits[0] >= 0.045, "{waits:?}");
+    let leases = histogram("cylinder_pool_lease_seconds{pool=timing}");
+    assert_eq!(leases.len(), 3);
+    assert!(leases.iter().any(|&held| held >= 0.045), "{leases:?}");
+}
+
+#[test]
+fn every_reason_a_worker_is_closed_is_counted() {
+    store();
+    let broken = Arc::new(AtomicBool::new(false));
+    let b = broken.clone();
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(1)
+        .idle_timeout(ms(40))
+        .max_lifetime(Duration::from_secs(3600))
+        .check_after_idle(Duration::ZERO)
+        .name("reasons")
+        .test_on_checkout(|fail: &mut bool| !*fail)
+        .is_broken(move |_: &mut bool| b.swap(false, Ordering::SeqCst))
+        .build(|| Ok(false))
+        .unwrap();
+    let closed = |reason: &str| {
+        counter(&format!(
+            "cylinder_pool_workers_closed_total{{pool=reasons,reason={reason}}}"
+        ))
+    };
+    // discarded
+    Lease::discard(pool.checkout().unwrap());
+    // taken
+    let _taken: bool = Lease::take(pool.checkout().unwrap());
+    // broken
+    broken.store(true, Ordering::SeqCst);
+    drop(pool.checkout().unwrap());
+    // check_failed: fails its next check
+    *pool.checkout().unwrap() = true;
+    assert!(pool.checkout().is_ok());
+    // evicted
+    assert!(eventually(Duration::from_secs(5), || pool.stats().starting == 0));
+    pool.evict_all();
+    // idle: two open, one above min_idle, idle past 40 ms
+    let both: Vec<_> = (0..2).map(|_| pool.checkout().unwrap()).collect();
+    drop(both);
+    assert!(eventually(Duration::from_secs(5), || closed("idle") >= 1));
+    assert_eq!(closed("discarded"), 1);
+    assert_eq!(closed("taken"), 1);
+    assert_eq!(closed("broken"), 1);
+    assert_eq!(closed("check_failed"), 1);
+    assert!(closed("evicted") >= 1);
+    assert_eq!(closed("expired"), 0);
+    assert_eq!(closed("died"), 0);
+}
+
+#[test]
+fn expired_and_died_workers_are_counted() {
+    store();
+    let alive = Arc::new(AtomicBool::new(true));
+    let a = alive.clone();
+    let pool = Pool::builder()
+        .size(1)
+        .name("ends")
+        .max_lifetime(ms(30))
+        .is_alive(move |_: &()| a.load(Ordering::SeqCst))
+        .build(|| Ok(()))
+        .unwrap();
+    let closed = |reason: &str| {
+        counter(&format!(
+            "cylinder_pool_workers_closed_total{{pool=ends,reason={reason}}}"
+        ))
+    };
+    assert!(eventually(Duration::from_secs(5), || closed("expired") >= 1));
+    let lease = pool.checkout().unwrap();
+    alive.store(false, Ordering::SeqCst);
+    drop(lease);
+    assert!(eventually(Duration::from_secs(5), || closed("died") >= 1));
+    alive.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn timeouts_start_failures_and_the_gauges() {
+    store();
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = fail.clone();
+    let pool = Pool::builder()
+        .size(3)
+        .name("gauges")
+        .reconnect_delay(ms(50))
+        .build(move || -> Result<(), BoxError> {
+            if f.load(Ordering::SeqCst) {
+                Err("refused".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    let held: Vec<_> = (0..2).map(|_| pool.checkout().unwrap()).collect();
+    let waiter = {
+        let pool = pool.clone();
+        thread::spawn(move || {
+            let one = pool.checkout().unwrap();
+            let _ = pool.checkout_timeout(Duration::from_secs(3));
+            drop(one);
+        })
+    };
+    // The reaper samples the gauges every second.
+    assert!(eventually(Duration::from_secs(5), || {
+        gauge("cylinder_pool_waiting{pool=gauges}") == 1.0
+            && gauge("cylinder_pool_workers{pool=gauges,state=leased}") == 3.0
+            && gauge("cylinder_pool_workers{pool=gauges,state=idle}") == 0.0
+            && gauge("cylinder_pool_workers{pool=gauges,state=starting}") == 0.0
+    }));
+    drop(held);
+    waiter.join().unwrap();
+    let mut held: Vec<_> = (0..3).map(|_| pool.checkout().unwrap()).collect();
+    assert!(pool.checkout_timeout(ms(10)).is_err());
+    assert_eq!(counter("cylinder_pool_timeouts_total{pool=gauges}"), 1);
+    fail.store(true, Ordering::SeqCst);
+    Lease::discard(held.pop().unwrap());
+    assert!(eventually(Duration::from_secs(5), || counter(
+        "cylinder_pool_start_failures_total{pool=gauges}"
+    ) >= 1));
+    fail.store(false, Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(5), || gauge(
+        "cylinder_pool_workers{pool=gauges,state=idle}"
+    ) == 1.0));
+    drop(held);
+}
