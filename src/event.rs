@@ -64,6 +64,9 @@ pub enum Event {
     WorkerIdleClosed,
     /// A client detached its lease's worker from the pool (`Lease::take`).
     WorkerTaken,
+    /// A balancer's worker that was found dead and [comes back](crate::Worker::comes_back)
+    /// by itself (a pool whose server returned) is alive again, back in rotation.
+    WorkerBack,
 }
 
 /// The user's callback, shared by the pool or balancer and its reaper.

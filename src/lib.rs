@@ -324,7 +324,8 @@ mod worker;
 
 pub use actor::{Actor, Behaviour};
 pub use balancer::{
-    Balancer, BalancerBuilder, BalancerLease, Connected, Factory, Strategy, Supervisor, WorkerRef,
+    Balancer, BalancerBuilder, BalancerLease, Connected, Factory, PoolsDown, Strategy, Supervisor,
+    WorkerRef,
 };
 pub use error::{BoxError, Cause, Error};
 pub use event::Event;
