@@ -83,7 +83,11 @@ fn a_server_dying_and_coming_back_while_gets_race() {
         let (a, b) = (balancer.get().unwrap().id, balancer.get().unwrap().id);
         assert!(a == 0 || b == 0, "server 0 not back in rotation: {a}, {b}");
         balancer.run_reaper_round();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "a reload");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a reload"
+        );
     });
 }
 
@@ -108,6 +112,10 @@ fn the_only_server_dying_and_coming_back() {
         server.up.store(true, Ordering::Release);
         assert_eq!(balancer.get().unwrap().id, 0);
         balancer.run_reaper_round();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "a reload");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a reload"
+        );
     });
 }
