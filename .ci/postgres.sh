@@ -19,6 +19,14 @@
 #     CYLINDER_POSTGRES_DIR   the temporary directory (data, log, socket, ctl)
 # `cylinder_pg_down` stops that cluster and removes the directory. Clusters left behind by
 # runs that were killed (their owner process is gone) are removed by the next `up`.
+#
+# Several servers (db-tests/tests/postgres_cluster.rs): `cylinder_pg_up_cluster 3` makes three
+# such clusters, each on its own free port, and exports, space-separated and in one order:
+#     CYLINDER_POSTGRES_URLS  the servers' URLs
+#     CYLINDER_POSTGRES_CTLS  their control scripts (as CYLINDER_POSTGRES_CTL above)
+#     CYLINDER_POSTGRES_DIRS  their directories
+# leaving CYLINDER_POSTGRES_URL/_CTL/_DIR as they were. `cylinder_pg_down_cluster` removes
+# them. Executed: `eval "$(.ci/postgres.sh up-cluster 3)"`, `.ci/postgres.sh down-cluster`.
 
 cylinder_pg_log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
@@ -227,6 +235,43 @@ cylinder_pg_down() {
     cylinder_pg_remove "$dir"
 }
 
+# Creates and starts $1 clusters (default 3); exports CYLINDER_POSTGRES_URLS, _CTLS and
+# _DIRS. $2: the owner pid (default $$).
+cylinder_pg_up_cluster() {
+    local n=${1:-3} owner=${2:-$$} i urls= ctls= dirs= rc=0
+    local url=${CYLINDER_POSTGRES_URL-} ctl=${CYLINDER_POSTGRES_CTL-} dir=${CYLINDER_POSTGRES_DIR-}
+    local had_url=${CYLINDER_POSTGRES_URL+1} had_ctl=${CYLINDER_POSTGRES_CTL+1} had_dir=${CYLINDER_POSTGRES_DIR+1}
+    for ((i = 0; i < n; i++)); do
+        # A fixed port would be taken by the first only.
+        if ! CYLINDER_POSTGRES_PORT= cylinder_pg_up "$owner"; then
+            rc=1
+            [ -n "${CYLINDER_POSTGRES_DIR:-}" ] && [ "$CYLINDER_POSTGRES_DIR" != "$dir" ] &&
+                dirs="$dirs $CYLINDER_POSTGRES_DIR"
+            break
+        fi
+        urls="$urls $CYLINDER_POSTGRES_URL"
+        ctls="$ctls $CYLINDER_POSTGRES_CTL"
+        dirs="$dirs $CYLINDER_POSTGRES_DIR"
+    done
+    export CYLINDER_POSTGRES_URLS=${urls# } CYLINDER_POSTGRES_CTLS=${ctls# } CYLINDER_POSTGRES_DIRS=${dirs# }
+    # The single server's variables, as they were.
+    if [ -n "$had_url" ]; then export CYLINDER_POSTGRES_URL=$url; else unset CYLINDER_POSTGRES_URL; fi
+    if [ -n "$had_ctl" ]; then export CYLINDER_POSTGRES_CTL=$ctl; else unset CYLINDER_POSTGRES_CTL; fi
+    if [ -n "$had_dir" ]; then export CYLINDER_POSTGRES_DIR=$dir; else unset CYLINDER_POSTGRES_DIR; fi
+    [ "$rc" = 0 ] && cylinder_pg_log "$n servers: $CYLINDER_POSTGRES_URLS"
+    return "$rc"
+}
+
+# Stops the clusters of cylinder_pg_up_cluster and removes their directories. $@: the
+# directories (default $CYLINDER_POSTGRES_DIRS).
+cylinder_pg_down_cluster() {
+    local d dirs
+    if [ "$#" -gt 0 ]; then dirs="$*"; else dirs=${CYLINDER_POSTGRES_DIRS:-}; fi
+    for d in $dirs; do
+        cylinder_pg_remove "$d" || true
+    done
+}
+
 # Executed rather than sourced.
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
@@ -250,9 +295,29 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         printf 'export CYLINDER_POSTGRES_CTL=%q\n' "$CYLINDER_POSTGRES_CTL"
         printf 'export CYLINDER_POSTGRES_DIR=%q\n' "$CYLINDER_POSTGRES_DIR"
         ;;
+    up-cluster)
+        owner=$PPID
+        if stat=$(cat "/proc/$PPID/stat" 2>/dev/null); then
+            stat=${stat##*) }
+            read -r _ grandparent _ <<<"$stat"
+            [ "${grandparent:-0}" -gt 1 ] && owner=$grandparent
+        fi
+        if ! cylinder_pg_up_cluster "${2:-3}" "$owner" >&2; then
+            cylinder_pg_down_cluster
+            exit 1
+        fi
+        printf 'export CYLINDER_POSTGRES_URLS=%q\n' "$CYLINDER_POSTGRES_URLS"
+        printf 'export CYLINDER_POSTGRES_CTLS=%q\n' "$CYLINDER_POSTGRES_CTLS"
+        printf 'export CYLINDER_POSTGRES_DIRS=%q\n' "$CYLINDER_POSTGRES_DIRS"
+        ;;
     down) cylinder_pg_down "${2:-}" ;;
+    down-cluster)
+        shift
+        cylinder_pg_down_cluster "$@"
+        ;;
     *)
-        echo "usage: $0 up | down [DIR]   (or source it and call cylinder_pg_up / cylinder_pg_down)" >&2
+        echo "usage: $0 up | down [DIR] | up-cluster [N] | down-cluster [DIR...]" >&2
+        echo "  (or source it and call cylinder_pg_up / _down / _up_cluster N / _down_cluster)" >&2
         exit 2
         ;;
     esac

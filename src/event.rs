@@ -73,6 +73,9 @@ pub enum Event {
     /// A worker was closed by [`Pool::evict_all`](crate::Pool::evict_all): at once if it
     /// was idle, when its lease ended if it was leased.
     WorkerEvicted,
+    /// A balancer's worker that was found dead and [comes back](crate::Worker::comes_back)
+    /// by itself (a pool whose server returned) is alive again, back in rotation.
+    WorkerBack,
 }
 
 /// The user's callback, shared by the pool or balancer and its reaper.

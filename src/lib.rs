@@ -326,7 +326,8 @@ mod worker;
 
 pub use actor::{Actor, Behaviour};
 pub use balancer::{
-    Balancer, BalancerBuilder, BalancerLease, Connected, Factory, Strategy, Supervisor, WorkerRef,
+    Balancer, BalancerBuilder, BalancerLease, Connected, Factory, PoolsDown, Strategy, Supervisor,
+    WorkerRef,
 };
 pub use error::{BoxError, Cause, Error, PoolState};
 pub use event::Event;

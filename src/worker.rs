@@ -33,4 +33,41 @@ pub trait Worker: Send + Sync + 'static {
     fn queue_len(&self) -> Option<usize> {
         None
     }
+
+    /// Whether a worker found dead may come back to life by itself, as a
+    /// [`Pool`](crate::Pool) does when its server returns. The balancer then keeps it in its
+    /// set while it is dead, skips it, and asks its `is_alive` again on each pass, so it
+    /// rejoins rotation as soon as it is alive, with no reload; it is not retired, and its
+    /// death asks for no reload. The default, `false`, is revolver's: a dead worker stays
+    /// dead and the supervisor lists a replacement.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use cylinder::{Balancer, BoxError, Worker};
+    ///
+    /// struct Server { up: AtomicBool }
+    /// impl Worker for Server {
+    ///     fn is_alive(&self) -> bool {
+    ///         self.up.load(Ordering::Acquire)
+    ///     }
+    ///     fn comes_back(&self) -> bool {
+    ///         true
+    ///     }
+    /// }
+    ///
+    /// let server = Arc::new(Server { up: AtomicBool::new(true) });
+    /// let listed = vec![server.clone()];
+    /// let balancer = Balancer::builder()
+    ///     .build_with(move || -> Result<_, BoxError> { Ok(listed.clone()) })
+    ///     .unwrap();
+    /// server.up.store(false, Ordering::Release);
+    /// assert!(balancer.get().is_err());
+    /// server.up.store(true, Ordering::Release);
+    /// assert!(balancer.get().is_ok()); // back, without a reload
+    /// assert_eq!(balancer.reloads(), 1);
+    /// ```
+    fn comes_back(&self) -> bool {
+        false
+    }
 }

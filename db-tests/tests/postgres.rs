@@ -188,6 +188,9 @@ fn killed_idle_backends_are_replaced() {
             .size(SIZE)
             .checkout_timeout(Duration::from_secs(10))
             .reconnect_delay(Duration::from_millis(100))
+            // Checked before every lease: the clients were used a moment before the kills,
+            // within the default `check_after_idle` window.
+            .check_after_idle(Duration::ZERO)
             .test_on_checkout(|client: &mut Client| select_1(client))
             .build(move || {
                 starts.fetch_add(1, Ordering::SeqCst);
@@ -317,6 +320,179 @@ fn max_lifetime_recycles_connections() {
     assert!(oldest < 1.3, "a client {oldest:.3} s old was leased");
 }
 
+/// A credential rotation under load: `evict_all` three times while 8 threads commit
+/// transactions over 4 clients. No transaction fails, every committed row is in the table,
+/// and no backend from before the first eviction serves after the last.
+#[test]
+fn evict_all_during_load_loses_no_transaction() {
+    let Some(url) = url("evict_all_during_load_loses_no_transaction") else {
+        return;
+    };
+    let _server = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    const APP: &str = "cylinder-test-evict";
+    table(&url, "cylinder_evict");
+    let evicted = Arc::new(AtomicU64::new(0));
+    let pool = {
+        let (config, evicted) = (config(&url, APP), evicted.clone());
+        Pool::builder()
+            .size(4)
+            .checkout_timeout(Duration::from_secs(10))
+            .on_event(move |event| {
+                if *event == cylinder::Event::WorkerEvicted {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build(move || Ok(config.connect(NoTls)?))
+            .expect("build the pool")
+    };
+    let mut admin = plain(&url);
+    let before: HashSet<i32> = backends(&mut admin, APP).into_iter().collect();
+    assert_eq!(before.len(), 4);
+    let committed = thread::scope(|s| {
+        let load = s.spawn(|| transactions(&pool, "cylinder_evict", Duration::from_millis(1500)));
+        for _ in 0..3 {
+            thread::sleep(Duration::from_millis(300));
+            pool.evict_all();
+        }
+        load.join().expect("the load ran")
+    });
+    // Every client leased once more: each was started after the last eviction.
+    let leases: Vec<_> = (0..4).map(|_| pool.checkout().expect("checkout")).collect();
+    let mut after = HashSet::new();
+    for mut lease in leases {
+        after.insert(backend_pid(&mut lease).expect("a leased client works"));
+    }
+    println!(
+        "{committed} transactions across 3 evictions; {} clients evicted",
+        evicted.load(Ordering::Relaxed)
+    );
+    assert!(committed > 0);
+    assert_eq!(count(&url, "cylinder_evict"), committed);
+    assert!(evicted.load(Ordering::Relaxed) >= 12, "4 clients, 3 times");
+    assert!(after.is_disjoint(&before), "{after:?} / {before:?}");
+    assert_eq!(pool.stats().size, 4);
+}
+
+/// A quiet night: every idle connection is cut (`pg_terminate_backend`, as a firewall or
+/// the server's idle timeout would). The reaper's keepalive checks find them and replace
+/// them before any client meets one: the clients' own checks never fail.
+#[test]
+fn keepalive_replaces_connections_killed_while_idle_before_a_client_sees_them() {
+    let Some(url) = url("keepalive_replaces_connections_killed_while_idle") else {
+        return;
+    };
+    let _server = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    const APP: &str = "cylinder-test-keepalive";
+    table(&url, "cylinder_keepalive");
+    let client_failures = Arc::new(AtomicU64::new(0));
+    let pool = {
+        let (config, failures) = (config(&url, APP), client_failures.clone());
+        Pool::builder()
+            .size(4)
+            .keepalive(Duration::from_millis(200))
+            .checkout_timeout(Duration::from_secs(10))
+            .test_on_checkout(move |client: &mut Client| {
+                let checked = select_1(client);
+                let by_reaper = thread::current()
+                    .name()
+                    .is_some_and(|name| name.starts_with("cylinder-reaper"));
+                if checked.is_err() && !by_reaper {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                checked
+            })
+            .build(move || Ok(config.connect(NoTls)?))
+            .expect("build the pool")
+    };
+    let mut admin = plain(&url);
+    let killed: HashSet<i32> = backends(&mut admin, APP).into_iter().collect();
+    assert_eq!(killed.len(), 4);
+    for &pid in &killed {
+        let gone: bool = admin
+            .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+            .expect("pg_terminate_backend")
+            .get(0);
+        assert!(gone, "backend {pid} did not exit");
+    }
+    let began = Instant::now();
+    while pool.stats().failed_checks < 4 || pool.stats().free < 4 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "keepalive did not replace them: {:?}",
+            pool.stats()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "4 killed connections replaced by keepalive in {:?}",
+        began.elapsed()
+    );
+    let committed = transactions(&pool, "cylinder_keepalive", Duration::from_millis(500));
+    let leases: Vec<_> = (0..4).map(|_| pool.checkout().expect("checkout")).collect();
+    for mut lease in leases {
+        let pid = backend_pid(&mut lease).expect("a leased client works");
+        assert!(!killed.contains(&pid), "backend {pid} was killed");
+    }
+    assert_eq!(client_failures.load(Ordering::SeqCst), 0);
+    assert_eq!(count(&url, "cylinder_keepalive"), committed);
+}
+
+/// A graceful shutdown: 4 transactions are under way when `drain` is called; each commits,
+/// then `drain` returns, new checkouts fail with `Closed`, and the connections are closed.
+#[test]
+fn drain_lets_running_transactions_commit() {
+    let Some(url) = url("drain_lets_running_transactions_commit") else {
+        return;
+    };
+    let _server = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    const APP: &str = "cylinder-test-drain";
+    table(&url, "cylinder_drain");
+    let pool = {
+        let config = config(&url, APP);
+        Pool::builder()
+            .size(4)
+            .build(move || Ok(config.connect(NoTls)?))
+            .expect("build the pool")
+    };
+    let begun = Arc::new(Barrier::new(5));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (mut client, begun) = (pool.checkout_owned().expect("checkout"), begun.clone());
+            thread::spawn(move || {
+                let mut tx = client.transaction().expect("begin");
+                tx.execute("INSERT INTO cylinder_drain (thread) VALUES ($1)", &[&t])
+                    .expect("insert");
+                begun.wait();
+                thread::sleep(Duration::from_millis(300));
+                tx.commit().expect("commit");
+            })
+        })
+        .collect();
+    begun.wait();
+    let began = Instant::now();
+    pool.drain(Duration::from_secs(10))
+        .expect("every lease came back");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "drain returned after {took:?}"
+    );
+    assert!(matches!(pool.checkout(), Err(Error::Closed)));
+    for worker in workers {
+        worker.join().expect("the transaction committed");
+    }
+    assert_eq!(count(&url, "cylinder_drain"), 4);
+    let mut admin = plain(&url);
+    let began = Instant::now();
+    while !backends(&mut admin, APP).is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "connections left open"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `$CYLINDER_POSTGRES_CTL stop|start`.
 fn ctl(ctl: &str, action: &str) {
     let out = Command::new(ctl)
@@ -377,6 +553,9 @@ fn server_stopped_and_started_again() {
         .size(SIZE)
         .checkout_timeout(TIMEOUT)
         .reconnect_delay(Duration::from_millis(200))
+        // Checked before every lease: the client used just before the stop is within the
+        // default `check_after_idle` window, and must not be handed out with the server down.
+        .check_after_idle(Duration::ZERO)
         .test_on_checkout(|client: &mut Client| select_1(client))
         .build(start.clone())
         .expect("build the pool");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod builder;
+mod pools;
 /// The old pool's worker set (the pool used to share the balancer's supervisors); the pool
 /// rewrite on main no longer uses it, and then this module goes.
 mod select;
@@ -13,6 +14,7 @@ mod set;
 pub(crate) mod supervisor;
 
 pub use builder::BalancerBuilder;
+pub use pools::PoolsDown;
 pub use select::Strategy;
 pub use supervisor::{Factory, Supervisor};
 
@@ -552,13 +554,20 @@ impl<W: Worker> Balancer<W> {
                     snapshot = shared.set.snapshot();
                 }
                 // At most once per `reconnect_delay`: children that die on arrival must not be
-                // restarted on every call.
-                Scan::AllDead if !reloaded && shared.set.too_soon(&snapshot).is_none() => {
+                // restarted on every call. Children that come back by themselves (pools) are
+                // looked at again by the next scan: a reload would list the same.
+                Scan::AllDead
+                    if !reloaded
+                        && !snapshot.all_come_back
+                        && shared.set.too_soon(&snapshot).is_none() =>
+                {
                     reloaded = true;
                     snapshot = self.reload_all_dead();
                 }
                 Scan::AllDead => {
-                    shared.set.ask_reload(&snapshot);
+                    if !snapshot.all_come_back {
+                        shared.set.ask_reload(&snapshot);
+                    }
                     return Err(Error::disconnected(Cause::message("no live children")));
                 }
             }
@@ -624,7 +633,7 @@ impl<W: Worker> Balancer<W> {
             } else {
                 start + step - count
             };
-            if snapshot.is_marked_dead(index) {
+            if snapshot.is_gone(index) {
                 continue;
             }
             let worker = &snapshot.workers[index];
@@ -632,6 +641,10 @@ impl<W: Worker> Balancer<W> {
             if !contain::run(|| worker.is_alive()).unwrap_or(false) {
                 shared.set.mark_dead(snapshot, index);
                 continue;
+            }
+            if snapshot.is_marked_dead(index) {
+                // Dead before and come back by itself (a pool whose server returned).
+                shared.set.revive(snapshot, index);
             }
             if leases_out && snapshot.members[index].leased.load(Ordering::Acquire) {
                 busy = true;
@@ -691,8 +704,7 @@ impl<W: Worker> Balancer<W> {
             .iter()
             .enumerate()
             .filter(|(index, worker)| {
-                !snapshot.is_marked_dead(*index)
-                    && contain::run(|| worker.is_alive()).unwrap_or(false)
+                !snapshot.is_gone(*index) && contain::run(|| worker.is_alive()).unwrap_or(false)
             })
             .map(|(_, worker)| f(worker))
             .collect()

@@ -28,6 +28,9 @@ use crate::worker::Worker;
 pub(crate) struct Member<W> {
     pub(crate) worker: Arc<W>,
     pub(crate) leased: AtomicBool,
+    /// The worker's [`Worker::comes_back`], asked once when it first joined: a dead one stays
+    /// in the set and is looked at again on each pass.
+    pub(crate) comes_back: bool,
 }
 
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
@@ -59,11 +62,16 @@ pub(crate) struct Snapshot<W> {
     pub(crate) served: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
+    /// Whether every member comes back by itself (a balancer of pools): a reload cannot
+    /// bring a live one that is not already in the set, so a `get` that finds them all dead
+    /// does not ask the supervisor.
+    pub(crate) all_come_back: bool,
 }
 
 impl<W> Snapshot<W> {
     fn new(members: Vec<Arc<Member<W>>>) -> Self {
         Snapshot {
+            all_come_back: !members.is_empty() && members.iter().all(|m| m.comes_back),
             workers: members.iter().map(|m| m.worker.clone()).collect(),
             dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
             alive: AtomicUsize::new(members.len()),
@@ -88,6 +96,13 @@ impl<W> Snapshot<W> {
     #[inline]
     pub(crate) fn is_marked_dead(&self, index: usize) -> bool {
         self.dead[index].load(Ordering::Relaxed)
+    }
+
+    /// Whether member `index` is passed over without a look: marked dead, and it cannot
+    /// come back by itself.
+    #[inline]
+    pub(crate) fn is_gone(&self, index: usize) -> bool {
+        self.is_marked_dead(index) && !self.members[index].comes_back
     }
 }
 
@@ -227,6 +242,8 @@ impl<W: Worker> WorkerSet<W> {
 
     /// Notes that member `index` of `snapshot` was found dead. The first finder logs it and,
     /// when the live share falls below `min_alive_ratio`, asks the reaper for one reload.
+    /// A worker that [comes back](Worker::comes_back) by itself is neither retired nor
+    /// reloaded for: it stays in the set until [`revive`](Self::revive).
     pub(crate) fn mark_dead(&self, snapshot: &Snapshot<W>, index: usize) {
         if snapshot.dead[index].swap(true, Ordering::AcqRel) {
             return;
@@ -238,10 +255,29 @@ impl<W: Worker> WorkerSet<W> {
             self.name
         );
         emit(&self.events, Event::WorkerDied);
+        if snapshot.members[index].comes_back {
+            return;
+        }
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);
         }
+    }
+
+    /// Notes that member `index` of `snapshot`, marked dead, was found alive again (it
+    /// [comes back](Worker::comes_back) by itself): the first finder logs it and reports
+    /// [`Event::WorkerBack`].
+    pub(crate) fn revive(&self, snapshot: &Snapshot<W>, index: usize) {
+        if !snapshot.dead[index].swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let total = snapshot.workers.len();
+        let alive = snapshot.alive.fetch_add(1, Ordering::AcqRel) + 1;
+        log::info!(
+            "cylinder: {}: worker {index} is back ({alive} of {total} alive)",
+            self.name
+        );
+        emit(&self.events, Event::WorkerBack);
     }
 
     /// Tells the supervisor that `worker` is out of service, once per worker, with no lock
@@ -377,15 +413,22 @@ impl<W: Worker> WorkerSet<W> {
             }
         };
         // A worker whose `is_alive` panics counts as dead. The dead are retired (once each)
-        // and dropped later with the rest, contained.
-        let (live, dead): (Vec<Arc<W>>, Vec<Arc<W>>) = listed
-            .into_iter()
-            .partition(|w| contain::run(|| w.is_alive()).unwrap_or(false));
-        for worker in dead {
-            self.retire_once(&worker);
-            dropped.push(Box::new(worker));
+        // and dropped later with the rest, contained; a dead one that comes back by itself
+        // stays, to be looked at again (a pool whose server is down).
+        let mut any_alive = false;
+        let mut live = Vec::with_capacity(listed.len());
+        for worker in listed {
+            let alive = contain::run(|| worker.is_alive()).unwrap_or(false);
+            let comes_back = contain::run(|| worker.comes_back()).unwrap_or(false);
+            any_alive |= alive;
+            if alive || comes_back {
+                live.push((worker, comes_back));
+            } else {
+                self.retire_once(&worker);
+                dropped.push(Box::new(worker));
+            }
         }
-        if live.is_empty() {
+        if !any_alive && live.iter().all(|(_, comes_back)| !comes_back) {
             // Nothing live: the last set's cells stay known, for the reconnect.
             self.disconnect(Cause::message("no live children"), events, dropped);
             return Err(Error::disconnected(Cause::message("no live children")));
@@ -396,7 +439,7 @@ impl<W: Worker> WorkerSet<W> {
             let mut next: HashMap<usize, Arc<Member<W>>> = HashMap::with_capacity(live.len());
             let mut members = Vec::with_capacity(live.len());
             let mut new = 0;
-            for worker in live {
+            for (worker, comes_back) in live {
                 let id = key(&worker);
                 if next.contains_key(&id) {
                     // Listed twice: one member, one lease cell.
@@ -412,6 +455,7 @@ impl<W: Worker> WorkerSet<W> {
                         None => Arc::new(Member {
                             worker,
                             leased: AtomicBool::new(false),
+                            comes_back,
                         }),
                     }
                 };

@@ -278,7 +278,7 @@ impl<W: Send + 'static> Shared<W> {
 
     /// A lease begins: watched for `warn_after`, with where it was taken.
     #[inline]
-    pub(super) fn watch_lease(&self, entry: &Entry<W>, site: &'static Location<'static>) {
+    pub(crate) fn watch_lease(&self, entry: &Entry<W>, site: &'static Location<'static>) {
         if let Some(watch) = &self.watch {
             watch.begin(entry.id, site);
         }

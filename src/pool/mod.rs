@@ -39,6 +39,7 @@
 //! that counts as a failed start, so a server that accepts and then drops connections is
 //! retried at the pace of `reconnect_delay`, not in a tight loop.
 
+mod as_worker;
 mod builder;
 mod checkout;
 mod free;
