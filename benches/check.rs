@@ -1,55 +1,68 @@
-//! `check`: what the checkout check costs. Checkout + drop of a real connection with no
-//! check, and with `test_on_checkout` running `SELECT 1`: on SQLite (in memory, always) and
-//! on PostgreSQL (a round trip to the server, when `CYLINDER_POSTGRES_URL` names one).
+//! `check`: what the checkout check costs, and what `check_after_idle` saves. Checkout + drop
+//! of a real connection with no check, with `test_on_checkout` running `SELECT 1` before
+//! every lease (`check_after_idle(0)`), and with the default window of 500 ms (the connection
+//! used a moment ago is not checked): on SQLite (in memory, always) and on PostgreSQL (a
+//! round trip to the server, when `CYLINDER_POSTGRES_URL` names one).
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use cylinder::Pool;
+use cylinder::{Pool, PoolBuilder};
+
+/// How the pool checks: not at all, before every lease, or only after 500 ms idle.
+#[derive(Clone, Copy)]
+enum Checked {
+    No,
+    Always,
+    AfterIdle,
+}
+
+fn with_check<W: Send + 'static>(
+    builder: PoolBuilder<W>,
+    checked: Checked,
+    check: impl Fn(&mut W) -> Result<(), cylinder::BoxError> + Send + Sync + 'static,
+) -> PoolBuilder<W> {
+    match checked {
+        Checked::No => builder,
+        Checked::Always => builder
+            .check_after_idle(Duration::ZERO)
+            .test_on_checkout(check),
+        Checked::AfterIdle => builder.test_on_checkout(check),
+    }
+}
+
+const ROWS: [(&str, Checked); 3] = [
+    ("unchecked", Checked::No),
+    ("select-1-every-checkout", Checked::Always),
+    ("select-1-used-within-500ms", Checked::AfterIdle),
+];
 
 fn check(c: &mut Criterion) {
     let mut group = c.benchmark_group("check");
     group
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    let sqlite = |checked: bool| {
-        let builder = Pool::builder().size(2);
-        let builder = if checked {
-            builder
-                .test_on_checkout(|conn: &mut rusqlite::Connection| conn.execute_batch("SELECT 1"))
-        } else {
-            builder
-        };
-        builder
-            .build(|| Ok(rusqlite::Connection::open_in_memory()?))
-            .expect("SQLite opens in memory")
-    };
-    for (name, pool) in [
-        ("sqlite-unchecked", sqlite(false)),
-        ("sqlite-select-1", sqlite(true)),
-    ] {
-        group.bench_function(name, |b| b.iter(|| drop(pool.checkout().unwrap())));
+    for (name, checked) in ROWS {
+        let pool = with_check(Pool::builder().size(2), checked, |conn: &mut rusqlite::Connection| {
+            Ok(conn.execute_batch("SELECT 1")?)
+        })
+        .build(|| Ok(rusqlite::Connection::open_in_memory()?))
+        .expect("SQLite opens in memory");
+        group.bench_function(format!("sqlite-{name}"), |b| {
+            b.iter(|| drop(pool.checkout().unwrap()))
+        });
     }
     if let Ok(url) = std::env::var("CYLINDER_POSTGRES_URL") {
-        let postgres = |checked: bool| {
+        for (name, checked) in ROWS {
             let url = url.clone();
-            let builder = Pool::builder().size(2);
-            let builder = if checked {
-                builder.test_on_checkout(|client: &mut postgres::Client| {
-                    client.simple_query("SELECT 1").map(|_| ())
-                })
-            } else {
-                builder
-            };
-            builder
-                .build(move || Ok(postgres::Client::connect(&url, postgres::NoTls)?))
-                .expect("the PostgreSQL server answers")
-        };
-        for (name, pool) in [
-            ("postgres-unchecked", postgres(false)),
-            ("postgres-select-1", postgres(true)),
-        ] {
-            group.bench_function(name, |b| b.iter(|| drop(pool.checkout().unwrap())));
+            let pool = with_check(Pool::builder().size(2), checked, |client: &mut postgres::Client| {
+                Ok(client.simple_query("SELECT 1").map(|_| ())?)
+            })
+            .build(move || Ok(postgres::Client::connect(&url, postgres::NoTls)?))
+            .expect("the PostgreSQL server answers");
+            group.bench_function(format!("postgres-{name}"), |b| {
+                b.iter(|| drop(pool.checkout().unwrap()))
+            });
         }
     }
     group.finish();
