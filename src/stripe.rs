@@ -104,6 +104,15 @@ impl Stripe {
         Stripe(SHARED)
     }
 
+    /// How many stripes there are, the shared one included.
+    pub(crate) const COUNT: usize = STRIPES + 1;
+
+    /// The stripe's index, below [`COUNT`](Self::COUNT) (the shared stripe's is the last).
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        self.0
+    }
+
     /// The stripe's index if the calling thread owns it: per-thread state indexed by it has
     /// this thread as its only writer.
     #[inline]

@@ -69,7 +69,7 @@ impl<W: Send + 'static> Pool<W> {
         self.handle
             .shared
             .watch_lease(&entry, std::panic::Location::caller());
-        Ok(OwnedLease::new(self.clone(), entry))
+        Ok(self.owned(entry))
     }
 
     /// The pool's own `checkout_timeout`.

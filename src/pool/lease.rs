@@ -2,13 +2,16 @@
 
 use std::ops::{Deref, DerefMut};
 
-use super::{Entry, Pool, Return, Shared};
+use std::sync::Arc;
 
-/// What a lease holds its pool by: a borrow (no reference count touched per checkout), or a
-/// handle (an owned lease that may outlive the borrow).
+use super::{Entry, Key, Return, Shared};
+
+/// What a lease holds its pool by: a borrow (no reference count touched per checkout), or
+/// one of the pool's per-stripe keys (an owned lease that may outlive the borrow: one
+/// reference count written per lease, on the calling thread's own cache line).
 enum PoolRef<'a, W: Send + 'static> {
     Borrowed(&'a Shared<W>),
-    Owned(Pool<W>),
+    Owned(Arc<Key<W>>),
 }
 
 impl<W: Send + 'static> PoolRef<'_, W> {
@@ -16,7 +19,7 @@ impl<W: Send + 'static> PoolRef<'_, W> {
     fn shared(&self) -> &Shared<W> {
         match self {
             PoolRef::Borrowed(shared) => shared,
-            PoolRef::Owned(pool) => &pool.handle.shared,
+            PoolRef::Owned(key) => key.shared(),
         }
     }
 }
@@ -126,9 +129,10 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
 }
 
 impl<W: Send + 'static> OwnedLease<W> {
-    pub(crate) fn new(pool: Pool<W>, entry: Box<Entry<W>>) -> Self {
+    #[inline]
+    pub(crate) fn new(key: Arc<Key<W>>, entry: Box<Entry<W>>) -> Self {
         OwnedLease(Lease {
-            pool: PoolRef::Owned(pool),
+            pool: PoolRef::Owned(key),
             entry: Some(entry),
             in_panic: std::thread::panicking(),
         })

@@ -67,7 +67,7 @@ use crate::event::{Event, EventHook};
 use crate::reaper::{Reaper, Signal};
 use crate::stripe::{Stripe, StripedCounter};
 use crate::sync::{
-    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering,
 };
 use free::{FreeList, HeldFree};
 use manager::Uses;
@@ -110,6 +110,34 @@ use watch::LeaseWatch;
 /// ```
 pub struct Pool<W: Send + 'static> {
     handle: Arc<Handle<W>>,
+    /// One key per thread stripe for owned leases (see [`Key`]), shared by every handle.
+    keys: Arc<[Arc<Key<W>>]>,
+}
+
+/// What an [`OwnedLease`] holds its pool by: one of the pool's keys, one per thread stripe,
+/// each its own allocation (a cache line of its own), so that owned leases taken on
+/// different threads write different reference counts, never one shared by all. A key holds
+/// the pool's handle: the pool closes when the last handle and the last owned lease are gone.
+pub(crate) struct Key<W: Send + 'static> {
+    handle: CachePadded<Arc<Handle<W>>>,
+}
+
+impl<W: Send + 'static> Key<W> {
+    #[inline]
+    pub(crate) fn shared(&self) -> &Shared<W> {
+        &self.handle.shared
+    }
+}
+
+/// A key for each stripe (the shared stripe's last).
+fn keys<W: Send + 'static>(handle: &Arc<Handle<W>>) -> Arc<[Arc<Key<W>>]> {
+    (0..Stripe::COUNT)
+        .map(|_| {
+            Arc::new(Key {
+                handle: CachePadded::new(handle.clone()),
+            })
+        })
+        .collect()
 }
 
 /// What the handles share: the pool's state, and its reaper thread. Dropping the last one
@@ -387,11 +415,13 @@ impl<W: Send + 'static> Pool<W> {
             Box::new(move |_asked| upkeep.upkeep(&mut schedule)),
         )
         .map_err(|err| Error::disconnected(Cause::new(err)))?;
+        let handle = Arc::new(Handle {
+            shared,
+            reaper: Mutex::new(Some(reaper)),
+        });
         let pool = Pool {
-            handle: Arc::new(Handle {
-                shared,
-                reaper: Mutex::new(Some(reaper)),
-            }),
+            keys: keys(&handle),
+            handle,
         };
         let shared = &pool.handle.shared;
         if checked {
@@ -545,7 +575,7 @@ impl<W: Send + 'static> Pool<W> {
     pub fn checkout_owned_timeout(&self, timeout: Duration) -> Result<OwnedLease<W>, Error> {
         let entry = self.handle.shared.acquire(timeout)?;
         self.handle.shared.watch_lease(&entry, Location::caller());
-        Ok(OwnedLease::new(self.clone(), entry))
+        Ok(self.owned(entry))
     }
 
     /// Runs `f` with a leased worker (waiting as [`checkout`](Self::checkout) does) and gives
@@ -814,10 +844,20 @@ impl<W: Send + 'static> Pool<W> {
     }
 }
 
+impl<W: Send + 'static> Pool<W> {
+    /// An owned lease of `entry`, holding the pool by the calling thread's stripe's key.
+    #[inline]
+    pub(crate) fn owned(&self, entry: Box<Entry<W>>) -> OwnedLease<W> {
+        let key = self.keys[Stripe::current().index()].clone();
+        OwnedLease::new(key, entry)
+    }
+}
+
 impl<W: Send + 'static> Clone for Pool<W> {
     fn clone(&self) -> Self {
         Pool {
             handle: self.handle.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
