@@ -83,6 +83,9 @@ fn main() -> Result<(), BoxError> {
             .size(4)
             .checkout_timeout(Duration::from_secs(2))
             .reconnect_delay(Duration::from_millis(500))
+            // Checked before every lease: a stopped server's connections are found at once,
+            // not only after `check_after_idle` (500 ms by default).
+            .check_after_idle(Duration::ZERO)
             .test_on_checkout(|conn: &mut Conn| conn.client.simple_query("SELECT 1").map(|_| ()))
             .is_broken(|conn: &mut Conn| conn.client.is_closed())
             .build_unchecked(move || {

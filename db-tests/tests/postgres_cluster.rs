@@ -217,6 +217,9 @@ fn one_server_of_three_stopped_and_started_under_load() {
                 .size(POOL_SIZE)
                 .checkout_timeout(Duration::from_secs(2))
                 .reconnect_delay(RECONNECT_DELAY)
+                // Checked before every lease: a stopped server's connections are found at once,
+                // not only after `check_after_idle` (500 ms by default).
+                .check_after_idle(Duration::ZERO)
                 .test_on_checkout(|conn: &mut Conn| {
                     conn.client.simple_query("SELECT 1").map(|_| ())
                 })

@@ -308,7 +308,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             if step > 0 && !self.may_serve(&snapshot, index) {
                 continue;
             }
-            match pool.try_checkout_owned() {
+            match pool.checkout_free_owned() {
                 Ok(lease) => return Ok(self.served(&snapshot, index, lease)),
                 Err(Error::Overload) => busy.push(index),
                 Err(Error::Disconnected { cause, .. }) => causes[index] = Some(cause),

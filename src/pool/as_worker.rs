@@ -2,20 +2,23 @@
 //! database server), each with its own fuse. What the balancer asks of a pool is here, so
 //! that the pool's own files need not know of it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{OwnedLease, Pool};
 use crate::error::{Cause, Error};
+use crate::stripe::Stripe;
 use crate::sync::Ordering;
 use crate::worker::Worker;
 
 /// A pool is alive while it is open and its fuse is not blown: it has a worker open
-/// (free or leased), or no start has failed since the last one that succeeded (so a start
-/// may still succeed). A pool whose server is down (nothing open, the last start failed) is
-/// dead until its reaper's next attempt, every `reconnect_delay`, opens a worker; it
-/// [comes back](Worker::comes_back) by itself, so a balancer keeps it in its set and puts it
-/// back in rotation as soon as that attempt succeeds. Its `queue_len` is the number of
-/// clients blocked in its checkout.
+/// (free or leased), or no start has failed since the last one that succeeded, or its
+/// `reconnect_delay` since the last failure is over and no start is under way (so a start
+/// may succeed now). A pool
+/// whose server is down (nothing open, the last start failed) is dead while it waits out
+/// that delay; it [comes back](Worker::comes_back) by itself, so a balancer keeps it in its
+/// set and tries it again once the delay is over (a `Balancer<Pool<W>>::checkout` that finds
+/// it with nothing free has a worker started for it in the background, also for a pool with
+/// `min_idle(0)`). Its `queue_len` is the number of clients blocked in its checkout.
 ///
 /// ```
 /// use cylinder::{BoxError, Pool, Worker};
@@ -39,7 +42,12 @@ impl<W: Send + 'static> Worker for Pool<W> {
     fn is_alive(&self) -> bool {
         let shared = &*self.handle.shared;
         !shared.closed.load(Ordering::Acquire)
-            && (shared.counts.open() > 0 || !shared.failing.load(Ordering::Acquire))
+            && (shared.counts.open() > 0
+                || !shared.failing.load(Ordering::Acquire)
+                // Worth one try once the delay is over, unless one is under way already:
+                // clients are paced by the pool's attempts, never spin on a dead server.
+                || (shared.backoff_left(Instant::now()).is_none()
+                    && shared.counts.on_their_way() == 0))
     }
 
     fn queue_len(&self) -> Option<usize> {
@@ -62,14 +70,25 @@ impl<W: Send + 'static> Pool<W> {
         std::sync::Arc::ptr_eq(&self.handle, &other.handle)
     }
 
-    /// [`try_checkout`](Pool::try_checkout) into an [`OwnedLease`].
+    /// A free worker now, into an [`OwnedLease`], for a balancer: never waits (not even for
+    /// a start on its way) and never opens a worker on the caller's thread, so a pool whose
+    /// start hangs cannot hold a balancer's checkout past its timeout. With nothing free it
+    /// answers `Overload` (after asking for a start in the background if the pool has room)
+    /// or, with the fuse blown, `Disconnected`.
     #[track_caller]
-    pub(crate) fn try_checkout_owned(&self) -> Result<OwnedLease<W>, Error> {
-        let entry = self.handle.shared.try_acquire()?;
-        self.handle
-            .shared
-            .watch_lease(&entry, std::panic::Location::caller());
-        Ok(self.owned(entry))
+    pub(crate) fn checkout_free_owned(&self) -> Result<OwnedLease<W>, Error> {
+        let shared = &*self.handle.shared;
+        shared.check_open()?;
+        let stripe = Stripe::current();
+        while let Some(entry) = shared.free.take(stripe) {
+            if let Some(entry) = shared.admit(entry, stripe) {
+                shared.watch_lease(&entry, std::panic::Location::caller());
+                return Ok(self.owned(entry));
+            }
+        }
+        shared.fuse()?;
+        shared.start_in_background();
+        Err(Error::Overload)
     }
 
     /// The pool's own `checkout_timeout`.

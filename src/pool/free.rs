@@ -77,6 +77,26 @@ impl<T> Stack<T> {
 }
 
 impl<T> Shelf<T> {
+    /// The item that has been on the shelf longest: the stack's bottom, the queue's head.
+    fn take_oldest(&self) -> Option<T> {
+        match self {
+            Shelf::Fifo(queue) => queue.pop(),
+            Shelf::Lifo(stack) => {
+                seqcst_point();
+                if stack.len.load(Ordering::SeqCst) == 0 {
+                    return None;
+                }
+                let mut items = stack.items.lock();
+                if items.is_empty() {
+                    return None;
+                }
+                let item = items.remove(0);
+                stack.len.fetch_sub(1, Ordering::SeqCst);
+                Some(item)
+            }
+        }
+    }
+
     #[inline]
     fn push(&self, item: T) -> Result<(), T> {
         match self {
@@ -186,6 +206,13 @@ impl<T> FreeList<T> {
             }
         }
         self.push(item)
+    }
+
+    /// The item that has been on the shelf longest (parked ones are never taken: they are
+    /// their threads' last released). Taking it and shelving it again (with
+    /// [`push`](Self::push)) `queued()` times looks at every shelved item once.
+    pub(crate) fn take_oldest(&self) -> Option<T> {
+        self.queue.take_oldest()
     }
 
     /// Queues a free item. `Err` when the queue is full.

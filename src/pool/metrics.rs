@@ -86,7 +86,35 @@ pub(crate) struct PoolMetrics;
 
 #[cfg(feature = "metrics")]
 impl PoolMetrics {
+    /// The pool's handles, registered with the installed recorder (user code, contained: a
+    /// recorder that panics leaves the pool without metrics, not without a pool).
     pub(crate) fn new(pool: &str) -> Self {
+        match crate::contain::run(|| Self::register(pool)) {
+            Ok(metrics) => metrics,
+            Err(cause) => {
+                log::error!("cylinder: {pool}: the metrics recorder panicked: {cause}");
+                Self::off()
+            }
+        }
+    }
+
+    /// Handles that record nothing.
+    pub(crate) fn off() -> Self {
+        PoolMetrics {
+            checkout_wait: metrics::Histogram::noop(),
+            start: metrics::Histogram::noop(),
+            lease: metrics::Histogram::noop(),
+            closed: std::array::from_fn(|_| metrics::Counter::noop()),
+            timeouts: metrics::Counter::noop(),
+            start_failures: metrics::Counter::noop(),
+            idle: metrics::Gauge::noop(),
+            leased: metrics::Gauge::noop(),
+            starting: metrics::Gauge::noop(),
+            waiting: metrics::Gauge::noop(),
+        }
+    }
+
+    fn register(pool: &str) -> Self {
         use metrics::{counter, gauge, histogram, Unit};
         metrics::describe_histogram!(
             "cylinder_pool_checkout_wait_seconds",
@@ -134,12 +162,12 @@ impl PoolMetrics {
 
     /// A checkout that waited in line got a worker or gave up after `waited`.
     pub(crate) fn waited(&self, waited: Duration) {
-        self.checkout_wait.record(waited.as_secs_f64());
+        record(|| self.checkout_wait.record(waited.as_secs_f64()));
     }
 
     /// A start (that succeeded or not) took `took`.
     pub(crate) fn started(&self, took: Duration) {
-        self.start.record(took.as_secs_f64());
+        record(|| self.start.record(took.as_secs_f64()));
     }
 
     #[inline]
@@ -150,27 +178,27 @@ impl PoolMetrics {
     #[inline]
     pub(crate) fn lease_ended(&self, clock: LeaseClock) {
         if let Some(began) = clock.0 {
-            self.lease.record(began.elapsed().as_secs_f64());
+            record(|| self.lease.record(began.elapsed().as_secs_f64()));
         }
     }
 
     /// What an event counts toward.
     pub(crate) fn event(&self, event: &Event) {
-        match event {
-            Event::CheckoutTimedOut(_) => self.timeouts.increment(1),
-            Event::StartFailed => self.start_failures.increment(1),
-            event => {
-                if let Some(at) = reason(event) {
-                    self.closed[at].increment(1);
-                }
-            }
-        }
+        let counter = match event {
+            Event::CheckoutTimedOut(_) => &self.timeouts,
+            Event::StartFailed => &self.start_failures,
+            event => match reason(event) {
+                Some(at) => &self.closed[at],
+                None => return,
+            },
+        };
+        record(|| counter.increment(1));
     }
 
     /// Sets the gauges.
     pub(crate) fn sample(&self, stats: &super::PoolStats) {
         #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-        let gauge = |gauge: &metrics::Gauge, value: usize| gauge.set(value as f64);
+        let gauge = |gauge: &metrics::Gauge, value: usize| record(|| gauge.set(value as f64));
         gauge(&self.idle, stats.free);
         gauge(&self.leased, stats.leased);
         gauge(&self.starting, stats.starting);
@@ -178,10 +206,23 @@ impl PoolMetrics {
     }
 }
 
+/// Records through the recorder's handle: user code, so a panic there is contained (and
+/// logged), never unwinding into a lease's return or a start.
+#[cfg(feature = "metrics")]
+fn record(record: impl FnOnce()) {
+    if crate::contain::run(record).is_err() {
+        log::error!("cylinder: the metrics recorder panicked");
+    }
+}
+
 #[cfg(not(feature = "metrics"))]
 #[allow(clippy::unused_self)] // the same calls as with the feature, compiled to nothing
 impl PoolMetrics {
     pub(crate) fn new(_pool: &str) -> Self {
+        PoolMetrics
+    }
+
+    pub(crate) fn off() -> Self {
         PoolMetrics
     }
 

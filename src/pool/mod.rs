@@ -242,6 +242,8 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// Free workers the pool's own code holds for a moment (the reaper's sweep, `map`):
     /// still idle, counted as free by `stats()`, so a quiet pool always adds up.
     held_free: AtomicUsize,
+    /// Workers counted out whose `Drop` is still running (`closed_above`).
+    closing: AtomicUsize,
     /// The checkout check runs only on a worker idle (unchecked) at least this long.
     check_after_idle: Duration,
     /// Idle workers unused this long are checked by the reaper.
@@ -383,6 +385,7 @@ impl<W: Send + 'static> Pool<W> {
             deciding: Mutex::new(()),
             waiting_for_a_start: AtomicUsize::new(0),
             held_free: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
             check_after_idle: options.check_after_idle,
             keepalive: options.keepalive,
             reads_idle_clock: options.idle_timeout.is_some()
@@ -773,7 +776,8 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         let deadline = deadline_after(timeout);
         let mut pause = Duration::from_micros(50);
-        while shared.counts.open() > 0 {
+        // Every worker closed, its `Drop` ended (a graceful close of a connection).
+        while shared.counts.open() > 0 || shared.closing.load(Ordering::SeqCst) > 0 {
             let now = Instant::now();
             if deadline.is_some_and(|at| now >= at) {
                 return Err(Error::Timeout {
@@ -996,6 +1000,8 @@ impl<W: Send + 'static> Drop for Shared<W> {
             Box::new(Gone(std::marker::PhantomData)),
         ));
         contain::dispose(self.on_start.take());
+        // The metrics recorder's handles are user code too.
+        contain::dispose(std::mem::replace(&mut self.metrics, PoolMetrics::off()));
         contain::dispose(self.events.take());
     }
 }

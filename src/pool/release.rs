@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::start::Held;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
 use crate::error::Cause;
@@ -175,7 +176,10 @@ impl<W: Send + 'static> Shared<W> {
     /// waiter or `min_idle` needs it.
     pub(super) fn closed_above(&self, entry: Box<Entry<W>>) {
         {
+            // Counted out already; `drain` waits for the `Drop` all the same.
+            let closing = Held::take(&self.closing, usize::MAX);
             drop_worker(&self.name, entry);
+            drop(closing);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
             // against a waiter's registration and fence, then its claim (`start_for_line`):
             // one of the two sees the other (`seqcst_point` gives loom that order).
@@ -251,9 +255,11 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Drops a worker the pool owns and forgets it.
+    /// Its `Drop` ends before it is counted out: until then the pool has no room for a
+    /// replacement (never more alive than the limit), and `drain` waits for it.
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
-        self.counts.release();
         drop_worker(&self.name, entry);
+        self.counts.release();
     }
 
     /// Drops every free worker (after close).

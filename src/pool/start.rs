@@ -328,6 +328,27 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// A balancer found this pool with nothing free: if it may open another worker and
+    /// nothing is on its way, one start is claimed for a start thread (not run on the
+    /// caller's thread, which moves on to another pool): a lazy pool (`min_idle` below its
+    /// size, or whose server was down) grows with the load a balancer sends it.
+    pub(crate) fn start_in_background(&self) {
+        if !self.has_room()
+            || self.closed.load(Ordering::Acquire)
+            || self.backoff_left(Instant::now()).is_some()
+            || self.counts.on_their_way() > 0
+        {
+            return;
+        }
+        let claimed = {
+            let _deciding = self.deciding.lock();
+            self.counts.on_their_way() == 0 && self.counts.claim(1, self.limit(), true) > 0
+        };
+        if claimed {
+            self.launch();
+        }
+    }
+
     /// A non-blocking checkout found nothing free: if the pool may open another worker
     /// (overflow, or fewer open than `size`), open it on this thread, for this caller
     /// (poolboy's way).
@@ -614,6 +635,10 @@ impl<W: Send + 'static> Shared<W> {
         let delivering = claim.joined();
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
+        } else if self.evicted(&entry) {
+            // Started before an `evict_all` (with what the eviction was for): it goes at
+            // once, and another starts in its place.
+            self.retire(entry, super::Retire::Evicted);
         } else {
             // Shelved, not parked for this thread (a `build` or `resize` runs starts on the
             // caller's thread too): a new worker is for whoever comes next.

@@ -40,6 +40,8 @@ impl<W: Send + 'static> Shared<W> {
             // A worker idle at its expiry is closed then, not at the next regular sweep.
             let due = self.next_expiry().map_or(planned, |at| at.min(planned));
             if due <= now {
+                // This sweep serves the expiry planned (a return noted during it stays).
+                self.next_expiry.store(u64::MAX, Ordering::Relaxed);
                 let kept_expiry = self.sweep(now);
                 schedule.next_sweep = Some(now + every);
                 self.plan_expiry(kept_expiry.map(|at| at.max(now + MIN_TICK)));
@@ -48,7 +50,7 @@ impl<W: Send + 'static> Shared<W> {
                 soon(due - now);
             }
             if let Some(at) = self.next_expiry() {
-                soon(at.saturating_duration_since(now));
+                soon(at.saturating_duration_since(now).max(MIN_TICK));
             }
         }
         if let Some(watch) = &self.watch {
@@ -102,20 +104,20 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Looks over the free workers, each taken off the list once: those past
-    /// `max_lifetime`, evicted, or found dead are closed (and others started in their
-    /// place), those idle past `idle_timeout` while more than `min_idle` are open are
-    /// closed, and those due a `keepalive` check are checked. Each one kept goes back as soon
-    /// as it has been looked at, before the next is (a liveness probe or check that blocks
-    /// holds back only its own worker), and all are back before any closing runs user code
-    /// (a worker's `Drop`, an event callback). Returns the earliest expiry among those kept.
+    /// Looks over the free workers in two passes. First, with no user code, every worker
+    /// is taken off the list for a moment: those past `max_lifetime` or evicted are closed
+    /// (and others started in their place), those idle past `idle_timeout` while more than
+    /// `min_idle` are open are closed, and the rest go straight back. Then, if the pool has
+    /// an `is_alive` hook or a `keepalive`, the shelved workers are taken one at a time,
+    /// oldest first, looked at (dead? keepalive check due?) and put back (or closed) before
+    /// the next is taken: a probe or check that blocks holds back only its own worker.
+    /// Returns the earliest expiry among those kept.
     pub(super) fn sweep(&self, now: Instant) -> Option<Instant> {
         let stripe = Stripe::current();
         let mut held = HeldFree::new(&self.held_free);
-        let mut looking = Vec::new();
+        let mut keeping = Vec::new();
         let mut retiring = Vec::new();
         let mut idle_closing = Vec::new();
-        // First the verdicts that need no user code, every worker taken off the list.
         for _ in 0..self.free.len() {
             // Counted before it leaves the list, so `stats()` never misses it in between.
             held.take_one();
@@ -135,7 +137,7 @@ impl<W: Send + 'static> Shared<W> {
             {
                 idle_closing.push(entry);
             } else {
-                looking.push(entry);
+                keeping.push(entry);
             }
         }
         // Workers started together expire together: never all at once. While no other worker
@@ -147,9 +149,9 @@ impl<W: Send + 'static> Shared<W> {
             .filter(|(_, why)| matches!(why, Retire::Expired))
             .count();
         // The idle ones closed are out of the count already.
-        let held_now = looking.len() + retiring.len();
+        let held_now = keeping.len() + retiring.len();
         let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
-        if looking.is_empty() && coming && self.counts.in_service() <= held_now {
+        if keeping.is_empty() && coming && self.counts.in_service() <= held_now {
             let youngest = retiring
                 .iter()
                 .enumerate()
@@ -157,26 +159,14 @@ impl<W: Send + 'static> Shared<W> {
                 .max_by_key(|(_, (entry, _))| entry.born)
                 .map(|(at, _)| at);
             if let Some(at) = youngest {
-                looking.push(retiring.swap_remove(at).0);
+                keeping.push(retiring.swap_remove(at).0);
             }
         }
         // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
         // last in line (`Fifo`), as it was before the sweep.
-        looking.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
-        let mut earliest_expiry: Option<Instant> = None;
-        for mut entry in looking {
-            if self.is_dead(&entry) {
-                retiring.push((entry, Retire::Died));
-                continue;
-            }
-            if let Err(cause) = self.keep_alive(&mut entry, now) {
-                self.failed_checks.fetch_add(1, Ordering::Relaxed);
-                retiring.push((entry, Retire::CheckFailed(cause)));
-                continue;
-            }
-            if let Some(at) = entry.expires {
-                earliest_expiry = Some(earliest_expiry.map_or(at, |earliest| earliest.min(at)));
-            }
+        keeping.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
+        let earliest_expiry = keeping.iter().filter_map(|entry| entry.expires).min();
+        for entry in keeping {
             self.put_back(entry, stripe);
             held.leave_one();
         }
@@ -190,7 +180,42 @@ impl<W: Send + 'static> Shared<W> {
             held.leave_one();
             self.retire(entry, why);
         }
+        drop(held);
+        if self.uses.is_alive || self.keepalive.is_some() {
+            self.look_at_each(now);
+        }
         earliest_expiry
+    }
+
+    /// The sweep's second pass: each shelved worker taken alone, asked `is_alive` and given
+    /// its `keepalive` check if one is due, then shelved again (or closed and replaced).
+    fn look_at_each(&self, now: Instant) {
+        let mut held = HeldFree::new(&self.held_free);
+        for _ in 0..self.free.queued() {
+            held.take_one();
+            let Some(mut entry) = self.free.take_oldest() else {
+                held.leave_one();
+                break;
+            };
+            let verdict = if self.is_dead(&entry) {
+                Some(Retire::Died)
+            } else if let Err(cause) = self.keep_alive(&mut entry, now) {
+                self.failed_checks.fetch_add(1, Ordering::Relaxed);
+                Some(Retire::CheckFailed(cause))
+            } else {
+                None
+            };
+            match verdict {
+                // Shelved, behind the ones not looked at yet.
+                None => self.put_back(entry, Stripe::shared()),
+                Some(why) => {
+                    held.leave_one();
+                    self.retire(entry, why);
+                    continue;
+                }
+            }
+            held.leave_one();
+        }
     }
 
     /// The `keepalive` check, for an idle worker unused (and unchecked) that long.
