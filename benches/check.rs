@@ -43,9 +43,11 @@ fn check(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     for (name, checked) in ROWS {
-        let pool = with_check(Pool::builder().size(2), checked, |conn: &mut rusqlite::Connection| {
-            Ok(conn.execute_batch("SELECT 1")?)
-        })
+        let pool = with_check(
+            Pool::builder().size(2),
+            checked,
+            |conn: &mut rusqlite::Connection| Ok(conn.execute_batch("SELECT 1")?),
+        )
         .build(|| Ok(rusqlite::Connection::open_in_memory()?))
         .expect("SQLite opens in memory");
         group.bench_function(format!("sqlite-{name}"), |b| {
@@ -55,9 +57,11 @@ fn check(c: &mut Criterion) {
     if let Ok(url) = std::env::var("CYLINDER_POSTGRES_URL") {
         for (name, checked) in ROWS {
             let url = url.clone();
-            let pool = with_check(Pool::builder().size(2), checked, |client: &mut postgres::Client| {
-                Ok(client.simple_query("SELECT 1").map(|_| ())?)
-            })
+            let pool = with_check(
+                Pool::builder().size(2),
+                checked,
+                |client: &mut postgres::Client| Ok(client.simple_query("SELECT 1").map(|_| ())?),
+            )
             .build(move || Ok(postgres::Client::connect(&url, postgres::NoTls)?))
             .expect("the PostgreSQL server answers");
             group.bench_function(format!("postgres-{name}"), |b| {
