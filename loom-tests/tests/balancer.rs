@@ -195,3 +195,35 @@ fn a_lease_released_while_its_worker_leaves_and_returns() {
         assert!(matches!(balancer.lease(), Err(Error::Overload)));
     });
 }
+
+/// Lease mode is switched on by the first lease (`Shared::lease_mode`, never cleared), not
+/// counted per lease: a `get` that comes after a lease (here: after seeing the id it
+/// published) skips the leased worker, whichever the interleaving.
+#[test]
+fn a_get_after_a_lease_skips_its_worker() {
+    model(|| {
+        let board = Board::new(vec![Node::new(0), Node::new(1)]);
+        let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+        let published = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let (leaser, seen) = (balancer.clone(), published.clone());
+        let t = thread::spawn(move || {
+            let lease = leaser.lease().unwrap();
+            seen.store(lease.id + 1, Ordering::Release);
+            lease
+        });
+        let seen = published.load(Ordering::Acquire);
+        let got = balancer.get().unwrap().id;
+        if seen != 0 {
+            assert_ne!(got, seen - 1, "get handed out a worker leased before it");
+        }
+        let lease = t.join().unwrap();
+        assert_ne!(balancer.get().unwrap().id, lease.id);
+        drop(lease);
+        let first = balancer.get().unwrap().id;
+        assert_ne!(
+            balancer.get().unwrap().id,
+            first,
+            "both workers back in rotation"
+        );
+    });
+}
