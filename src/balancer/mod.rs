@@ -43,7 +43,10 @@ const RELOAD_PATIENCE: Duration = Duration::from_millis(100);
 /// `reconnect_delay`.
 ///
 /// revolver's lease mode is here too: [`lease`](Balancer::lease) and
-/// [`transaction`](Balancer::transaction) hold a worker exclusively, non-blocking.
+/// [`transaction`](Balancer::transaction) hold a worker exclusively, non-blocking. Unlike
+/// revolver's, successive leases of a thread do not rotate: a thread gets back the worker it
+/// leased last while that one is free (as a pool's checkout does), so threads keep to their
+/// own workers instead of passing them between cores.
 ///
 /// `Balancer` is a cheap handle: clones share one balancer, whose reaper stops when the last
 /// handle is dropped or on [`close`](Balancer::close).
@@ -102,6 +105,8 @@ struct Shared<W: Worker> {
     set: WorkerSet<W>,
     /// Where each thread's `get` rotation stands.
     cursor: StripedCursor,
+    /// Where each thread's next lease looks first: the worker it leased last.
+    lease_cursor: StripedCursor,
     max_queue_len: Option<usize>,
     strategy: Strategy,
     /// Whether a lease was ever looked for: until then, `get` need not look at lease marks.
@@ -297,6 +302,7 @@ impl<W: Worker> Balancer<W> {
                 options.events.clone(),
             ),
             cursor: StripedCursor::new(),
+            lease_cursor: StripedCursor::new(),
             max_queue_len: options.max_queue_len,
             strategy: options.strategy,
             lease_mode: AtomicBool::new(false),
@@ -421,10 +427,17 @@ impl<W: Worker> Balancer<W> {
         Ok(WorkerRef { snapshot, index })
     }
 
-    /// Leases the next live worker that nobody has leased, in rotation, without waiting:
-    /// revolver's lease mode. The worker is held exclusively until the guard drops (also
-    /// while a panic unwinds): other leases and [`get`](Balancer::get) skip it, through
-    /// reloads and reconnects.
+    /// Leases a live worker that nobody has leased, without waiting: revolver's lease mode.
+    /// The worker is held exclusively until the guard drops (also while a panic unwinds):
+    /// other leases and [`get`](Balancer::get) skip it, through reloads and reconnects.
+    ///
+    /// Which worker: the one the calling thread leased last, if it is live and free (what is
+    /// remembered is its place in the set, so after a reload that moved it, whichever worker
+    /// is there now); else the next live and free one after it in the set's order. So a
+    /// thread that takes one lease at a time keeps getting the same worker, warm in its
+    /// cache, and threads that lease at once each settle on workers of their own. (revolver's
+    /// lease mode rotates instead; so do threads beyond the sixteenth alive at once, which
+    /// share one cursor.)
     ///
     /// # Errors
     ///
@@ -458,9 +471,11 @@ impl<W: Worker> Balancer<W> {
             shared.lease_mode.store(true, Ordering::Release);
         }
         let stripe = Stripe::current();
+        // Affinity: the thread looks first at the worker it leased last, whose lines are in
+        // its cache (and nobody else's, while the threads keep to their own workers).
         let (snapshot, index) = self.pick(
-            |_, count| shared.cursor.start(stripe, count),
-            |index, count| shared.cursor.advance(stripe, index, count),
+            |_, count| shared.lease_cursor.start(stripe, count),
+            |index, _| shared.lease_cursor.stay(stripe, index),
             true,
         )?;
         Ok(BalancerLease {
@@ -488,8 +503,12 @@ impl<W: Worker> Balancer<W> {
     ///     .build_with(move || -> Result<_, BoxError> { Ok(conns.clone()) })
     ///     .unwrap();
     /// let first = balancer.transaction(|conn| conn.0).unwrap();
-    /// let second = balancer.transaction(|conn| conn.0).unwrap();
-    /// assert_ne!(first, second, "successive leases rotate");
+    /// // Released: this thread gets the same worker back.
+    /// assert_eq!(balancer.transaction(|conn| conn.0).unwrap(), first);
+    /// // Held: the next lease is another worker.
+    /// let held = balancer.lease().unwrap();
+    /// assert_eq!(held.0, first);
+    /// assert_ne!(balancer.transaction(|conn| conn.0).unwrap(), first);
     /// ```
     pub fn transaction<R>(&self, f: impl FnOnce(&W) -> R) -> Result<R, Error> {
         let lease = self.lease()?;
