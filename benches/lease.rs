@@ -2,6 +2,7 @@
 //! lease). cylinder's `Pool` against r2d2, deadpool
 //! (unmanaged, `try_get`), object-pool (`try_pull`) and the floor, a bare crossbeam
 //! `ArrayQueue` pop + push; 1, 2 and 4 threads over 8 workers, per operation on each thread.
+//! The balancer's lease mode (`Balancer::lease` + drop, `transaction`) is in the same group.
 
 mod support;
 
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use support::{
-    array_queue, cylinder_pool, deadpool_pool, floor_cycle, keep, object_pool, r2d2_pool,
-    run_parallel, WORKERS,
+    array_queue, cylinder_balancer, cylinder_pool, deadpool_pool, floor_cycle, keep, object_pool,
+    r2d2_pool, run_parallel, WORKERS,
 };
 
 fn lease(c: &mut Criterion) {
@@ -23,6 +24,7 @@ fn lease(c: &mut Criterion) {
     let deadpool = deadpool_pool(WORKERS);
     let objects = object_pool(WORKERS);
     let floor = array_queue(WORKERS);
+    let balancer = cylinder_balancer(WORKERS);
     for threads in [1, 2, 4] {
         group.bench_with_input(
             BenchmarkId::new("cylinder-checkout", threads),
@@ -59,6 +61,22 @@ fn lease(c: &mut Criterion) {
             |b, &t| {
                 b.iter_custom(|iters| {
                     run_parallel(t, iters, &|| keep(pool.try_checkout().map(|l| l.0)))
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("balancer-lease", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| run_parallel(t, iters, &|| keep(balancer.lease().unwrap().0)))
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("balancer-transaction", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    run_parallel(t, iters, &|| keep(balancer.transaction(|w| w.0).unwrap()))
                 })
             },
         );

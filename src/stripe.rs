@@ -165,6 +165,16 @@ impl StripedCursor {
             self.positions[stripe.0].store(next, Ordering::Relaxed);
         }
     }
+
+    /// Makes `index` where the calling thread's next look starts (affinity: the thread comes
+    /// back to the worker it was given last). A plain store on the thread's own stripe; the
+    /// shared stripe keeps rotating, as [`start`](Self::start) steps it.
+    #[inline]
+    pub(crate) fn stay(&self, stripe: Stripe, index: usize) {
+        if stripe.0 != SHARED {
+            self.positions[stripe.0].store(index, Ordering::Relaxed);
+        }
+    }
 }
 
 /// An event counter whose increments stay on the calling thread's stripe.

@@ -15,17 +15,65 @@ use cylinder::{Balancer, BalancerLease, Error, Event};
 
 const SLACK: Duration = Duration::from_secs(5);
 
+/// Unlike revolver's rotation, a thread gets back the worker it leased last while that one
+/// is free; held, the next free one in order; dead, the next live one.
 #[test]
-fn successive_transactions_alternate_like_revolver() {
-    let board = Switchboard::with(2);
-    let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
-    let ids: Vec<usize> = (0..6)
-        .map(|_| balancer.transaction(|w| w.id).unwrap())
-        .collect();
-    assert_ne!(ids[0], ids[1]);
-    for pair in ids.windows(2) {
-        assert_ne!(pair[0], pair[1], "{ids:?}");
+fn a_thread_gets_back_the_worker_it_leased_last_while_it_is_free() {
+    let board = Switchboard::with(3);
+    let balancer = Balancer::builder()
+        .min_alive_ratio(0.0)
+        .build_with(board.supervisor())
+        .unwrap();
+    let first = balancer.transaction(|w| w.id).unwrap();
+    for _ in 0..5 {
+        assert_eq!(balancer.transaction(|w| w.id).unwrap(), first);
     }
+    // Held: the next lease is the next worker in order, and then that one comes back.
+    let held = balancer.lease().unwrap();
+    assert_eq!(held.id, first);
+    let next = balancer.transaction(|w| w.id).unwrap();
+    assert_eq!(next, (first + 1) % 3);
+    drop(held);
+    assert_eq!(balancer.transaction(|w| w.id).unwrap(), next);
+    // Dead: the next live one, and that one from then on.
+    board.current()[next].kill();
+    let after = balancer.transaction(|w| w.id).unwrap();
+    assert_eq!(after, (next + 1) % 3);
+    assert_eq!(balancer.transaction(|w| w.id).unwrap(), after);
+}
+
+/// Threads leasing at once each keep to workers of their own once settled, and no worker
+/// is ever held by two.
+#[test]
+fn threads_leasing_at_once_settle_on_workers_of_their_own() {
+    let board = Switchboard::with(4);
+    let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+    let settled: Vec<usize> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut last = None;
+                    for _ in 0..2_000 {
+                        match balancer.lease() {
+                            Ok(lease) => {
+                                lease.enter();
+                                last = Some(lease.id);
+                                lease.leave();
+                            }
+                            Err(Error::Overload) => thread::yield_now(),
+                            Err(err) => panic!("{err:?}"),
+                        }
+                    }
+                    // Alone now or not, its own worker is free for it.
+                    let again = balancer.transaction(|w| w.id).unwrap();
+                    assert_eq!(Some(again), last);
+                    again
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(settled.len(), 2);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The hot paths allocate nothing: 10 000 `get()`s, 10 000 checkout/release pairs and
-//! 10 000 `Actor::call`s in steady state, counted by a global allocator.
+//! The hot paths allocate nothing: 10 000 `get()`s, 10 000 checkout/release pairs, the
+//! balancer's leases and transactions and 10 000 `Actor::call`s in steady state, counted by
+//! a global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -99,6 +100,52 @@ fn steady_state_hot_paths_allocate_nothing() {
         std::hint::black_box(Box::new(7u64));
     });
     assert_eq!(boxed, 1);
+}
+
+/// The balancer's lease mode: `lease` + drop, `transaction`, and `get` once lease mode is on
+/// (it then looks at the lease marks).
+#[test]
+fn balancer_lease_mode_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let set: Vec<Arc<Conn>> = (0..8).map(|i| Arc::new(Conn(i))).collect();
+    let balancer = Balancer::builder()
+        .build_with(move || -> Result<_, BoxError> { Ok(set.clone()) })
+        .unwrap();
+    for _ in 0..100 {
+        std::hint::black_box(balancer.lease().unwrap().0);
+        std::hint::black_box(balancer.transaction(|conn| conn.0).unwrap());
+        std::hint::black_box(balancer.get().unwrap().0);
+    }
+    let leases = allocations_during(|| {
+        for _ in 0..10_000 {
+            let lease = balancer.lease().unwrap();
+            std::hint::black_box(lease.0);
+            drop(lease);
+        }
+    });
+    assert_eq!(leases, 0, "Balancer::lease and its release allocated");
+    let transactions = allocations_during(|| {
+        for _ in 0..10_000 {
+            std::hint::black_box(balancer.transaction(|conn| conn.0).unwrap());
+        }
+    });
+    assert_eq!(transactions, 0, "Balancer::transaction allocated");
+    // Several held at once: each lease past the thread's own worker scans on.
+    let held = allocations_during(|| {
+        for _ in 0..2_000 {
+            let a = balancer.lease().unwrap();
+            let b = balancer.lease().unwrap();
+            std::hint::black_box((a.0, b.0));
+        }
+    });
+    assert_eq!(held, 0, "two leases held at once allocated");
+    let gets = allocations_during(|| {
+        let _held = balancer.lease().unwrap();
+        for _ in 0..10_000 {
+            std::hint::black_box(balancer.get().unwrap().0);
+        }
+    });
+    assert_eq!(gets, 0, "Balancer::get in lease mode allocated");
 }
 
 /// Echoes; `Count(true)` turns allocation counting on for the thread that handles it. Sent

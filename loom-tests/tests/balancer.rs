@@ -195,3 +195,79 @@ fn a_lease_released_while_its_worker_leaves_and_returns() {
         assert!(matches!(balancer.lease(), Err(Error::Overload)));
     });
 }
+
+/// Lease mode is switched on by the first lease (`Shared::lease_mode`, never cleared), not
+/// counted per lease: a `get` that comes after a lease (here: after seeing the id it
+/// published) skips the leased worker, whichever the interleaving.
+#[test]
+fn a_get_after_a_lease_skips_its_worker() {
+    model(|| {
+        let board = Board::new(vec![Node::new(0), Node::new(1)]);
+        let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+        let published = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let (leaser, seen) = (balancer.clone(), published.clone());
+        let t = thread::spawn(move || {
+            let lease = leaser.lease().unwrap();
+            seen.store(lease.id + 1, Ordering::Release);
+            lease
+        });
+        let seen = published.load(Ordering::Acquire);
+        let got = balancer.get().unwrap().id;
+        if seen != 0 {
+            assert_ne!(got, seen - 1, "get handed out a worker leased before it");
+        }
+        let lease = t.join().unwrap();
+        assert_ne!(balancer.get().unwrap().id, lease.id);
+        drop(lease);
+        let first = balancer.get().unwrap().id;
+        assert_ne!(
+            balancer.get().unwrap().id,
+            first,
+            "both workers back in rotation"
+        );
+    });
+}
+
+/// Lease affinity (`Shared::lease_cursor`): each thread looks first at the worker it leased
+/// last. Three holders whose cursors collide (the main thread holds worker 0, where the
+/// third thread's cursor starts; the second thread starts at worker 1) lease, release and
+/// lease again: never two holders of one worker, a lease fails only with `Overload`, and
+/// once all is released every worker can be leased again, once.
+#[test]
+fn affine_leases_never_share_a_worker() {
+    model(|| {
+        let board = Board::new(vec![Node::new(0), Node::new(1)]);
+        let balancer = Balancer::builder().build_with(board.supervisor()).unwrap();
+        let in_use: Arc<[AtomicBool; 2]> =
+            Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        // The main thread takes the first stripe: its cursor starts at worker 0.
+        let held = balancer.lease().unwrap();
+        assert_eq!(held.id, 0);
+        enter(&*in_use, held.id);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (balancer, in_use) = (balancer.clone(), in_use.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        match balancer.lease() {
+                            Ok(lease) => {
+                                enter(&*in_use, lease.id);
+                                leave(&*in_use, lease.id);
+                            }
+                            Err(err) => assert!(matches!(err, Error::Overload), "{err:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        leave(&*in_use, held.id);
+        drop(held);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let first = balancer.lease().unwrap();
+        let second = balancer.lease().unwrap();
+        assert_ne!(first.id, second.id);
+        assert!(matches!(balancer.lease(), Err(Error::Overload)));
+    });
+}

@@ -23,7 +23,7 @@ use crate::error::{Cause, Error};
 use crate::event::{emit, Event};
 use crate::reaper::Reaper;
 use crate::stripe::{Stripe, StripedCursor};
-use crate::sync::{AtomicUsize, CachePadded, Mutex, Ordering, SnapshotGuard};
+use crate::sync::{AtomicBool, Mutex, Ordering, SnapshotGuard};
 use crate::worker::Worker;
 use set::{Asked, Member, Snapshot, WorkerSet};
 
@@ -43,7 +43,10 @@ const RELOAD_PATIENCE: Duration = Duration::from_millis(100);
 /// `reconnect_delay`.
 ///
 /// revolver's lease mode is here too: [`lease`](Balancer::lease) and
-/// [`transaction`](Balancer::transaction) hold a worker exclusively, non-blocking.
+/// [`transaction`](Balancer::transaction) hold a worker exclusively, non-blocking. Unlike
+/// revolver's, successive leases of a thread do not rotate: a thread gets back the worker it
+/// leased last while that one is free (as a pool's checkout does), so threads keep to their
+/// own workers instead of passing them between cores.
 ///
 /// `Balancer` is a cheap handle: clones share one balancer, whose reaper stops when the last
 /// handle is dropped or on [`close`](Balancer::close).
@@ -100,12 +103,16 @@ impl Drop for Handle {
 
 struct Shared<W: Worker> {
     set: WorkerSet<W>,
+    /// Where each thread's `get` rotation stands.
     cursor: StripedCursor,
+    /// Where each thread's next lease looks first: the worker it leased last.
+    lease_cursor: StripedCursor,
     max_queue_len: Option<usize>,
     strategy: Strategy,
-    /// Leases taken and not yet released (plus leases being looked for): while it is zero,
-    /// `get` need not look at lease marks.
-    leases: CachePadded<AtomicUsize>,
+    /// Whether a lease was ever looked for: until then, `get` need not look at lease marks.
+    /// Set once by the first lease (before it marks a worker) and never cleared, so it is
+    /// read-only from then on: no lease writes a line that every thread reads.
+    lease_mode: AtomicBool,
 }
 
 /// What a scan of the set found.
@@ -167,8 +174,9 @@ impl<W> std::fmt::Debug for WorkerRef<W> {
 }
 
 /// A worker leased by [`Balancer::lease`]: held exclusively until the guard drops (also while
-/// a panic unwinds). Derefs to the worker. It owns what it needs, so it can outlive the
-/// balancer handle it came from and be sent to another thread.
+/// a panic unwinds). Derefs to the worker. It owns what it needs (the worker's lease cell, and
+/// nothing of the balancer), so it can outlive every balancer handle and be sent to another
+/// thread.
 ///
 /// While leased, the worker is skipped by [`Balancer::get`] and by other leases, through
 /// reloads and reconnects; a worker that leaves the set while leased is not handed out again.
@@ -194,7 +202,6 @@ pub struct BalancerLease<W: Worker> {
     /// Always `Some` until the lease is dropped, which lets go of it contained: the lease
     /// may hold the last reference to a worker that left the set, whose `Drop` is user code.
     member: Option<Arc<Member<W>>>,
-    shared: Arc<Shared<W>>,
 }
 
 impl<W: Worker> BalancerLease<W> {
@@ -237,31 +244,18 @@ impl<W: Worker> Deref for BalancerLease<W> {
     }
 }
 
-/// A lease counted in `Shared::leases` while it is looked for: given back on every exit
-/// (an error, a panic) unless it became a [`BalancerLease`], which gives it back itself.
-struct LeaseCount<'a>(&'a AtomicUsize);
-
-impl Drop for LeaseCount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
-    }
-}
-
 impl<W: Worker> Drop for BalancerLease<W> {
     fn drop(&mut self) {
         if let Some(member) = self.member.take() {
             member.leased.store(false, Ordering::Release);
             contain::dispose(member);
         }
-        self.shared.leases.fetch_sub(1, Ordering::Release);
     }
 }
 
 impl<W: Worker> std::fmt::Debug for BalancerLease<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BalancerLease")
-            .field("balancer", &self.shared.set.name())
-            .finish()
+        f.debug_struct("BalancerLease").finish_non_exhaustive()
     }
 }
 
@@ -308,9 +302,10 @@ impl<W: Worker> Balancer<W> {
                 options.events.clone(),
             ),
             cursor: StripedCursor::new(),
+            lease_cursor: StripedCursor::new(),
             max_queue_len: options.max_queue_len,
             strategy: options.strategy,
-            leases: CachePadded::new(AtomicUsize::new(0)),
+            lease_mode: AtomicBool::new(false),
         });
         // A supervisor that is down at start is retried by the reaper, as revolver does.
         let retry = if options.connect_at_start {
@@ -378,10 +373,10 @@ impl<W: Worker> Balancer<W> {
         let (snapshot, index) = match shared.strategy {
             Strategy::RoundRobin => self.pick(
                 |_, count| shared.cursor.start(stripe, count),
-                Some(stripe),
+                |index, count| shared.cursor.advance(stripe, index, count),
                 false,
             ),
-            Strategy::Random => self.pick(|_, count| select::random_below(count), None, false),
+            Strategy::Random => self.pick(|_, count| select::random_below(count), |_, _| {}, false),
             Strategy::LeastLoaded => self.pick(
                 |snapshot, count| {
                     let (a, b) = (select::random_below(count), select::random_below(count));
@@ -396,7 +391,7 @@ impl<W: Worker> Balancer<W> {
                         a
                     }
                 },
-                None,
+                |_, _| {},
                 false,
             ),
         }?;
@@ -427,14 +422,22 @@ impl<W: Worker> Balancer<W> {
     /// assert!((0..10).all(|_| balancer.get_for("user-42").unwrap().0 == first));
     /// ```
     pub fn get_for<K: Hash + ?Sized>(&self, key: &K) -> Result<WorkerRef<W>, Error> {
-        let (snapshot, index) = self.pick(|_, count| select::index_for(key, count), None, false)?;
+        let (snapshot, index) =
+            self.pick(|_, count| select::index_for(key, count), |_, _| {}, false)?;
         Ok(WorkerRef { snapshot, index })
     }
 
-    /// Leases the next live worker that nobody has leased, in rotation, without waiting:
-    /// revolver's lease mode. The worker is held exclusively until the guard drops (also
-    /// while a panic unwinds): other leases and [`get`](Balancer::get) skip it, through
-    /// reloads and reconnects.
+    /// Leases a live worker that nobody has leased, without waiting: revolver's lease mode.
+    /// The worker is held exclusively until the guard drops (also while a panic unwinds):
+    /// other leases and [`get`](Balancer::get) skip it, through reloads and reconnects.
+    ///
+    /// Which worker: the one the calling thread leased last, if it is live and free (what is
+    /// remembered is its place in the set, so after a reload that moved it, whichever worker
+    /// is there now); else the next live and free one after it in the set's order. So a
+    /// thread that takes one lease at a time keeps getting the same worker, warm in its
+    /// cache, and threads that lease at once each settle on workers of their own. (revolver's
+    /// lease mode rotates instead; so do threads beyond the sixteenth alive at once, which
+    /// share one cursor.)
     ///
     /// # Errors
     ///
@@ -462,20 +465,21 @@ impl<W: Worker> Balancer<W> {
     /// ```
     pub fn lease(&self) -> Result<BalancerLease<W>, Error> {
         let shared = &*self.shared;
-        // Counted before the search, so that a `get` that sees no lease counted also sees
-        // no lease mark; given back by the guard on every exit but a lease.
-        shared.leases.fetch_add(1, Ordering::AcqRel);
-        let counted = LeaseCount(&shared.leases);
+        // Set before any worker is marked: a `get` that comes after a lease (in the
+        // happens-before order) sees the flag, then the mark. Written once per balancer.
+        if !shared.lease_mode.load(Ordering::Relaxed) {
+            shared.lease_mode.store(true, Ordering::Release);
+        }
         let stripe = Stripe::current();
+        // Affinity: the thread looks first at the worker it leased last, whose lines are in
+        // its cache (and nobody else's, while the threads keep to their own workers).
         let (snapshot, index) = self.pick(
-            |_, count| shared.cursor.start(stripe, count),
-            Some(stripe),
+            |_, count| shared.lease_cursor.start(stripe, count),
+            |index, _| shared.lease_cursor.stay(stripe, index),
             true,
         )?;
-        std::mem::forget(counted);
         Ok(BalancerLease {
             member: Some(snapshot.members[index].clone()),
-            shared: self.shared.clone(),
         })
     }
 
@@ -499,8 +503,12 @@ impl<W: Worker> Balancer<W> {
     ///     .build_with(move || -> Result<_, BoxError> { Ok(conns.clone()) })
     ///     .unwrap();
     /// let first = balancer.transaction(|conn| conn.0).unwrap();
-    /// let second = balancer.transaction(|conn| conn.0).unwrap();
-    /// assert_ne!(first, second, "successive leases rotate");
+    /// // Released: this thread gets the same worker back.
+    /// assert_eq!(balancer.transaction(|conn| conn.0).unwrap(), first);
+    /// // Held: the next lease is another worker.
+    /// let held = balancer.lease().unwrap();
+    /// assert_eq!(held.0, first);
+    /// assert_ne!(balancer.transaction(|conn| conn.0).unwrap(), first);
     /// ```
     pub fn transaction<R>(&self, f: impl FnOnce(&W) -> R) -> Result<R, Error> {
         let lease = self.lease()?;
@@ -508,13 +516,13 @@ impl<W: Worker> Balancer<W> {
     }
 
     /// Looks for a usable worker starting at the index `first` picks, in order from there;
-    /// with `lease`, marks it leased. With a stripe, the thread's rotation continues after
-    /// the worker found.
+    /// with `lease`, marks it leased. `found` is told the index found and the set's size
+    /// (to move the thread's cursor).
     #[inline]
     fn pick(
         &self,
         mut first: impl FnMut(&Snapshot<W>, usize) -> usize,
-        rotate: Option<Stripe>,
+        found: impl FnOnce(usize, usize),
         lease: bool,
     ) -> Result<(SnapshotGuard<Snapshot<W>>, usize), Error> {
         let shared = &*self.shared;
@@ -536,9 +544,7 @@ impl<W: Worker> Balancer<W> {
             let start = first(&snapshot, count);
             match self.scan(&snapshot, start, lease) {
                 Scan::Found(index) => {
-                    if let Some(stripe) = rotate {
-                        shared.cursor.advance(stripe, index, count);
-                    }
+                    found(index, count);
                     if !snapshot.served.load(Ordering::Relaxed) {
                         snapshot.served.store(true, Ordering::Relaxed);
                     }
@@ -623,8 +629,8 @@ impl<W: Worker> Balancer<W> {
     fn scan(&self, snapshot: &Snapshot<W>, start: usize, lease: bool) -> Scan {
         let shared = &*self.shared;
         let count = snapshot.workers.len();
-        // Lease marks matter only while some lease is out (or being taken).
-        let leases_out = lease || shared.leases.load(Ordering::Acquire) != 0;
+        // Lease marks matter only once lease mode is used.
+        let leases_out = lease || shared.lease_mode.load(Ordering::Acquire);
         let mut busy = false;
         for step in 0..count {
             // start < count and step < count: one subtraction wraps it, no division.

@@ -25,6 +25,11 @@ use crate::worker::Worker;
 /// One member of the set as leases see it: the worker and whether it is leased. One cell per
 /// worker identity, reused by every reload that lists the worker again while the cell is alive,
 /// so a lease survives reloads and reconnects (revolver's `reconnect_with_lease`).
+///
+/// Aligned to a cache line pair (as `CachePadded`): a lease writes its member's reference
+/// count and lease mark, and two members allocated side by side must not share a line
+/// between the threads that lease them.
+#[repr(align(128))]
 pub(crate) struct Member<W> {
     pub(crate) worker: Arc<W>,
     pub(crate) leased: AtomicBool,
