@@ -168,8 +168,8 @@
 //!   once. A `get()` that finds the whole set dead reloads at once instead of failing.
 //! - Supervisor gone or no live children: [`Error::Disconnected`] at once, with the cause,
 //!   and the balancer reconnects by itself every `reconnect_delay` (revolver's fuse).
-//! - Lease mode (revolver's): [`lease`](Balancer::lease) holds the next free live worker
-//!   exclusively until the guard drops, [`transaction`](Balancer::transaction) runs a closure
+//! - Lease mode (revolver's): [`lease`](Balancer::lease) holds a free live worker (the one
+//!   this thread leased last if it is free, else the next) exclusively until the guard drops, [`transaction`](Balancer::transaction) runs a closure
 //!   on one; every live worker leased → [`Error::Overload`] at once. Leases survive reloads
 //!   and reconnects.
 //!
@@ -191,8 +191,9 @@
 //! let second = balancer.get()?.0;
 //! assert_ne!(first, second);
 //!
-//! // Lease mode: exclusive, non-blocking, rotating.
-//! assert_ne!(balancer.transaction(|c| c.0)?, balancer.transaction(|c| c.0)?);
+//! // Lease mode: exclusive and non-blocking; a thread gets back the worker it leased last
+//! // while that one is free.
+//! assert_eq!(balancer.transaction(|c| c.0)?, balancer.transaction(|c| c.0)?);
 //! let a = balancer.lease()?;
 //! let b = balancer.lease()?;
 //! assert!(matches!(balancer.lease(), Err(Error::Overload)));
