@@ -68,9 +68,23 @@ impl<W: Send + 'static> Shared<W> {
     /// A worker for a non-blocking checkout: it never waits for another client, but when the
     /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
     /// as poolboy's non-blocking checkout does.
+    #[inline]
     pub(super) fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
         self.check_open()?;
         let stripe = Stripe::current();
+        // The fast path: a free worker that passes.
+        if let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+        }
+        self.try_acquire_slow(stripe)
+    }
+
+    /// `try_acquire` past its first look.
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_slow(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
         while let Some(entry) = self.free.take(stripe) {
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);

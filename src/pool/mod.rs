@@ -473,6 +473,7 @@ impl<W: Send + 'static> Pool<W> {
     /// lease.push(3);
     /// assert_eq!(*lease, [1, 2, 3]);
     /// ```
+    #[inline]
     #[track_caller]
     pub fn checkout(&self) -> Result<Lease<'_, W>, Error> {
         self.checkout_timeout(self.handle.shared.checkout_timeout)
@@ -528,6 +529,7 @@ impl<W: Send + 'static> Pool<W> {
     /// assert!(matches!(pool.try_checkout(), Err(Error::Overload)));
     /// drop(held);
     /// ```
+    #[inline]
     #[track_caller]
     pub fn try_checkout(&self) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.handle.shared;
@@ -555,6 +557,7 @@ impl<W: Send + 'static> Pool<W> {
     /// threads.into_iter().for_each(|t| t.join().unwrap());
     /// assert_eq!(pool.stats().free, 2);
     /// ```
+    #[inline]
     #[track_caller]
     pub fn checkout_owned(&self) -> Result<OwnedLease<W>, Error> {
         self.checkout_owned_timeout(self.handle.shared.checkout_timeout)
@@ -574,6 +577,7 @@ impl<W: Send + 'static> Pool<W> {
     /// assert!(pool.checkout_owned_timeout(Duration::from_millis(5)).is_err());
     /// drop(held);
     /// ```
+    #[inline]
     #[track_caller]
     pub fn checkout_owned_timeout(&self, timeout: Duration) -> Result<OwnedLease<W>, Error> {
         let entry = self.handle.shared.acquire(timeout)?;
