@@ -320,9 +320,15 @@ impl<W: Worker> Balancer<W> {
             shared.set.signal.clone(),
             None,
             Box::new(move |_asked| {
-                if let Some(wait) = upkeep.set.too_soon(&upkeep.set.snapshot()) {
+                let snapshot = upkeep.set.snapshot();
+                if let Some(wait) = upkeep
+                    .set
+                    .too_soon(&snapshot)
+                    .or_else(|| upkeep.set.reconnect_wait(&snapshot))
+                {
                     return Some(wait);
                 }
+                drop(snapshot);
                 let reload = upkeep.set.reload(Asked::Automatically);
                 upkeep.set.retry_after(&reload)
             }),

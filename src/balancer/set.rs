@@ -531,8 +531,22 @@ impl<W: Worker> WorkerSet<W> {
 
     /// What is left of `reconnect_delay` after `at`.
     fn left_after(&self, at: Instant) -> Option<Duration> {
-        let due = at.checked_add(self.reconnect_delay)?;
+        // A delay past the clock's range (`Duration::MAX`: never again) is never over.
+        let Some(due) = at.checked_add(self.reconnect_delay) else {
+            return Some(Duration::MAX);
+        };
         Some(due.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
+    }
+
+    /// While disconnected, what is left of `reconnect_delay` since the supervisor was last
+    /// asked, by anyone: the reaper's next attempt comes no sooner (a failed `build` or
+    /// `connect` is an attempt too).
+    pub(crate) fn reconnect_wait(&self, snapshot: &Snapshot<W>) -> Option<Duration> {
+        if snapshot.is_connected() {
+            return None;
+        }
+        let last = *self.last_asked.lock();
+        last.and_then(|(at, _)| self.left_after(at))
     }
 
     /// Whether the supervisor was asked before and `reconnect_delay` has passed since: a

@@ -113,9 +113,31 @@ impl<W: Send + 'static> Shared<W> {
             // start on this thread would, rather than open one more.
             return self.try_wait_for_a_start(stripe);
         }
-        if let Some(entry) = self.start_for_caller() {
+        // A start of its own; once more if the first was evicted on arrival (`evict_all`
+        // came while it ran: the next one uses what the eviction was for).
+        for _ in 0..2 {
+            let Some(entry) = self.start_for_caller() else {
+                break;
+            };
+            let evicted = self.evicted(&entry);
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
+            }
+            if !evicted {
+                break;
+            }
+        }
+        // Free workers the pool's own code holds for a moment (the sweep looks them over
+        // with no user code): not busy, so look again as they come back.
+        for _ in 0..64 {
+            if self.held_free.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            std::thread::yield_now();
+            if let Some(entry) = self.free.take(stripe) {
+                if let Some(entry) = self.admit(entry, stripe) {
+                    return Ok(entry);
+                }
             }
         }
         // Closed meanwhile: say so, not "busy".

@@ -632,8 +632,13 @@ impl<W: Send + 'static> Pool<W> {
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
                 for entry in self.entries.drain(..) {
-                    self.shared.put_back(entry, self.stripe);
                     self.count.leave_one();
+                    // Evicted meanwhile (`evict_all` while `f` ran): it goes now.
+                    if self.shared.evicted(&entry) {
+                        self.shared.retire(entry, Retire::Evicted);
+                    } else {
+                        self.shared.put_back(entry, self.stripe);
+                    }
                 }
             }
         }
@@ -781,7 +786,10 @@ impl<W: Send + 'static> Pool<W> {
         let deadline = deadline_after(timeout);
         let mut pause = Duration::from_micros(50);
         // Every worker closed, its `Drop` ended (a graceful close of a connection).
-        while shared.counts.open() > 0 || shared.closing.load(Ordering::SeqCst) > 0 {
+        while shared.counts.open() > 0
+            || shared.counts.on_their_way() > 0
+            || shared.closing.load(Ordering::SeqCst) > 0
+        {
             let now = Instant::now();
             if deadline.is_some_and(|at| now >= at) {
                 return Err(Error::Timeout {

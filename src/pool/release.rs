@@ -164,20 +164,26 @@ impl<W: Send + 'static> Shared<W> {
     /// claimed for it (the waiter, for its part, asks the reaper for one if it sees the room
     /// first; see `wait_for`).
     pub(super) fn close_above(&self, entry: Box<Entry<W>>, floor: usize) -> Option<Box<Entry<W>>> {
-        if self.counts.release_above(floor) {
-            self.closed_above(entry);
-            None
-        } else {
-            Some(entry)
+        match self.release_above(floor) {
+            Some(closing) => {
+                self.closed_above(entry, closing);
+                None
+            }
+            None => Some(entry),
         }
     }
 
-    /// Closes a worker already counted out by `Counts::release_above`, and restarts one if a
-    /// waiter or `min_idle` needs it.
-    pub(super) fn closed_above(&self, entry: Box<Entry<W>>) {
+    /// Counts one worker out if more than `floor` are open: then it counts as closing (for
+    /// `drain`) until the `Held` that comes back is dropped, after its `Drop`.
+    pub(super) fn release_above(&self, floor: usize) -> Option<Held<'_>> {
+        let closing = Held::take(&self.closing, usize::MAX)?;
+        self.counts.release_above(floor).then_some(closing)
+    }
+
+    /// Closes a worker already counted out by [`release_above`](Self::release_above), and
+    /// restarts one if a waiter or `min_idle` needs it.
+    pub(super) fn closed_above(&self, entry: Box<Entry<W>>, closing: Held<'_>) {
         {
-            // Counted out already; `drain` waits for the `Drop` all the same.
-            let closing = Held::take(&self.closing, usize::MAX);
             drop_worker(&self.name, entry);
             drop(closing);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,

@@ -129,13 +129,14 @@ impl<W: Send + 'static> Shared<W> {
                 retiring.push((entry, Retire::Evicted));
             } else if self.expired(&entry, now) {
                 retiring.push((entry, Retire::Expired));
-            } else if self.idle_timeout.is_some_and(|limit| {
-                now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born)) >= limit
-            }) && self
-                .counts
-                .release_above(self.min_idle.load(Ordering::Relaxed))
+            } else if let Some(closing) = self
+                .idle_timeout
+                .filter(|&limit| {
+                    now.saturating_duration_since(entry.idle_since.unwrap_or(entry.born)) >= limit
+                })
+                .and_then(|_| self.release_above(self.min_idle.load(Ordering::Relaxed)))
             {
-                idle_closing.push(entry);
+                idle_closing.push((entry, closing));
             } else {
                 keeping.push(entry);
             }
@@ -170,9 +171,9 @@ impl<W: Send + 'static> Shared<W> {
             self.put_back(entry, stripe);
             held.leave_one();
         }
-        for entry in idle_closing {
+        for (entry, closing) in idle_closing {
             held.leave_one();
-            self.closed_above(entry);
+            self.closed_above(entry, closing);
             log::debug!("cylinder: {}: closed an idle worker", self.name);
             self.emit(Event::WorkerIdleClosed);
         }
@@ -199,6 +200,8 @@ impl<W: Send + 'static> Shared<W> {
             };
             let verdict = if self.is_dead(&entry) {
                 Some(Retire::Died)
+            } else if self.evicted(&entry) {
+                Some(Retire::Evicted)
             } else if let Err(cause) = self.keep_alive(&mut entry, now) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 Some(Retire::CheckFailed(cause))
