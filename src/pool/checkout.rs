@@ -5,6 +5,7 @@ use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use super::metrics::PoolMetrics;
+
 use super::start::Held;
 use super::waitlist::WaitError;
 use super::{Entry, Retire, Shared};
@@ -13,6 +14,10 @@ use crate::error::{Cause, Error};
 use crate::event::Event;
 use crate::stripe::Stripe;
 use crate::sync::{deadline_after, Ordering};
+
+/// How long a `try_checkout` waits for a sweep's first pass (no user code: microseconds,
+/// unless its thread is descheduled) to give the free workers back.
+const SORTING_PATIENCE: Duration = Duration::from_millis(50);
 
 impl<W: Send + 'static> Shared<W> {
     pub(super) fn check_open(&self) -> Result<(), Error> {
@@ -127,17 +132,20 @@ impl<W: Send + 'static> Shared<W> {
                 break;
             }
         }
-        // Free workers the pool's own code holds for a moment (the sweep looks them over
-        // with no user code): not busy, so look again as they come back.
-        for _ in 0..64 {
-            if self.held_free.load(Ordering::Relaxed) == 0 {
-                break;
-            }
+        // A sweep's first pass holds every free worker for a moment (no user code runs
+        // there): the pool is not busy, so look again as they come back.
+        let began = Instant::now();
+        while self.sorting.load(Ordering::SeqCst) > 0 && began.elapsed() < SORTING_PATIENCE {
             std::thread::yield_now();
             if let Some(entry) = self.free.take(stripe) {
                 if let Some(entry) = self.admit(entry, stripe) {
                     return Ok(entry);
                 }
+            }
+        }
+        if let Some(entry) = self.free.take(stripe) {
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
             }
         }
         // Closed meanwhile: say so, not "busy".

@@ -242,6 +242,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// Free workers the pool's own code holds for a moment (the reaper's sweep, `map`):
     /// still idle, counted as free by `stats()`, so a quiet pool always adds up.
     held_free: AtomicUsize,
+    /// Sweeps in their first pass (every free worker off the list for a moment, no user
+    /// code): a `try_checkout` that finds nothing free meanwhile waits for it to end.
+    sorting: AtomicUsize,
     /// Workers counted out whose `Drop` is still running (`closed_above`).
     closing: AtomicUsize,
     /// The checkout check runs only on a worker idle (unchecked) at least this long.
@@ -386,6 +389,7 @@ impl<W: Send + 'static> Pool<W> {
             waiting_for_a_start: AtomicUsize::new(0),
             held_free: AtomicUsize::new(0),
             closing: AtomicUsize::new(0),
+            sorting: AtomicUsize::new(0),
             check_after_idle: options.check_after_idle,
             keepalive: options.keepalive,
             reads_idle_clock: options.idle_timeout.is_some()

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::free::HeldFree;
 use super::metrics::{PoolMetrics, SAMPLE_EVERY};
+use super::start::Held;
 use super::{Entry, Retire, Shared};
 use crate::contain;
 use crate::error::Cause;
@@ -114,6 +115,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Returns the earliest expiry among those kept.
     pub(super) fn sweep(&self, now: Instant) -> Option<Instant> {
         let stripe = Stripe::current();
+        let sorting = Held::take(&self.sorting, usize::MAX);
         let mut held = HeldFree::new(&self.held_free);
         let mut keeping = Vec::new();
         let mut retiring = Vec::new();
@@ -171,6 +173,7 @@ impl<W: Send + 'static> Shared<W> {
             self.put_back(entry, stripe);
             held.leave_one();
         }
+        drop(sorting);
         for (entry, closing) in idle_closing {
             held.leave_one();
             self.closed_above(entry, closing);
