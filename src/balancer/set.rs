@@ -260,7 +260,9 @@ impl<W: Worker> WorkerSet<W> {
             self.name
         );
         emit(&self.events, Event::WorkerDied);
-        if snapshot.members[index].comes_back {
+        if snapshot.members[index].comes_back
+            && contain::run(|| snapshot.workers[index].comes_back()).unwrap_or(false)
+        {
             return;
         }
         self.retire_once(&snapshot.workers[index]);
@@ -532,7 +534,7 @@ impl<W: Worker> WorkerSet<W> {
     /// What is left of `reconnect_delay` after `at`.
     fn left_after(&self, at: Instant) -> Option<Duration> {
         // A delay past the clock's range (`Duration::MAX`: never again) is never over.
-        let Some(due) = at.checked_add(self.reconnect_delay) else {
+        let Some(due) = at.checked_add(self.reconnect_delay.max(Duration::from_millis(10))) else {
             return Some(Duration::MAX);
         };
         Some(due.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
@@ -573,7 +575,7 @@ impl<W: Worker> WorkerSet<W> {
                 self.name,
                 self.reconnect_delay
             );
-            Some(self.reconnect_delay)
+            Some(self.reconnect_delay.max(Duration::from_millis(10)))
         }
     }
 }

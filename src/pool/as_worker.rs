@@ -55,7 +55,7 @@ impl<W: Send + 'static> Worker for Pool<W> {
     }
 
     fn comes_back(&self) -> bool {
-        true
+        !self.handle.shared.closed.load(Ordering::Acquire)
     }
 }
 

@@ -305,6 +305,14 @@ impl<W: Send + 'static> Shared<W> {
                 self.retire(entry, Retire::CheckFailed(cause));
                 return None;
             }
+            if self.evicted(&entry) {
+                self.retire(entry, Retire::Evicted);
+                return None;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                self.close_worker(entry);
+                return None;
+            }
         }
         entry.leased_before = true;
         entry.lease_clock = self.metrics.lease_began();

@@ -792,6 +792,7 @@ impl<W: Send + 'static> Pool<W> {
         // Every worker closed, its `Drop` ended (a graceful close of a connection).
         while shared.counts.open() > 0
             || shared.counts.on_their_way() > 0
+            || shared.counts.timed_starts_running() > 0
             || shared.closing.load(Ordering::SeqCst) > 0
         {
             let now = Instant::now();

@@ -148,6 +148,10 @@ impl Counts {
         self.total.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn timed_starts_running(&self) -> usize {
+        self.timed_starts.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn starting(&self) -> usize {
         self.starting.load(Ordering::SeqCst)
     }
@@ -289,11 +293,13 @@ impl<W: Send + 'static> Shared<W> {
         {
             return None;
         }
-        let short = self
-            .min_idle
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.counts.total());
-        Some(short.max(self.line_short())).filter(|&wanted| wanted > 0)
+        let total = self.counts.total();
+        let short = self.min_idle.load(Ordering::SeqCst).saturating_sub(total);
+        // A pool whose server is down (nothing open, the last start failed) probes it once
+        // per `reconnect_delay` even with `min_idle(0)`: it comes back by itself (into a
+        // balancer's rotation too) without waiting for a client to ask.
+        let probe = usize::from(total == 0 && self.failing.load(Ordering::Acquire));
+        Some(short.max(self.line_short()).max(probe)).filter(|&wanted| wanted > 0)
     }
 
     /// Waiters in line that no start and no free worker is on its way for.
@@ -389,7 +395,7 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         let at = self.failure.lock().as_ref()?.1;
-        match at.checked_add(self.reconnect_delay) {
+        match at.checked_add(self.reconnect_delay.max(Duration::from_millis(10))) {
             Some(retry_at) => {
                 Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero())
             }

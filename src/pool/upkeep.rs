@@ -208,6 +208,8 @@ impl<W: Send + 'static> Shared<W> {
             } else if let Err(cause) = self.keep_alive(&mut entry, now) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 Some(Retire::CheckFailed(cause))
+            } else if self.evicted(&entry) {
+                Some(Retire::Evicted)
             } else {
                 None
             };
