@@ -227,7 +227,10 @@ impl<W: Send + 'static> PoolBuilder<W> {
         self
     }
 
-    /// How long the pool waits before it tries again after a start failed.
+    /// How long the pool waits before it tries again after a start failed (at least 10 ms,
+    /// the reaper's smallest tick, whatever is given: a client retrying against a dead
+    /// server never spins). While its server is down the pool probes it once per delay,
+    /// also with `min_idle(0)`.
     ///
     /// ```
     /// use std::time::Duration;
