@@ -245,8 +245,11 @@ impl Counts {
 
 impl<W: Send + 'static> Shared<W> {
     /// The most workers that may be open, overflow included.
+    /// Less the workers counted out whose `Drop` is still running (`closing`): a new start
+    /// never takes the place of a worker still alive, so no more than the limit ever are.
     fn limit(&self) -> usize {
-        self.size.load(Ordering::SeqCst) + self.max_overflow
+        (self.size.load(Ordering::SeqCst) + self.max_overflow)
+            .saturating_sub(self.closing.load(Ordering::SeqCst))
     }
 
     /// Whether the pool may open another worker now. `SeqCst`, to pair with a waiter's
