@@ -147,6 +147,8 @@ enum Op {
     /// Lets time pass (reaper rounds, retries, late starts).
     Wait(u16),
     Close,
+    /// `drain` with a short timeout: closes like `Close`, then waits for the leases out.
+    Drain,
     SetFault(Fault),
 }
 
@@ -269,6 +271,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1usize..=4).prop_map(Op::Resize),
         2 => (1u16..=25).prop_map(Op::Wait),
         2 => Just(Op::Close),
+        1 => Just(Op::Drain),
         3 => fault().prop_map(Op::SetFault),
     ]
 }
@@ -401,7 +404,7 @@ fn without_avoided(mut case: Case) -> Case {
                 match op {
                     Op::SetFault(fault) => fix_fault(fault),
                     Op::CheckoutInUnwind if avoided("unwind") => *op = Op::Wait(1),
-                    Op::Close if avoided("close") => *op = Op::Wait(1),
+                    Op::Close | Op::Drain if avoided("close") => *op = Op::Wait(1),
                     Op::Resize(_) if avoided("resize") => *op = Op::Wait(1),
                     _ => {}
                 }
@@ -1095,6 +1098,20 @@ impl<'p> Client<'_, 'p> {
                 self.env.mark_closed();
                 if !self.pool.is_closed() {
                     self.env.violate("is_closed() false after close()".into());
+                }
+            }
+            Op::Drain => {
+                let drained = self.pool.drain(Duration::from_millis(30));
+                self.env.mark_closed();
+                if !self.pool.is_closed() {
+                    self.env.violate("is_closed() false after drain()".into());
+                }
+                // Leases still out (or a start, or a slow close) make it time out; nothing
+                // else may come of it.
+                if let Err(err) = drained {
+                    if !matches!(err, Error::Timeout { .. }) {
+                        self.env.violate(format!("drain failed with {err:?}"));
+                    }
                 }
             }
             Op::SetFault(fault) => self.env.set(fault),
@@ -1811,7 +1828,10 @@ fn run_case(case: &Case) -> Result<(), String> {
             discard_on_panic: config.discard_on_panic,
             lease_ops,
             unsettled,
-            closes: step.iter().flatten().any(|op| *op == Op::Close),
+            closes: step
+                .iter()
+                .flatten()
+                .any(|op| matches!(op, Op::Close | Op::Drain)),
         };
         let reenters = env.event_fault() == EventFault::TryCheckout
             || step
@@ -1867,7 +1887,11 @@ fn run_case(case: &Case) -> Result<(), String> {
                 }
             }
         }
-        if step.iter().flatten().any(|op| *op == Op::Close) {
+        if step
+            .iter()
+            .flatten()
+            .any(|op| matches!(op, Op::Close | Op::Drain))
+        {
             model.closed = true;
         }
         if busy.len() > 1 && !model.closed {
