@@ -8,6 +8,9 @@
 //! Each test uses its own table and `application_name`, so they run side by side; the one
 //! that stops the server holds a write lock that the others hold for reading.
 
+mod common;
+
+use common::{ctl, in_ci};
 use std::collections::HashSet;
 use std::error::Error as _;
 use std::process::Command;
@@ -24,10 +27,6 @@ const THREADS: usize = 8;
 
 /// Held for reading by every test, for writing by the one that stops the server.
 static SERVER: RwLock<()> = RwLock::new(());
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// The server's URL, or `None` (with a note) when the tests should not run.
 fn url(test: &str) -> Option<String> {
@@ -491,20 +490,6 @@ fn drain_lets_running_transactions_commit() {
         );
         thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Runs `$CYLINDER_POSTGRES_CTL stop|start`.
-fn ctl(ctl: &str, action: &str) {
-    let out = Command::new(ctl)
-        .arg(action)
-        .output()
-        .unwrap_or_else(|e| panic!("run {ctl} {action}: {e}"));
-    assert!(
-        out.status.success(),
-        "{ctl} {action} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts the server again when dropped: also when the test panics with the server down,

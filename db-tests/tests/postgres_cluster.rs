@@ -15,6 +15,9 @@
 //!   `reconnect_delay` + 1 s, and takes a fair share of the checkouts again;
 //! - the rows the clients counted as committed on each server are the rows in its table.
 
+mod common;
+
+use common::{ctl, in_ci};
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,10 +43,6 @@ const DOWN: usize = 2;
 const RESTARTED: usize = 3;
 const SETTLED: usize = 4;
 const PHASES: usize = 5;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// A list from an environment variable (spaces or commas between items), or `None` with a
 /// note when the test should not run.
@@ -91,19 +90,6 @@ fn rows(url: &str) -> u64 {
         .expect("count the rows")
         .get(0);
     n as u64
-}
-
-fn ctl(path: &str, action: &str) {
-    let out = Command::new(path)
-        .arg(action)
-        .output()
-        .unwrap_or_else(|e| panic!("run {path} {action}: {e}"));
-    assert!(
-        out.status.success(),
-        "{path} {action} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts the stopped server again if the test panics while it is down.

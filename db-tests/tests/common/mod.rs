@@ -1,0 +1,23 @@
+//! What the real-database tests share: whether they run in CI, and the throw-away servers'
+//! control scripts (`.ci/postgres.sh` makes them).
+
+use std::process::Command;
+
+/// `CI=true` (or `1`): a test whose server is not configured fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Runs a server's control script: `stop` or `start` (each waits until done).
+pub fn ctl(path: &str, action: &str) {
+    let out = Command::new(path)
+        .arg(action)
+        .output()
+        .unwrap_or_else(|e| panic!("run {path} {action}: {e}"));
+    assert!(
+        out.status.success(),
+        "{path} {action} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
