@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{ctl, in_ci};
+use common::{chain, ctl, in_ci};
 use std::collections::HashSet;
 use std::error::Error as _;
 use std::process::Command;
@@ -109,18 +109,6 @@ fn backends(admin: &mut Client, app: &str) -> Vec<i32> {
         .iter()
         .map(|row| row.get(0))
         .collect()
-}
-
-/// An error and its `source()` chain, as one line.
-fn chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// 8 threads, each committing one-row transactions through `pool.transaction` for `run_for`;

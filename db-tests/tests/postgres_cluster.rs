@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{ctl, in_ci};
+use common::{chain, ctl, in_ci};
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -138,18 +138,6 @@ impl Drop for OnServer<'_> {
     }
 }
 
-/// An error and its `source()` chain, as one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// One row, `(thread, seq)` unique, in a transaction.
 fn insert(conn: &mut Conn, thread: usize, seq: i64) -> Result<(), postgres::Error> {
     let server = conn.server as i32;
@@ -254,8 +242,11 @@ fn one_server_of_three_stopped_and_started_under_load() {
                     if done.load(Ordering::SeqCst) != 0 {
                         break;
                     }
+                    let checked_out = balancer.checkout();
+                    // The phase when the checkout returned: one that began while the server
+                    // was down may be served by it once it is back (counted as back).
                     let now = phase.load(Ordering::SeqCst);
-                    let mut lease = match balancer.checkout() {
+                    let mut lease = match checked_out {
                         Ok(lease) => lease,
                         Err(err) => {
                             counts.checkout_errors[now].fetch_add(1, Ordering::SeqCst);

@@ -21,3 +21,15 @@ pub fn ctl(path: &str, action: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An error and its `source()` chain, as one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
