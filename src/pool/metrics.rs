@@ -171,6 +171,7 @@ impl PoolMetrics {
     }
 
     #[inline]
+    #[allow(clippy::unused_self)] // the same signature as with the feature off
     pub(crate) fn lease_began(&self) -> LeaseClock {
         LeaseClock(Some(Instant::now()))
     }

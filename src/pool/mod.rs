@@ -47,6 +47,7 @@ mod lease;
 mod manager;
 mod metrics;
 mod release;
+mod shared;
 mod start;
 mod upkeep;
 mod waitlist;
@@ -58,23 +59,18 @@ pub use lease::{Lease, OwnedLease};
 pub use manager::{CheckOutcome, Manager};
 
 use std::panic::Location;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::contain;
-use crate::error::{Cause, Error, PoolState};
-use crate::event::{Event, EventHook};
-use crate::reaper::{Reaper, Signal};
-use crate::stripe::{Stripe, StripedCounter};
-use crate::sync::{
-    deadline_after, seqcst_point, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering,
-};
-use free::{FreeList, HeldFree};
+use crate::error::{Cause, Error};
+use crate::reaper::Reaper;
+use crate::stripe::Stripe;
+use crate::sync::{deadline_after, seqcst_point, CachePadded, Mutex, Ordering};
+use free::HeldFree;
 use manager::Uses;
-use metrics::{LeaseClock, PoolMetrics};
-use start::Counts;
-use waitlist::WaitList;
-use watch::LeaseWatch;
+use metrics::LeaseClock;
+use shared::Shared;
 
 /// A pool of workers — database connections, clients, worker threads — each leased to one
 /// holder at a time.
@@ -181,6 +177,11 @@ impl<W> Entry<W> {
         let used = self.idle_since.unwrap_or(self.born);
         self.checked_at.map_or(used, |checked| checked.max(used))
     }
+
+    /// Past its lifetime (with its jitter) at `now`.
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| now >= at)
+    }
 }
 
 /// How a lease ends.
@@ -199,82 +200,6 @@ enum Retire {
     Broken(Cause),
     Expired,
     Evicted,
-}
-
-pub(crate) struct Shared<W: Send + 'static> {
-    name: String,
-    /// This pool, for the start threads it launches.
-    me: Weak<Shared<W>>,
-    manager: Box<dyn Manager<Worker = W>>,
-    /// The builder's `on_start`, run after every start.
-    on_start: Option<manager::CheckFn<W>>,
-    uses: Uses,
-    free: FreeList<Box<Entry<W>>>,
-    waiters: WaitList<Box<Entry<W>>>,
-    closed: AtomicBool,
-    counts: Counts,
-    /// The most workers open, overflow aside (changed by `resize`).
-    size: AtomicUsize,
-    /// How many workers are kept open.
-    min_idle: AtomicUsize,
-    /// The `min_idle` option as built (`None`: it follows `size`): a resize clamps it to the
-    /// new size without forgetting it.
-    min_idle_option: Option<usize>,
-    /// Makes each resize's `size` and `min_idle` one change: two resizes at once must not
-    /// leave the size of one with the `min_idle` of the other. Held for two stores only.
-    resizing: Mutex<()>,
-    max_overflow: usize,
-    capacity: usize,
-    checkout_timeout: Duration,
-    reconnect_delay: Duration,
-    start_timeout: Option<Duration>,
-    max_lifetime: Option<Duration>,
-    idle_timeout: Option<Duration>,
-    on_client_panic: OnClientPanic,
-    events: Option<EventHook>,
-    watch: Option<LeaseWatch>,
-    /// Held while deciding how many starts to claim for the line and `min_idle`, so that two
-    /// callers reading the same shortage do not both claim a start for it.
-    deciding: Mutex<()>,
-    /// `try_checkout`s in line for a start on its way: each start that ends wakes them to
-    /// look whether anything is still on its way for them.
-    waiting_for_a_start: AtomicUsize,
-    /// Free workers the pool's own code holds for a moment (the reaper's sweep, `map`):
-    /// still idle, counted as free by `stats()`, so a quiet pool always adds up.
-    held_free: AtomicUsize,
-    /// Sweeps in their first pass (every free worker off the list for a moment, no user
-    /// code): a `try_checkout` that finds nothing free meanwhile waits for it to end.
-    sorting: AtomicUsize,
-    /// Workers counted out whose `Drop` is still running (`closed_above`).
-    closing: AtomicUsize,
-    /// The checkout check runs only on a worker idle (unchecked) at least this long.
-    check_after_idle: Duration,
-    /// Idle workers unused this long are checked by the reaper.
-    keepalive: Option<Duration>,
-    /// Whether a return reads the clock for its worker's `idle_since`.
-    reads_idle_clock: bool,
-    /// How many times `evict_all` was called: workers started before the last call go.
-    generation: AtomicU64,
-    /// The earliest expiry of a worker returned since the last sweep that the sweep may not
-    /// have planned for, in nanoseconds after `epoch` (`u64::MAX`: none).
-    next_expiry: AtomicU64,
-    epoch: Instant,
-    metrics: PoolMetrics,
-    /// The last start (or fresh worker's check) that failed, and when.
-    failure: Mutex<Option<(Cause, Instant)>>,
-    /// Whether starts are failing: set by a failure, cleared by a successful start.
-    failing: AtomicBool,
-    signal: Arc<Signal>,
-    next_id: AtomicU64,
-    /// Starts before this many are the first fill; later ones count as restarts.
-    first_fill: usize,
-    started: AtomicU64,
-    checkouts: StripedCounter,
-    releases: StripedCounter,
-    discards: AtomicU64,
-    takes: AtomicU64,
-    failed_checks: AtomicU64,
-    timeouts: AtomicU64,
 }
 
 /// A view of a pool's state, from [`Pool::stats`]. The counts are exact when the pool is
@@ -358,61 +283,7 @@ impl<W: Send + 'static> Pool<W> {
             ));
         }
         uses.check &= options.check_on_checkout;
-        // Room to grow: a resize up to four times the size (at least 64).
-        let capacity = ((size + options.max_overflow) * 4).clamp(64, MAX_POOL_SIZE);
-        let on_start = options.on_start.take();
-        let shared = Arc::new_cyclic(|me| Shared {
-            name: options.name.clone(),
-            me: me.clone(),
-            manager,
-            on_start,
-            uses,
-            free: FreeList::new(capacity, options.queue_mode),
-            waiters: WaitList::new(options.fifo_after),
-            closed: AtomicBool::new(false),
-            counts: Counts::default(),
-            size: AtomicUsize::new(size),
-            min_idle: AtomicUsize::new(min_idle),
-            min_idle_option: options.min_idle,
-            resizing: Mutex::new(()),
-            max_overflow: options.max_overflow,
-            capacity,
-            checkout_timeout: options.checkout_timeout,
-            reconnect_delay: options.reconnect_delay,
-            start_timeout: options.start_timeout,
-            max_lifetime: options.max_lifetime,
-            idle_timeout: options.idle_timeout,
-            on_client_panic: options.on_client_panic,
-            events: options.events.clone(),
-            watch: options.warn_after.map(LeaseWatch::new),
-            deciding: Mutex::new(()),
-            waiting_for_a_start: AtomicUsize::new(0),
-            held_free: AtomicUsize::new(0),
-            closing: AtomicUsize::new(0),
-            sorting: AtomicUsize::new(0),
-            check_after_idle: options.check_after_idle,
-            keepalive: options.keepalive,
-            reads_idle_clock: options.idle_timeout.is_some()
-                || options.max_lifetime.is_some()
-                || options.keepalive.is_some()
-                || (uses.check && !options.check_after_idle.is_zero()),
-            generation: AtomicU64::new(0),
-            next_expiry: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
-            metrics: PoolMetrics::new(&options.name),
-            failure: Mutex::new(None),
-            failing: AtomicBool::new(false),
-            signal: Arc::new(Signal::default()),
-            next_id: AtomicU64::new(0),
-            first_fill: min_idle,
-            started: AtomicU64::new(0),
-            checkouts: StripedCounter::new(),
-            releases: StripedCounter::new(),
-            discards: AtomicU64::new(0),
-            takes: AtomicU64::new(0),
-            failed_checks: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-        });
+        let shared = Shared::new(&mut options, manager, uses, size, min_idle);
         let upkeep = shared.clone();
         let mut schedule = upkeep::Schedule::default();
         let reaper = Reaper::spawn(
@@ -654,13 +525,11 @@ impl<W: Send + 'static> Pool<W> {
         };
         for _ in 0..shared.free.len() {
             held.count.take_one();
-            match shared.free.take(stripe) {
-                Some(entry) => held.entries.push(entry),
-                None => {
-                    held.count.leave_one();
-                    break;
-                }
-            }
+            let Some(entry) = shared.free.take(stripe) else {
+                held.count.leave_one();
+                break;
+            };
+            held.entries.push(entry);
         }
         held.entries
             .iter_mut()
@@ -905,132 +774,6 @@ impl<W: Send + 'static> std::fmt::Debug for Pool<W> {
             .field("name", &self.handle.shared.name)
             .field("stats", &self.stats())
             .finish()
-    }
-}
-
-impl<W: Send + 'static> Shared<W> {
-    /// Closes: no start begins after this (the claims still waiting are given back; a start
-    /// under way drops its worker when it ends), every waiter wakes with `Closed`, and the free
-    /// workers are dropped.
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.counts.cancel_pending();
-        self.waiters.close();
-        self.drain();
-    }
-
-    fn stats(&self) -> PoolStats {
-        let checkouts = self.checkouts.sum();
-        let releases = self.releases.sum();
-        let discards = self.discards.load(Ordering::Relaxed);
-        let takes = self.takes.load(Ordering::Relaxed);
-        let open = self.counts.open();
-        let size = self.size.load(Ordering::Relaxed);
-        let started = self.started.load(Ordering::Relaxed);
-        PoolStats {
-            size: open,
-            max_size: size,
-            free: (self.free.len() + self.held_free.load(Ordering::Relaxed)).min(open),
-            leased: (checkouts.saturating_sub(releases + discards + takes) as usize).min(open),
-            waiters: self.waiters.len(),
-            starting: self.counts.starting(),
-            restarts: started.saturating_sub(self.first_fill as u64),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            checkouts,
-            releases,
-            discards,
-            takes,
-            failed_checks: self.failed_checks.load(Ordering::Relaxed),
-            overflow: open.saturating_sub(size),
-        }
-    }
-
-    /// Starts that ended so far, with a worker or without.
-    fn starts_ended(&self) -> u64 {
-        self.started.load(Ordering::SeqCst) + self.counts.failed_starts.load(Ordering::SeqCst)
-    }
-
-    /// Reports an event: to the metrics (with the `metrics` feature) and the `on_event`
-    /// callback.
-    pub(crate) fn emit(&self, event: Event) {
-        self.metrics.event(&event);
-        crate::event::emit(&self.events, event);
-    }
-
-    /// The pool as an error reports it.
-    pub(crate) fn state(&self) -> PoolState {
-        let stats = self.stats();
-        PoolState {
-            size: stats.size,
-            leased: stats.leased,
-            idle: stats.free,
-            waiting: stats.waiters,
-            starting: stats.starting,
-        }
-    }
-
-    /// `Disconnected` with `cause` and the pool's state now.
-    pub(crate) fn down(&self, cause: Cause) -> Error {
-        Error::Disconnected {
-            cause,
-            state: Some(self.state()),
-        }
-    }
-
-    /// The last failure's cause, if any was kept.
-    fn last_failure(&self) -> Option<Cause> {
-        self.failure.lock().as_ref().map(|(cause, _)| cause.clone())
-    }
-
-    /// Keeps `cause` as the one to report, without marking the starts as failing: the time
-    /// of the last failed start, which the backoff counts from, stays as it was.
-    fn keep_cause(&self, cause: Cause) {
-        self.record_cause(cause, false);
-    }
-
-    /// Keeps `cause` as the one to report; `failed_start` also makes now the time the
-    /// backoff counts from.
-    pub(crate) fn record_cause(&self, cause: Cause, failed_start: bool) {
-        // The cause replaced is dropped after the lock is let go: a user error's Drop is user
-        // code, and may call into the pool.
-        let replaced = {
-            let mut failure = self.failure.lock();
-            let at = match failure.as_ref() {
-                Some((_, at)) if !failed_start => *at,
-                _ => Instant::now(),
-            };
-            failure.replace((cause, at))
-        };
-        contain::dispose(replaced);
-    }
-}
-
-impl<W: Send + 'static> Drop for Shared<W> {
-    fn drop(&mut self) {
-        // What the pool keeps of the user's is user code to drop: the last start error, the
-        // manager or start closure, the event callback (the last `Arc` to the pool may be
-        // held by a start thread, which must not die of it, or by the caller's last handle).
-        let failure = self.failure.lock().take();
-        contain::dispose(failure);
-        contain::dispose(std::mem::replace(
-            &mut self.manager,
-            Box::new(Gone(std::marker::PhantomData)),
-        ));
-        contain::dispose(self.on_start.take());
-        // The metrics recorder's handles are user code too.
-        contain::dispose(std::mem::replace(&mut self.metrics, PoolMetrics::off()));
-        contain::dispose(self.events.take());
-    }
-}
-
-/// The manager left in a pool being dropped, once the user's is gone.
-struct Gone<W>(std::marker::PhantomData<fn() -> W>);
-
-impl<W: Send + 'static> Manager for Gone<W> {
-    type Worker = W;
-
-    fn start(&self) -> Result<W, crate::error::BoxError> {
-        Err("the pool is gone".into())
     }
 }
 

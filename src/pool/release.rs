@@ -62,7 +62,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.reads_idle_clock {
             let now = Instant::now();
-            if self.expired(entry, now) {
+            if entry.expired(now) {
                 return Some(Retire::Expired);
             }
             if let Some(at) = entry.expires {
@@ -71,10 +71,6 @@ impl<W: Send + 'static> Shared<W> {
             entry.idle_since = Some(now);
         }
         None
-    }
-
-    pub(super) fn expired(&self, entry: &Entry<W>, now: Instant) -> bool {
-        entry.expires.is_some_and(|at| now >= at)
     }
 
     /// Started before the last `evict_all`.

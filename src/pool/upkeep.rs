@@ -129,7 +129,7 @@ impl<W: Send + 'static> Shared<W> {
             };
             if self.evicted(&entry) {
                 retiring.push((entry, Retire::Evicted));
-            } else if self.expired(&entry, now) {
+            } else if entry.expired(now) {
                 retiring.push((entry, Retire::Expired));
             } else if let Some(closing) = self
                 .idle_timeout
@@ -208,10 +208,9 @@ impl<W: Send + 'static> Shared<W> {
             } else if let Err(cause) = self.keep_alive(&mut entry, now) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 Some(Retire::CheckFailed(cause))
-            } else if self.evicted(&entry) {
-                Some(Retire::Evicted)
             } else {
-                None
+                // An `evict_all` that came while the keepalive check ran.
+                self.evicted(&entry).then_some(Retire::Evicted)
             };
             match verdict {
                 // Shelved, behind the ones not looked at yet.
