@@ -271,7 +271,9 @@ fn main() -> Result<(), BoxError> {
         );
         held_by.push(worker?);
     }
-    assert_ne!(held_by[0], held_by[1], "successive leases alternate");
+    // One thread's successive leases get the same worker while it is free (its cache stays
+    // warm); another worker is leased only when that one is held.
+    assert_eq!(held_by[0], held_by[1], "a thread keeps its worker");
     assert_eq!(held_by[0], held_by[2]);
     let a = balancer.lease()?;
     let b = balancer.lease()?;

@@ -52,6 +52,8 @@ pub struct BalancerBuilder<W> {
     pub(crate) strategy: Strategy,
     pub(crate) events: Option<EventHook>,
     pub(crate) name: String,
+    /// The set is the workers first listed, for the balancer's life (`build_pools`).
+    pub(crate) fixed_set: bool,
     worker: PhantomData<fn() -> W>,
 }
 
@@ -66,6 +68,7 @@ impl<W> Default for BalancerBuilder<W> {
             strategy: Strategy::RoundRobin,
             events: None,
             name: "balancer".to_string(),
+            fixed_set: false,
         }
     }
 }

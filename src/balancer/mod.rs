@@ -300,6 +300,7 @@ impl<W: Worker> Balancer<W> {
                 options.min_alive_ratio,
                 options.reconnect_delay,
                 options.events.clone(),
+                options.fixed_set,
             ),
             cursor: StripedCursor::new(),
             lease_cursor: StripedCursor::new(),

@@ -99,7 +99,9 @@ impl std::error::Error for PoolsDown {}
 impl<W: Send + 'static> BalancerBuilder<Pool<W>> {
     /// Balances over `pools`, one per server (a primary and its replicas, or equal
     /// servers), with this builder's strategy. The set is the pools given, in that order,
-    /// for the balancer's life ([`Balancer::connect`] lists the same again).
+    /// for the balancer's life ([`Balancer::connect`] lists the same again); a pool that is
+    /// closed stays in it, out of rotation, and once every one is closed checkouts answer
+    /// [`Error::Closed`].
     ///
     /// Each pool keeps its own fuse: a pool whose server is down leaves rotation, its reaper
     /// retries every one of *its* `reconnect_delay`, and it is back in rotation as soon as an
@@ -132,7 +134,7 @@ impl<W: Send + 'static> BalancerBuilder<Pool<W>> {
     /// assert!(matches!(twice, Err(Error::InvalidConfig { option: "pools", .. })));
     /// ```
     pub fn build_pools(
-        self,
+        mut self,
         pools: impl IntoIterator<Item = Pool<W>>,
     ) -> Result<Balancer<Pool<W>>, Error> {
         let pools: Vec<Arc<Pool<W>>> = pools.into_iter().map(Arc::new).collect();
@@ -147,6 +149,9 @@ impl<W: Send + 'static> BalancerBuilder<Pool<W>> {
                 ));
             }
         }
+        // A pool closed for good stays in the set, out of rotation: the set is the pools
+        // given, and `Closed` is the answer once every one is.
+        self.fixed_set = true;
         self.build_with(move || -> Result<_, crate::error::BoxError> { Ok(pools.clone()) })
     }
 }
@@ -250,8 +255,10 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
     ///
     /// - [`Error::Disconnected`] when every pool is down; its cause (its
     ///   [`source()`](std::error::Error::source)) is a [`PoolsDown`] giving each pool's
-    ///   cause, found with [`PoolsDown::of`]. If the balancer's set is gone (a custom supervisor failed), its cause.
-    /// - [`Error::Timeout`] when no worker came free in time in a live pool.
+    ///   cause, found with [`PoolsDown::of`]. If the balancer's set is gone (a custom
+    ///   supervisor failed), its cause.
+    /// - [`Error::Timeout`] when no worker came free in time in a live pool; its `cause` is
+    ///   that pool's last failed start, if its starts were failing (`state` is `None`).
     /// - [`Error::Overload`] when every live pool has more waiters than the balancer's
     ///   `max_queue_len`.
     /// - [`Error::Closed`] when every pool is closed.
@@ -290,13 +297,15 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         let count = snapshot.workers.len();
         let mut causes: Vec<Option<Cause>> = vec![None; count];
         let mut busy = Vec::new();
-        let mut timed_out = false;
+        // `Some` once the time ran out in a pool's line, with that pool's cause (its last
+        // failed start) if it had one.
+        let mut timed_out: Option<Option<Cause>> = None;
         // Every pool down: wait for the next attempt of the one next in rotation (paced by
         // its `reconnect_delay`), then look once at the others.
         if all_down {
             match self.wait_on(&snapshot, first, deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
-                Some(Err(())) => timed_out = true,
+                Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
             }
         }
@@ -318,20 +327,20 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // None free: wait in the busy ones' lines, in rotation order, within the time left;
         // one whose server goes down meanwhile fails over to the next.
         for index in busy {
-            if timed_out {
+            if timed_out.is_some() {
                 break;
             }
             match self.wait_on(&snapshot, index, deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
-                Some(Err(())) => timed_out = true,
+                Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
             }
         }
-        if timed_out {
+        if let Some(cause) = timed_out {
             return Err(Error::Timeout {
                 waited: timeout,
                 state: None,
-                cause: None,
+                cause,
             });
         }
         if snapshot.workers.iter().all(|pool| pool.is_closed()) {
@@ -349,8 +358,9 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         Err(Error::disconnected(Cause::new(PoolsDown { causes })))
     }
 
-    /// A blocking checkout from pool `index` within the time left: the lease, `Err(())` when
-    /// the time ran out, `None` when the pool is down (its cause noted) or closed.
+    /// A blocking checkout from pool `index` within the time left: the lease, `Err` when the
+    /// time ran out (with the pool's cause, if its starts were failing), `None` when the pool
+    /// is down (its cause noted) or closed.
     #[track_caller]
     fn wait_on(
         &self,
@@ -358,10 +368,10 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         index: usize,
         deadline: Option<Instant>,
         causes: &mut [Option<Cause>],
-    ) -> Option<Result<OwnedLease<W>, ()>> {
+    ) -> Option<Result<OwnedLease<W>, Option<Cause>>> {
         match snapshot.workers[index].checkout_owned_timeout(left(deadline)) {
             Ok(lease) => Some(Ok(self.served(snapshot, index, lease))),
-            Err(Error::Timeout { .. }) => Some(Err(())),
+            Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
             Err(Error::Disconnected { cause, .. }) => {
                 causes[index] = Some(cause);
                 None

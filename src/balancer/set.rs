@@ -197,6 +197,9 @@ pub(crate) struct WorkerSet<W> {
     pub(crate) background_reload: AtomicBool,
     connected_once: AtomicBool,
     reloads: AtomicU64,
+    /// The set is the workers first listed, for the balancer's life (`build_pools`): one
+    /// dead for good stays in it, marked dead, and no reload is asked for it.
+    fixed: bool,
 }
 
 impl<W: Worker> WorkerSet<W> {
@@ -206,6 +209,7 @@ impl<W: Worker> WorkerSet<W> {
         min_alive_ratio: f64,
         reconnect_delay: Duration,
         events: Option<EventHook>,
+        fixed: bool,
     ) -> Self {
         WorkerSet {
             name,
@@ -228,6 +232,7 @@ impl<W: Worker> WorkerSet<W> {
             background_reload: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
+            fixed,
         }
     }
 
@@ -261,7 +266,8 @@ impl<W: Worker> WorkerSet<W> {
         );
         emit(&self.events, Event::WorkerDied);
         if snapshot.members[index].comes_back
-            && contain::run(|| snapshot.workers[index].comes_back()).unwrap_or(false)
+            && (self.fixed
+                || contain::run(|| snapshot.workers[index].comes_back()).unwrap_or(false))
         {
             return;
         }
@@ -426,7 +432,7 @@ impl<W: Worker> WorkerSet<W> {
         let mut live = Vec::with_capacity(listed.len());
         for worker in listed {
             let alive = contain::run(|| worker.is_alive()).unwrap_or(false);
-            let comes_back = contain::run(|| worker.comes_back()).unwrap_or(false);
+            let comes_back = self.fixed || contain::run(|| worker.comes_back()).unwrap_or(false);
             any_alive |= alive;
             if alive || comes_back {
                 live.push((worker, comes_back));

@@ -20,6 +20,10 @@ use crate::worker::Worker;
 /// it with nothing free has a worker started for it in the background, also for a pool with
 /// `min_idle(0)`). Its `queue_len` is the number of clients blocked in its checkout.
 ///
+/// A closed pool never comes back: a balancer over a supervisor (`build_with`) retires it
+/// and asks its supervisor again; one built with
+/// [`build_pools`](crate::BalancerBuilder::build_pools) keeps it in its set, out of rotation.
+///
 /// ```
 /// use cylinder::{BoxError, Pool, Worker};
 ///

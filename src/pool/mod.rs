@@ -506,15 +506,19 @@ impl<W: Send + 'static> Pool<W> {
         }
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
+                // Evicted meanwhile (`evict_all` while `f` ran): it goes now, once the rest
+                // are back.
+                let mut evicted = Vec::new();
                 for entry in self.entries.drain(..) {
-                    self.count.leave_one();
-                    // Evicted meanwhile (`evict_all` while `f` ran): it goes now.
                     if self.shared.evicted(&entry) {
-                        self.shared.retire(entry, Retire::Evicted);
+                        evicted.push((entry, Retire::Evicted));
                     } else {
+                        self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
                     }
                 }
+                self.shared
+                    .retire_held(evicted, &mut self.count, Vec::new());
             }
         }
         let mut held = Held {

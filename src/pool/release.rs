@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::free::HeldFree;
 use super::start::Held;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
@@ -202,6 +203,30 @@ impl<W: Send + 'static> Shared<W> {
     /// other is replaced at once, backoff or not: a worker that served and then failed says
     /// nothing about the next start.
     pub(super) fn retire(&self, entry: Box<Entry<W>>, why: Retire) {
+        let event = self.retire_unreported(entry, why);
+        self.emit(event);
+    }
+
+    /// Retires workers the caller took off the free list (counted in `held`), reporting
+    /// their events (after `reported`, those of workers closed before) only once every one is
+    /// closed: a callback may wait for them (`drain`), and only this thread can close them.
+    pub(super) fn retire_held(
+        &self,
+        retiring: impl IntoIterator<Item = (Box<Entry<W>>, Retire)>,
+        held: &mut HeldFree<'_>,
+        mut reported: Vec<Event>,
+    ) {
+        for (entry, why) in retiring {
+            held.leave_one();
+            reported.push(self.retire_unreported(entry, why));
+        }
+        for event in reported {
+            self.emit(event);
+        }
+    }
+
+    /// Retires a worker as [`retire`](Self::retire) does, and returns the event to report.
+    fn retire_unreported(&self, entry: Box<Entry<W>>, why: Retire) -> Event {
         let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
         let id = entry.id;
         let (event, cause) = match why {
@@ -240,7 +265,7 @@ impl<W: Send + 'static> Shared<W> {
             }
             self.replace();
         }
-        self.emit(event);
+        event
     }
 
     /// Detaches a leased worker: the pool forgets it and starts another.

@@ -174,16 +174,14 @@ impl<W: Send + 'static> Shared<W> {
             held.leave_one();
         }
         drop(sorting);
+        let mut closed_idle = Vec::new();
         for (entry, closing) in idle_closing {
             held.leave_one();
             self.closed_above(entry, closing);
             log::debug!("cylinder: {}: closed an idle worker", self.name);
-            self.emit(Event::WorkerIdleClosed);
+            closed_idle.push(Event::WorkerIdleClosed);
         }
-        for (entry, why) in retiring {
-            held.leave_one();
-            self.retire(entry, why);
-        }
+        self.retire_held(retiring, &mut held, closed_idle);
         drop(held);
         if self.uses.is_alive || self.keepalive.is_some() {
             self.look_at_each(now);
