@@ -81,10 +81,13 @@ fn a_balancer_whose_every_pool_was_closed_answers_closed_not_disconnected() {
 /// (not run here), `drain(Duration::MAX)` there never returns, and the reaper's own sweep
 /// (several workers expired at once) and `Pool::map` giving workers back retire the same
 /// way, one by one with the rest still held. Deterministic.
+/// What `drain` answered, and how long it took.
+type Drained = (Result<(), Error>, Duration);
+
 #[test]
 fn drain_called_from_an_eviction_event_does_not_wait_for_the_workers_the_sweep_still_holds() {
     let slot: Arc<Mutex<Option<Pool<u32>>>> = Arc::new(Mutex::new(None));
-    let outcome: Arc<Mutex<Option<(Result<(), Error>, Duration)>>> = Arc::new(Mutex::new(None));
+    let outcome: Arc<Mutex<Option<Drained>>> = Arc::new(Mutex::new(None));
     let (handle, answer) = (slot.clone(), outcome.clone());
     let pool = Pool::builder()
         .size(3)
