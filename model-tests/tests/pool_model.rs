@@ -149,6 +149,9 @@ enum Op {
     Close,
     /// `drain` with a short timeout: closes like `Close`, then waits for the leases out.
     Drain,
+    /// `evict_all`: every worker started before it is closed (a leased one when it comes
+    /// back) and replaced.
+    EvictAll,
     SetFault(Fault),
 }
 
@@ -272,6 +275,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1u16..=25).prop_map(Op::Wait),
         2 => Just(Op::Close),
         1 => Just(Op::Drain),
+        1 => Just(Op::EvictAll),
         3 => fault().prop_map(Op::SetFault),
     ]
 }
@@ -441,6 +445,8 @@ struct Env {
     reconnect: Duration,
     // The tracker.
     next_id: AtomicU64,
+    /// Workers with an id below this were created before the last `evict_all` began.
+    evicted_below: AtomicU64,
     workers: Mutex<HashMap<u64, Status>>,
     created: AtomicUsize,
     dropped: AtomicUsize,
@@ -508,6 +514,7 @@ impl Env {
             start_timeout: config.start_timeout_ms.map(Duration::from_millis),
             reconnect: Duration::from_millis(config.reconnect_ms + 5),
             next_id: AtomicU64::new(0),
+            evicted_below: AtomicU64::new(0),
             workers: Mutex::new(HashMap::new()),
             created: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
@@ -1114,6 +1121,11 @@ impl<'p> Client<'_, 'p> {
                     }
                 }
             }
+            Op::EvictAll => {
+                let below = self.env.next_id.load(SeqCst);
+                self.pool.evict_all();
+                self.env.evicted_below.fetch_max(below, SeqCst);
+            }
             Op::SetFault(fault) => self.env.set(fault),
         }
     }
@@ -1581,6 +1593,8 @@ struct Model {
     demand: usize,
     /// A callback took leases: no bound on demand.
     demand_unknown: bool,
+    /// `evict_all` was called: a lease out then counts as a discard when it comes back.
+    evicted: bool,
     stats: PoolStats,
 }
 
@@ -1641,6 +1655,17 @@ fn settle_paused(env: &Env, pool: &Pool<W>, model: &Model, when: &str) -> PoolSt
         }
         if alive != stats.size {
             why.push(format!("{alive} workers alive, size {}", stats.size));
+        }
+        let evicted_below = env.evicted_below.load(SeqCst);
+        let survivors: Vec<u64> = lock(&env.workers)
+            .iter()
+            .filter(|(&id, status)| id < evicted_below && !status.held)
+            .map(|(&id, _)| id)
+            .collect();
+        if !survivors.is_empty() {
+            why.push(format!(
+                "workers {survivors:?} started before evict_all are still free"
+            ));
         }
         if model.closed && stats.free != 0 {
             why.push(format!("{} free workers after close", stats.free));
@@ -1802,6 +1827,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         closed: false,
         demand: 0,
         demand_unknown: false,
+        evicted: false,
         stats: PoolStats::default(),
     };
     model.stats = settle(&env, &pool, &model, "after build");
@@ -1838,7 +1864,9 @@ fn run_case(case: &Case) -> Result<(), String> {
                 .iter()
                 .flatten()
                 .any(|op| *op == Op::SetFault(Fault::Event(EventFault::TryCheckout)));
-        let exact_discards = env.broken_fault() == BrokenFault::No
+        model.evicted |= step.iter().flatten().any(|op| *op == Op::EvictAll);
+        let exact_discards = !model.evicted
+            && env.broken_fault() == BrokenFault::No
             && env.reset_fault() == ResetFault::Ok
             && !step
                 .iter()
