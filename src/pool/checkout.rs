@@ -29,9 +29,23 @@ impl<W: Send + 'static> Shared<W> {
 
     /// A worker for a blocking checkout: a free one, else one from the line, within
     /// `timeout`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn acquire(&self, timeout: Duration) -> Result<Box<Entry<W>>, Error> {
         let stripe = Stripe::current();
+        // The fast path: a free worker that passes.
+        if !self.closed.load(Ordering::Acquire) {
+            if let Some(entry) = self.free.take(stripe) {
+                if let Some(entry) = self.admit(entry, stripe) {
+                    return Ok(entry);
+                }
+            }
+        }
+        self.acquire_slow(timeout, stripe)
+    }
+
+    /// `acquire` past its first look.
+    #[inline(never)]
+    fn acquire_slow(&self, timeout: Duration, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
         // Read the clock only if this checkout has to wait.
         let mut deadline = None;
         // Backpressure: with the fuse blown, this checkout waits for the next start attempt
@@ -73,7 +87,7 @@ impl<W: Send + 'static> Shared<W> {
     /// A worker for a non-blocking checkout: it never waits for another client, but when the
     /// pool has room (overflow, or fewer open than `size`) it opens a worker on this thread,
     /// as poolboy's non-blocking checkout does.
-    #[inline]
+    #[inline(always)]
     pub(super) fn try_acquire(&self) -> Result<Box<Entry<W>>, Error> {
         self.check_open()?;
         let stripe = Stripe::current();
@@ -289,8 +303,18 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Makes a worker ready for a lease: a dead one (for types that can tell) or one that
     /// fails the check is retired, and `None` says to look for another.
-    #[inline]
-    pub(super) fn admit(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
+    #[inline(always)]
+    pub(super) fn admit(&self, entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
+        if self.uses.is_alive || self.uses.check || self.evicted(&entry) {
+            return self.admit_with_hooks(entry, stripe);
+        }
+        Some(self.lease_out(entry, stripe))
+    }
+
+    /// [`admit`](Self::admit) for a pool with an `is_alive` hook or a checkout check, or a
+    /// worker evicted.
+    #[inline(never)]
+    fn admit_with_hooks(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
         if self.is_dead(&entry) {
             self.retire(entry, Retire::Died);
             return None;
@@ -314,10 +338,16 @@ impl<W: Send + 'static> Shared<W> {
                 return None;
             }
         }
+        Some(self.lease_out(entry, stripe))
+    }
+
+    /// A worker admitted goes out on a lease.
+    #[inline(always)]
+    fn lease_out(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Box<Entry<W>> {
         entry.leased_before = true;
         entry.lease_clock = self.metrics.lease_began();
         self.checkouts.add(stripe);
-        Some(entry)
+        entry
     }
 
     /// Whether the checkout check runs on this worker: idle (and unchecked) at least

@@ -115,21 +115,45 @@ impl<T> Shelf<T> {
 
 struct Parked<T> {
     slot: SwapCell<T>,
-    /// Puts minus takes (wrapping: a thief's take may be counted before the owner's put).
-    /// Readers skip a slot whose count is zero without touching the slot; the `SeqCst`
-    /// increment after a put is also what orders the put before the releaser's look for
-    /// waiters (see `Shared::give_back`).
-    count: AtomicUsize,
+    /// The owner's puts minus the owner's takes. Written by the stripe's owner alone, with
+    /// plain stores (no read-modify-write on the owner's path); the `SeqCst` store after a
+    /// put is also what orders the put before the releaser's look for waiters (see
+    /// `Shared::give_back`).
+    own: AtomicUsize,
+    /// Takes by other threads (thieves, off the owner's path).
+    stolen: AtomicUsize,
 }
 
 impl<T> Parked<T> {
+    /// How many items the slot holds (0 or 1), read without touching the slot: the owner's
+    /// count less the thefts (wrapping: a theft may be counted before the owner's put).
     #[inline]
-    fn take(&self) -> Option<T> {
-        if self.count.load(Ordering::SeqCst) == 0 {
+    fn count(&self) -> usize {
+        self.own
+            .load(Ordering::SeqCst)
+            .wrapping_sub(self.stolen.load(Ordering::SeqCst))
+    }
+
+    /// The owner takes its parked item back.
+    #[inline]
+    fn take_own(&self) -> Option<T> {
+        if self.count() == 0 {
             return None;
         }
         let item = self.slot.take()?;
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        let own = self.own.load(Ordering::Relaxed);
+        self.own.store(own.wrapping_sub(1), Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// Another thread takes the parked item.
+    #[inline]
+    fn steal(&self) -> Option<T> {
+        if self.count() == 0 {
+            return None;
+        }
+        let item = self.slot.take()?;
+        self.stolen.fetch_add(1, Ordering::Relaxed);
         Some(item)
     }
 
@@ -138,9 +162,9 @@ impl<T> Parked<T> {
     #[inline]
     fn put(&self, item: T) -> Option<T> {
         let displaced = self.slot.put(item);
-        self.count.fetch_add(1, Ordering::SeqCst);
-        if displaced.is_some() {
-            self.count.fetch_sub(1, Ordering::Relaxed);
+        if displaced.is_none() {
+            let own = self.own.load(Ordering::Relaxed);
+            self.own.store(own.wrapping_add(1), Ordering::SeqCst);
         }
         displaced
     }
@@ -166,7 +190,8 @@ impl<T> FreeList<T> {
                 .map(|_| {
                     CachePadded::new(Parked {
                         slot: SwapCell::new(),
-                        count: AtomicUsize::new(0),
+                        own: AtomicUsize::new(0),
+                        stolen: AtomicUsize::new(0),
                     })
                 })
                 .collect(),
@@ -176,14 +201,20 @@ impl<T> FreeList<T> {
     /// A free item: this thread's parked one; else, reusing the most recent first (`Lifo`),
     /// one parked by another thread, else the top of the stack; or, reusing the oldest first
     /// (`Fifo`), the queue's head, else one parked by another thread.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&self, stripe: Stripe) -> Option<T> {
         if let Some(own) = stripe.owned() {
-            if let Some(item) = self.parked[own].take() {
+            if let Some(item) = self.parked[own].take_own() {
                 return Some(item);
             }
         }
-        let stolen = || self.parked.iter().find_map(|parked| parked.take());
+        self.take_shared()
+    }
+
+    /// [`take`](Self::take) past this thread's own slot.
+    #[inline(never)]
+    fn take_shared(&self) -> Option<T> {
+        let stolen = || self.parked.iter().find_map(|parked| parked.steal());
         match &self.queue {
             // Parked workers are their threads' last released: newer than those shelved.
             Shelf::Lifo(stack) => stolen().or_else(|| stack.pop()),
@@ -192,13 +223,13 @@ impl<T> FreeList<T> {
     }
 
     /// Keeps a free item: parked for this thread if its slot is empty, else queued. Ends in a
-    /// `SeqCst` read-modify-write (the parked count's increment, or the queue's push on its
-    /// tail), which the caller's look for waiters relies on. `Err` when the queue is full.
+    /// `SeqCst` write (the owner's count's store, or the queue's push on its tail), which the
+    /// caller's look for waiters relies on. `Err` when the queue is full.
     #[inline]
     pub(crate) fn keep(&self, item: T, stripe: Stripe) -> Result<(), T> {
         if let Some(own) = stripe.owned() {
             let parked = &self.parked[own];
-            if parked.count.load(Ordering::Relaxed) == 0 {
+            if parked.count() == 0 {
                 return match parked.put(item) {
                     Some(displaced) => self.push(displaced),
                     None => Ok(()),
@@ -230,9 +261,10 @@ impl<T> FreeList<T> {
     /// is half done may be one too low for a moment (it wraps below zero): the sum is read
     /// as signed and never reported below zero.
     pub(crate) fn len(&self) -> usize {
-        let parked = self.parked.iter().fold(0usize, |sum, parked| {
-            sum.wrapping_add(parked.count.load(Ordering::Relaxed))
-        });
+        let parked = self
+            .parked
+            .iter()
+            .fold(0usize, |sum, parked| sum.wrapping_add(parked.count()));
         let total = self.queue.len().wrapping_add(parked) as isize;
         total.max(0) as usize
     }

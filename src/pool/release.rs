@@ -102,7 +102,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         // Nor one racing a shrink above the new size: the size was read before the worker
         // was kept, and the shrink may have looked for free workers in between. The keep's
-        // `SeqCst` read-modify-write, then this look, against the resize's store, then its
+        // `SeqCst` write, then this look, against the resize's store, then its
         // look for free workers: one of the two sees the other.
         seqcst_point();
         if self.counts.total() > self.size.load(Ordering::SeqCst) {
@@ -122,8 +122,8 @@ impl<W: Send + 'static> Shared<W> {
         if let Err(entry) = self.free.keep(entry, stripe) {
             return self.overfull(entry);
         }
-        // No fence needed before this re-check: `keep` ends in a `SeqCst` read-modify-write
-        // (the parked count's increment, or `ArrayQueue::push` claiming its tail), and a
+        // No fence needed before this re-check: `keep` ends in a `SeqCst` write (the parked
+        // owner's count's store, or `ArrayQueue::push` claiming its tail), and a
         // waiter registers with a `SeqCst` increment and fence before it looks for a worker
         // (the parked count with a `SeqCst` load; the queue's empty check after the queue's
         // own `SeqCst` fence). So either the waiter finds this worker, or this re-check sees

@@ -144,6 +144,7 @@ impl Drop for OwnClaims<'_> {
 impl Counts {
     /// `SeqCst`: a resize's look at it after storing the new size, against a close's look
     /// at the size after counting the worker out (see `Pool::resize`).
+    #[inline]
     pub(crate) fn total(&self) -> usize {
         self.total.load(Ordering::SeqCst)
     }
@@ -152,12 +153,14 @@ impl Counts {
         self.timed_starts.load(Ordering::SeqCst)
     }
 
+    #[inline]
     pub(crate) fn starting(&self) -> usize {
         self.starting.load(Ordering::SeqCst)
     }
 
     /// Workers open now (for a moment between a claim's two counts, the claimed starts
     /// count as open too).
+    #[inline]
     pub(crate) fn open(&self) -> usize {
         self.total().saturating_sub(self.starting())
     }
