@@ -166,7 +166,8 @@ pub enum Error {
         waited: Duration,
         /// The pool at that moment (`None` from a balancer).
         state: Option<PoolState>,
-        /// The last start error, if a start ever failed: reachable by `source()` too.
+        /// The last start error, if starts were failing (none succeeded since): reachable
+        /// by `source()` too.
         cause: Option<Cause>,
     },
     /// Every worker is busy: all are leased (pool), or all are over `max_queue_len` or leased

@@ -262,3 +262,70 @@ fn timeouts_start_failures_and_the_gauges() {
     ) == 1.0));
     drop(held);
 }
+
+/// A pool of 3 with two leases out (the gauges, sampled every second, say 2 leased and 1
+/// idle), then the leases end and the pool is drained: `stats()` says size 0.
+///
+/// (Tenth breaking pass.) Expected: src/pool/metrics.rs documents `cylinder_pool_workers` as the pool's "`idle`,
+/// `leased`, `starting` workers", sampled every second; once the pool is closed it has none,
+/// so after a sample period the gauges read 0 (a closed pool's connections must not show as
+/// open on a dashboard).
+///
+/// What happens: the gauges are set only by the reaper's round (`Shared::upkeep`,
+/// src/pool/upkeep.rs), which returns at once once the pool is closed, and `close`/`drain`
+/// (src/pool/mod.rs, `Handle::close`; src/pool/shared.rs, `Shared::close`) never set them:
+/// they keep their last values (here idle 1, leased 2) for as long as the process runs.
+/// Deterministic.
+#[test]
+fn the_worker_gauges_of_a_drained_pool_fall_to_zero() {
+    store();
+    let pool = Pool::builder()
+        .size(3)
+        .name("drained10")
+        .build(|| Ok(()))
+        .unwrap();
+    let held: Vec<_> = (0..2).map(|_| pool.checkout().unwrap()).collect();
+    assert!(eventually(Duration::from_secs(5), || {
+        gauge("cylinder_pool_workers{pool=drained10,state=leased}") == 2.0
+    }));
+    drop(held);
+    pool.drain(Duration::from_secs(5)).unwrap();
+    assert_eq!(pool.stats().size, 0);
+    // Well past a sample period.
+    let zero = eventually(Duration::from_millis(2500), || {
+        gauge("cylinder_pool_workers{pool=drained10,state=idle}") == 0.0
+            && gauge("cylinder_pool_workers{pool=drained10,state=leased}") == 0.0
+    });
+    assert!(
+        zero,
+        "a drained pool still reports idle {} and leased {} workers",
+        gauge("cylinder_pool_workers{pool=drained10,state=idle}"),
+        gauge("cylinder_pool_workers{pool=drained10,state=leased}")
+    );
+}
+
+/// A lease still out when the pool closes: the `leased` gauge falls to 0 when it comes back
+/// (the pool has no reaper any more to sample it).
+#[test]
+fn the_leased_gauge_of_a_closed_pool_falls_when_its_last_lease_returns() {
+    store();
+    let pool = Pool::builder()
+        .size(2)
+        .name("closed10")
+        .build(|| Ok(()))
+        .unwrap();
+    let held = pool.checkout_owned().unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        gauge("cylinder_pool_workers{pool=closed10,state=leased}") == 1.0
+    }));
+    pool.close();
+    assert_eq!(
+        gauge("cylinder_pool_workers{pool=closed10,state=idle}"),
+        0.0
+    );
+    drop(held);
+    assert_eq!(
+        gauge("cylinder_pool_workers{pool=closed10,state=leased}"),
+        0.0
+    );
+}

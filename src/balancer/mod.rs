@@ -847,7 +847,7 @@ impl<W: Worker> Balancer<W> {
     #[doc(hidden)]
     pub fn run_reaper_round(&self) {
         if self.shared.set.signal.take_request() {
-            let _ = self.shared.set.reload(Asked::Automatically);
+            contain::dispose(self.shared.set.reload(Asked::Automatically));
         }
     }
 }

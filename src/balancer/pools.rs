@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::set::Snapshot;
 use super::{Balancer, BalancerBuilder};
+use crate::contain;
 use crate::error::{Cause, Error};
 use crate::pool::{OwnedLease, Pool};
 use crate::stripe::Stripe;
@@ -287,6 +288,8 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
                 if count == 0 {
                     return Err(Error::disconnected(cause));
                 }
+                // Each pool's own cause is collected below.
+                contain::dispose(cause);
                 let stripe = Stripe::current();
                 let first = shared.cursor.start(stripe, count);
                 shared.cursor.advance(stripe, first, count);
@@ -295,7 +298,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             Err(err) => return Err(err),
         };
         let count = snapshot.workers.len();
-        let mut causes: Vec<Option<Cause>> = vec![None; count];
+        let mut causes = Causes(vec![None; count]);
         let mut busy = Vec::new();
         // `Some` once the time ran out in a pool's line, with that pool's cause (its last
         // failed start) if it had one.
@@ -320,8 +323,10 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             match pool.checkout_free_owned() {
                 Ok(lease) => return Ok(self.served(&snapshot, index, lease)),
                 Err(Error::Overload) => busy.push(index),
-                Err(Error::Disconnected { cause, .. }) => causes[index] = Some(cause),
-                Err(_) => {}
+                Err(Error::Disconnected { cause, .. }) => causes.note(index, cause),
+                Err(other) => {
+                    contain::dispose(other);
+                }
             }
         }
         // None free: wait in the busy ones' lines, in rotation order, within the time left;
@@ -349,7 +354,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         let causes = snapshot
             .workers
             .iter()
-            .zip(causes)
+            .zip(std::mem::take(&mut causes.0))
             .map(|(pool, cause)| {
                 let cause = cause.unwrap_or_else(|| pool.down_cause());
                 (pool.name().to_string(), cause)
@@ -367,16 +372,19 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         snapshot: &Snapshot<Pool<W>>,
         index: usize,
         deadline: Option<Instant>,
-        causes: &mut [Option<Cause>],
+        causes: &mut Causes,
     ) -> Option<Result<OwnedLease<W>, Option<Cause>>> {
         match snapshot.workers[index].checkout_owned_timeout(left(deadline)) {
             Ok(lease) => Some(Ok(self.served(snapshot, index, lease))),
             Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
             Err(Error::Disconnected { cause, .. }) => {
-                causes[index] = Some(cause);
+                causes.note(index, cause);
                 None
             }
-            Err(_) => None,
+            Err(other) => {
+                contain::dispose(other);
+                None
+            }
         }
     }
 
@@ -405,6 +413,22 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             self.shared.set.revive(snapshot, index);
         }
         lease
+    }
+}
+
+/// The causes a balancer checkout collected, pool by pool. A start error's `Drop` is user
+/// code: those not handed to the caller (in a `PoolsDown`) are dropped contained.
+struct Causes(Vec<Option<Cause>>);
+
+impl Causes {
+    fn note(&mut self, index: usize, cause: Cause) {
+        contain::dispose(self.0[index].replace(cause));
+    }
+}
+
+impl Drop for Causes {
+    fn drop(&mut self) {
+        contain::dispose_each(self.0.drain(..));
     }
 }
 

@@ -366,7 +366,8 @@ impl<W: Worker> WorkerSet<W> {
                 }
             }
         }
-        let _ = self.run_reload(Asked::Automatically);
+        // Its error may hold the supervisor's, whose `Drop` is user code.
+        contain::dispose(self.run_reload(Asked::Automatically));
         true
     }
 

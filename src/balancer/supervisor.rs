@@ -135,8 +135,9 @@ impl<W: Worker> Factory<W> {
                 });
             }
         }
-        // A worker's `Drop` is user code: never under the factory's lock, and contained.
-        drop(dead);
+        // A worker's `Drop` is user code: never under the factory's lock, and contained (a
+        // dead one retired meanwhile may be held here last).
+        crate::contain::dispose_each(dead);
         crate::contain::dispose_each(gone);
     }
 

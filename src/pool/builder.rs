@@ -151,7 +151,9 @@ impl<W: Send + 'static> PoolBuilder<W> {
 
     /// How many workers the pool keeps open, even when idle (at most `size`; default `size`).
     /// Below `size`, the pool opens more on demand, and closes those beyond `min_idle` that
-    /// stayed idle for `idle_timeout`.
+    /// stayed idle for `idle_timeout`; a worker taken out of service (broken, expired,
+    /// discarded, evicted) is replaced at once only up to `min_idle` (and for a client
+    /// waiting), the rest on demand.
     ///
     /// ```
     /// use std::time::Duration;

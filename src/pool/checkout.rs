@@ -289,10 +289,10 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn timed_out(&self, timeout: Duration) -> Error {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
         self.emit(Event::CheckoutTimedOut(timeout));
-        match self.last_failure() {
-            Some(cause) if self.failing.load(Ordering::Acquire) && self.counts.open() == 0 => {
-                self.down(cause)
-            }
+        // A failure that a successful start has healed since is no cause of this timeout.
+        let failing = self.failing.load(Ordering::Acquire);
+        match self.last_failure().filter(|_| failing) {
+            Some(cause) if self.counts.open() == 0 => self.down(cause),
             cause => Error::Timeout {
                 waited: timeout,
                 state: Some(self.state()),

@@ -76,7 +76,8 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
         }
     }
 
-    /// Gives the worker up as broken: it is dropped and the pool starts another in its place.
+    /// Gives the worker up as broken: it is dropped and the pool starts another in its place
+    /// (a lazy pool only up to `min_idle`, or for a client waiting).
     ///
     /// ```
     /// use std::time::Duration;

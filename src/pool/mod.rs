@@ -603,7 +603,8 @@ impl<W: Send + 'static> Pool<W> {
     /// Closes every worker the pool has now and starts fresh ones in their place (HikariCP's
     /// `softEvictConnections`), e.g. after a failover or a credential rotation: idle workers
     /// are closed at once, leased ones when their lease ends (never revoked). Replacements
-    /// start as any replacement does, a few at a time. Each is reported as
+    /// start as any replacement does, a few at a time (a lazy pool, `min_idle` below `size`,
+    /// starts them up to `min_idle` and opens the rest on demand). Each is reported as
     /// [`Event::WorkerEvicted`] (and counted with the reason `evicted`).
     ///
     /// ```

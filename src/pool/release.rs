@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::free::HeldFree;
+use super::metrics::PoolMetrics;
 use super::start::Held;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
@@ -32,11 +33,16 @@ impl<W: Send + 'static> Shared<W> {
         };
         if let Some(why) = unfit {
             self.discards.fetch_add(1, Ordering::Relaxed);
-            return self.retire(entry, why);
+            self.retire(entry, why);
+        } else {
+            let stripe = Stripe::current();
+            self.releases.add(stripe);
+            self.put_back(entry, stripe);
         }
-        let stripe = Stripe::current();
-        self.releases.add(stripe);
-        self.put_back(entry, stripe);
+        // A closed pool has no reaper to sample its gauges: each lease that ends does.
+        if PoolMetrics::ON && self.closed.load(Ordering::Relaxed) {
+            self.metrics.sample(&self.stats());
+        }
     }
 
     /// Runs the return hooks on a worker coming back from a lease; `Some` says why it must
@@ -226,7 +232,7 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Retires a worker as [`retire`](Self::retire) does, and returns the event to report.
-    fn retire_unreported(&self, entry: Box<Entry<W>>, why: Retire) -> Event {
+    pub(super) fn retire_unreported(&self, entry: Box<Entry<W>>, why: Retire) -> Event {
         let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
         let id = entry.id;
         let (event, cause) = match why {

@@ -106,8 +106,10 @@ impl<W: Send + 'static> Shared<W> {
         size: usize,
         min_idle: usize,
     ) -> Arc<Self> {
-        // Room to grow: a resize up to four times the size (at least 64).
-        let capacity = ((size + options.max_overflow) * 4).clamp(64, MAX_POOL_SIZE);
+        // Room to grow: a resize up to four times the size (at least 64), and the overflow
+        // above that.
+        let resize_limit = (size * 4).max(64).min(MAX_POOL_SIZE - options.max_overflow);
+        let capacity = resize_limit + options.max_overflow;
         let on_start = options.on_start.take();
         Arc::new_cyclic(|me| Shared {
             name: options.name.clone(),
@@ -171,6 +173,10 @@ impl<W: Send + 'static> Shared<W> {
         self.counts.cancel_pending();
         self.waiters.close();
         self.drain();
+        // The reaper stops: the gauges say what is left (leases still out, nothing idle).
+        if PoolMetrics::ON {
+            self.metrics.sample(&self.stats());
+        }
     }
 
     pub(super) fn stats(&self) -> PoolStats {

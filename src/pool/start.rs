@@ -645,12 +645,14 @@ impl<W: Send + 'static> Shared<W> {
     fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Event {
         let (entry, event) = self.joined(opened);
         let delivering = claim.joined();
+        let mut evicted = None;
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
         } else if self.evicted(&entry) {
             // Started before an `evict_all` (with what the eviction was for): it goes at
-            // once, and another starts in its place.
-            self.retire(entry, super::Retire::Evicted);
+            // once, and another starts in its place; reported once it no longer counts as
+            // on its way (a callback may `drain`, which waits for deliveries).
+            evicted = Some(self.retire_unreported(entry, super::Retire::Evicted));
         } else {
             // Shelved, not parked for this thread (a `build` or `resize` runs starts on the
             // caller's thread too): a new worker is for whoever comes next.
@@ -666,6 +668,9 @@ impl<W: Send + 'static> Shared<W> {
             self.refill();
         }
         self.wake_those_waiting_for_a_start();
+        if let Some(evicted) = evicted {
+            self.emit(evicted);
+        }
         event
     }
 
