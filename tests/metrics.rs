@@ -329,3 +329,120 @@ fn the_leased_gauge_of_a_closed_pool_falls_when_its_last_lease_returns() {
         0.0
     );
 }
+
+/// Eleventh breaking pass. A lease still out when the pool closes is detached with
+/// `OwnedLease::take` (the client keeps the connection) instead of being dropped.
+///
+/// Expected: as for a lease that returns (the test above, and the tenth pass's fix "the
+/// worker gauges fall at close and as the last leases return"): the pool has no reaper any
+/// more, so the lease that ends samples the gauges, and `leased` falls to 0 (`stats()` says
+/// 0 workers, 0 leased).
+///
+/// Happened: `Shared::detach` (`src/pool/release.rs`) counts the worker out and reports
+/// `WorkerTaken`, but only `end_lease` samples the gauges of a closed pool: the `leased`
+/// gauge stays at 1 for good.
+#[test]
+fn the_leased_gauge_of_a_closed_pool_falls_when_its_last_lease_is_taken() {
+    store();
+    let pool = Pool::builder()
+        .size(2)
+        .name("taken11")
+        .build(|| Ok(()))
+        .unwrap();
+    let held = pool.checkout_owned().unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        gauge("cylinder_pool_workers{pool=taken11,state=leased}") == 1.0
+    }));
+    pool.close();
+    let _connection: () = cylinder::OwnedLease::take(held);
+    assert_eq!((pool.stats().size, pool.stats().leased), (0, 0));
+    // Well past a sample period: nothing else will sample it.
+    let zero = eventually(Duration::from_millis(1500), || {
+        gauge("cylinder_pool_workers{pool=taken11,state=leased}") == 0.0
+    });
+    assert!(
+        zero,
+        "a closed pool whose last lease was taken still reports {} leased workers",
+        gauge("cylinder_pool_workers{pool=taken11,state=leased}")
+    );
+}
+
+/// Eleventh breaking pass. A pool is drained while a start is under way (a slow connect):
+/// `drain` waits for it, and the worker it opens is dropped as the pool is closed.
+///
+/// Expected: the tenth pass's fix ("the worker gauges fall at close"): once `drain` returned
+/// (every start under way ended, `stats().starting == 0`), the `starting` gauge says 0.
+///
+/// Happened: `Shared::close` samples the gauges while the start still runs (`starting` 1),
+/// and nothing samples them again: the start that ends in a closed pool
+/// (`Shared::deliver`, `close_worker`) does not, nor does `drain` when it returns. The
+/// `starting` gauge stays at 1 for good.
+#[test]
+fn the_starting_gauge_of_a_pool_drained_during_a_start_falls_to_zero() {
+    store();
+    let pool = Pool::builder()
+        .size(1)
+        .name("drainstart11")
+        .build_unchecked(|| {
+            thread::sleep(Duration::from_millis(300));
+            Ok(())
+        })
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || pool.stats().starting == 1));
+    pool.drain(Duration::from_secs(5)).unwrap();
+    assert_eq!((pool.stats().size, pool.stats().starting), (0, 0));
+    let zero = eventually(Duration::from_millis(1500), || {
+        gauge("cylinder_pool_workers{pool=drainstart11,state=starting}") == 0.0
+    });
+    assert!(
+        zero,
+        "a drained pool still reports {} workers starting",
+        gauge("cylinder_pool_workers{pool=drainstart11,state=starting}")
+    );
+}
+
+/// Eleventh breaking pass. Three clients wait in line on a pool whose only worker is
+/// leased, and the pool is closed: each waiter wakes with `Error::Closed` and leaves.
+///
+/// Expected: the tenth pass's fix ("the worker gauges fall at close"): the pool's reaper is
+/// gone, so what close reports is the last word; once the waiters have left
+/// (`stats().waiters == 0`), `cylinder_pool_waiting` says 0.
+///
+/// Happened: `Shared::close` samples the gauges right after waking the line, before the
+/// woken waiters have left it (`waiters.len()` still 3), and nothing samples them again
+/// while the lease stays out: `cylinder_pool_waiting` keeps saying 3.
+#[test]
+fn the_waiting_gauge_of_a_closed_pool_falls_when_its_waiters_leave() {
+    store();
+    let pool = Pool::builder()
+        .size(1)
+        .name("waiters11")
+        .checkout_timeout(Duration::from_secs(20))
+        .build(|| Ok(()))
+        .unwrap();
+    let held = pool.checkout_owned().unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            thread::spawn(move || pool.checkout().map(|_| ()))
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || pool.stats().waiters == 3));
+    pool.close();
+    for waiter in waiters {
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(cylinder::Error::Closed)
+        ));
+    }
+    assert_eq!(pool.stats().waiters, 0);
+    let zero = eventually(Duration::from_millis(1500), || {
+        gauge("cylinder_pool_waiting{pool=waiters11}") == 0.0
+    });
+    let left = gauge("cylinder_pool_waiting{pool=waiters11}");
+    drop(held);
+    assert!(
+        zero,
+        "a closed pool with no one in line still reports {left} waiting"
+    );
+}

@@ -291,7 +291,13 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
                 // Each pool's own cause is collected below.
                 contain::dispose(cause);
                 let stripe = Stripe::current();
-                let first = shared.cursor.start(stripe, count);
+                let start = shared.cursor.start(stripe, count);
+                // The next pool in rotation that is open: a closed one is out of rotation
+                // for good, and waiting on it would pace no one.
+                let first = (0..count)
+                    .map(|step| (start + step) % count)
+                    .find(|&index| !snapshot.workers[index].is_closed())
+                    .unwrap_or(start);
                 shared.cursor.advance(stripe, first, count);
                 (snapshot, first, true)
             }

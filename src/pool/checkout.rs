@@ -32,6 +32,11 @@ impl<W: Send + 'static> Shared<W> {
     #[inline(always)]
     pub(super) fn acquire(&self, timeout: Duration) -> Result<Box<Entry<W>>, Error> {
         let stripe = Stripe::current();
+        // Backpressure: with the fuse blown, this checkout waits for the next start attempt
+        // (not for one that failed before it came; a worker it meets dead on arrival counts,
+        // the first look's included) and leaves with that attempt's cause, so a client
+        // retrying against a dead server is slowed to the pace of `reconnect_delay`.
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
         // The fast path: a free worker that passes.
         if !self.closed.load(Ordering::Acquire) {
             if let Some(entry) = self.free.take(stripe) {
@@ -40,19 +45,19 @@ impl<W: Send + 'static> Shared<W> {
                 }
             }
         }
-        self.acquire_slow(timeout, stripe)
+        self.acquire_slow(timeout, stripe, failed_before)
     }
 
     /// `acquire` past its first look.
     #[inline(never)]
-    fn acquire_slow(&self, timeout: Duration, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
+    fn acquire_slow(
+        &self,
+        timeout: Duration,
+        stripe: Stripe,
+        failed_before: u64,
+    ) -> Result<Box<Entry<W>>, Error> {
         // Read the clock only if this checkout has to wait.
         let mut deadline = None;
-        // Backpressure: with the fuse blown, this checkout waits for the next start attempt
-        // (not for one that failed before it came; a worker it meets dead on arrival counts)
-        // and leaves with that attempt's cause, so a client retrying against a dead server is
-        // slowed to the pace of `reconnect_delay`.
-        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
         loop {
             self.check_open()?;
             let entry = if let Some(entry) = self.free.take(stripe) {
@@ -268,7 +273,10 @@ impl<W: Send + 'static> Shared<W> {
         }
         match waited {
             Ok(entry) => Ok(entry),
-            Err(WaitError::Closed) => Err(Error::Closed),
+            Err(WaitError::Closed) => {
+                self.sample_if_closed();
+                Err(Error::Closed)
+            }
             Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
                 match self.last_failure() {
                     Some(cause) if self.fuse_blown() => Err(self.down(cause)),

@@ -671,6 +671,7 @@ impl<W: Send + 'static> Pool<W> {
         {
             let now = Instant::now();
             if deadline.is_some_and(|at| now >= at) {
+                shared.sample_if_closed();
                 return Err(Error::Timeout {
                     waited: began.elapsed(),
                     state: Some(shared.state()),
@@ -682,6 +683,7 @@ impl<W: Send + 'static> Pool<W> {
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(5));
         }
+        shared.sample_if_closed();
         Ok(())
     }
 

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use super::free::HeldFree;
-use super::metrics::PoolMetrics;
 use super::start::Held;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
@@ -39,10 +38,7 @@ impl<W: Send + 'static> Shared<W> {
             self.releases.add(stripe);
             self.put_back(entry, stripe);
         }
-        // A closed pool has no reaper to sample its gauges: each lease that ends does.
-        if PoolMetrics::ON && self.closed.load(Ordering::Relaxed) {
-            self.metrics.sample(&self.stats());
-        }
+        self.sample_if_closed();
     }
 
     /// Runs the return hooks on a worker coming back from a lease; `Some` says why it must
@@ -284,6 +280,7 @@ impl<W: Send + 'static> Shared<W> {
         self.counts.release();
         self.emit(Event::WorkerTaken);
         self.refill();
+        self.sample_if_closed();
         entry.worker
     }
 

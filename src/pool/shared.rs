@@ -205,6 +205,16 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// A closed pool has no reaper to sample its gauges: whatever moves them after the
+    /// close (a lease that ends or is taken, a start that ends, a waiter that leaves,
+    /// `drain`) samples them.
+    #[inline]
+    pub(super) fn sample_if_closed(&self) {
+        if PoolMetrics::ON && self.closed.load(Ordering::Acquire) {
+            self.metrics.sample(&self.stats());
+        }
+    }
+
     /// Starts that ended so far, with a worker or without.
     pub(super) fn starts_ended(&self) -> u64 {
         self.started.load(Ordering::SeqCst) + self.counts.failed_starts.load(Ordering::SeqCst)

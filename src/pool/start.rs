@@ -383,6 +383,7 @@ impl<W: Send + 'static> Shared<W> {
                 self.emit(event);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
+                    self.sample_if_closed();
                     return None;
                 }
                 Some(entry)
@@ -521,7 +522,7 @@ impl<W: Send + 'static> Shared<W> {
             drop(claim);
             return None;
         }
-        match self.open_worker() {
+        let event = match self.open_worker() {
             Ok(opened) => Some(self.deliver(opened, claim)),
             Err(cause) => {
                 drop(claim);
@@ -534,7 +535,9 @@ impl<W: Send + 'static> Shared<W> {
                     Some(self.start_failed(cause))
                 }
             }
-        }
+        };
+        self.sample_if_closed();
+        event
     }
 
     /// Opens a worker with the start closure or manager, within `start_timeout` if one is
