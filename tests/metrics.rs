@@ -446,3 +446,98 @@ fn the_waiting_gauge_of_a_closed_pool_falls_when_its_waiters_leave() {
         "a closed pool with no one in line still reports {left} waiting"
     );
 }
+
+/// Twelfth breaking pass. `Pool::map` holds the pool's two free workers (counted as free:
+/// `stats().free` is 2) while its callback runs, and the pool is closed meanwhile; then the
+/// callback returns and `map` gives the workers back, which closes them (the pool is closed).
+///
+/// Expected: the tenth and eleventh passes' fix ("the worker gauges fall at close", "a
+/// closed pool's gauges are sampled by whatever moves them"): the closed pool has no reaper,
+/// so what gives the workers back samples the gauges; once `map` returned
+/// (`stats().size == 0`, `stats().free == 0`), `cylinder_pool_workers{state=idle}` says 0.
+///
+/// Happened: `Shared::close` samples the gauges while `map` holds the workers (`idle` 2),
+/// and `map`'s guard (`Held::drop` in `Pool::map`, through `put_back`, which drains a
+/// closed pool) does not sample them again: the `idle` gauge says 2 for good.
+#[test]
+fn the_idle_gauge_of_a_pool_closed_while_map_held_its_workers_falls_to_zero() {
+    store();
+    let pool = Pool::builder()
+        .size(2)
+        .name("map12")
+        .build(|| Ok(()))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        gauge("cylinder_pool_workers{pool=map12,state=idle}") == 2.0
+    }));
+    let closer = pool.clone();
+    let mut closed = false;
+    pool.map(|_| {
+        if !closed {
+            closed = true;
+            closer.close();
+        }
+    });
+    assert_eq!((pool.stats().size, pool.stats().free), (0, 0));
+    let zero = eventually(Duration::from_millis(1500), || {
+        gauge("cylinder_pool_workers{pool=map12,state=idle}") == 0.0
+    });
+    assert!(
+        zero,
+        "a closed pool with no worker left still reports {} idle workers",
+        gauge("cylinder_pool_workers{pool=map12,state=idle}")
+    );
+}
+
+/// Twelfth breaking pass. A pool of two with one worker open (`min_idle(1)`), leased; a
+/// `try_checkout` finds nothing free and opens a worker on its own thread (poolboy's way),
+/// a slow connect; the pool is closed meanwhile, and then that connect fails.
+///
+/// Expected: the eleventh pass's fix ("a closed pool's gauges are sampled by whatever moves
+/// them: ... starts that end"): once the start ended (`stats().starting == 0`), the
+/// `starting` gauge says 0, as it does for a start run by a start thread
+/// (`the_starting_gauge_of_a_pool_drained_during_a_start_falls_to_zero`).
+///
+/// Happened: `Shared::start_for_caller` samples a closed pool's gauges only when its start
+/// succeeded; when it failed (its claim dropped, `StartFailed` reported) it does not, and
+/// `close` sampled while it ran: the `starting` gauge says 1 for good. (The same arm
+/// reported `StartFailed` for a start cut by close; it no longer does, as a start thread's
+/// start cut by close never did.)
+#[test]
+fn the_starting_gauge_of_a_pool_closed_during_a_try_checkouts_own_failing_start_falls_to_zero() {
+    store();
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let starts = AtomicU64::new(0);
+    let pool = Pool::builder()
+        .size(2)
+        .min_idle(1)
+        .name("trystart12")
+        .build(move || -> Result<(), BoxError> {
+            if starts.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            Err("connection refused".into())
+        })
+        .unwrap();
+    let held = pool.checkout_owned().unwrap();
+    let trying = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.try_checkout().map(|_| ()))
+    };
+    assert!(eventually(Duration::from_secs(5), || pool.stats().starting == 1));
+    pool.close();
+    go.send(()).unwrap();
+    assert!(trying.join().unwrap().is_err());
+    assert_eq!(pool.stats().starting, 0);
+    let zero = eventually(Duration::from_millis(1500), || {
+        gauge("cylinder_pool_workers{pool=trystart12,state=starting}") == 0.0
+    });
+    let left = gauge("cylinder_pool_workers{pool=trystart12,state=starting}");
+    drop(held);
+    assert!(
+        zero,
+        "a closed pool with no start under way still reports {left} starting"
+    );
+}

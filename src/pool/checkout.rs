@@ -178,18 +178,25 @@ impl<W: Send + 'static> Shared<W> {
     /// long as a start may take.
     pub(super) fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
         let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
+        let deadline = deadline_after(waited);
         let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
-        let entry = {
-            let _counted = Held::take(&self.waiting_for_a_start, usize::MAX);
-            self.wait_for(stripe, deadline_after(waited), waited, failed_before, true)?
-        };
-        if let Some(entry) = self.admit(entry, stripe) {
-            return Ok(entry);
-        }
-        // Dead on arrival: a failed start, not a busy pool.
-        match self.last_failure() {
-            Some(cause) => Err(self.down(cause)),
-            None => Err(Error::Overload),
+        loop {
+            let entry = {
+                let _counted = Held::take(&self.waiting_for_a_start, usize::MAX);
+                self.wait_for(stripe, deadline, waited, failed_before, true)?
+            };
+            if let Some(entry) = self.admit(entry, stripe) {
+                return Ok(entry);
+            }
+            // Dead on arrival: a failed start, not a busy pool.
+            if self.failing.load(Ordering::Acquire) {
+                if let Some(cause) = self.last_failure() {
+                    return Err(self.down(cause));
+                }
+            }
+            // Retired for another reason (evicted while in its check): its replacement is
+            // on its way, and the line is looked at again (it answers `Overload` once none
+            // is, or the time is up).
         }
     }
 

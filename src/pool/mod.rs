@@ -519,6 +519,7 @@ impl<W: Send + 'static> Pool<W> {
                 }
                 self.shared
                     .retire_held(evicted, &mut self.count, Vec::new());
+                self.shared.sample_if_closed();
             }
         }
         let mut held = Held {

@@ -390,7 +390,14 @@ impl<W: Send + 'static> Shared<W> {
             }
             Err(cause) => {
                 drop(claim);
-                self.emit(self.start_failed(cause));
+                // A start cut short by close is no failure to back off from (and no event);
+                // its error is user code to drop.
+                if self.closed.load(Ordering::SeqCst) {
+                    contain::dispose(cause);
+                    self.sample_if_closed();
+                } else {
+                    self.emit(self.start_failed(cause));
+                }
                 None
             }
         }
