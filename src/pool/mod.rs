@@ -372,7 +372,9 @@ impl<W: Send + 'static> Pool<W> {
     /// assert!(matches!(waited, Err(Error::Timeout { .. })));
     /// drop(held);
     /// ```
-    #[inline]
+    // Always inlined: the fast path is small (the slow one is out of line), and a call
+    // returning the large `Result` costs more than the checkout itself.
+    #[inline(always)]
     #[track_caller]
     pub fn checkout_timeout(&self, timeout: Duration) -> Result<Lease<'_, W>, Error> {
         let shared = &*self.handle.shared;
