@@ -11,6 +11,10 @@ use crate::event::{Event, EventHook};
 /// allocated up front.
 pub const MAX_POOL_SIZE: usize = 1 << 20;
 
+/// The smallest `reconnect_delay` the pool keeps to (the reaper's smallest tick): a shorter one
+/// is paced at this.
+pub(crate) const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(10);
+
 /// `check_after_idle`'s default, HikariCP's: a worker used this recently is not checked.
 const DEFAULT_CHECK_AFTER_IDLE: Duration = Duration::from_millis(500);
 

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
+use super::builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE, MIN_RECONNECT_DELAY};
 use super::free::FreeList;
 use super::manager::{self, Manager, Uses};
 use super::metrics::PoolMetrics;
@@ -46,6 +46,7 @@ pub(crate) struct Shared<W: Send + 'static> {
     pub(super) max_overflow: usize,
     pub(super) capacity: usize,
     pub(super) checkout_timeout: Duration,
+    /// At least `MIN_RECONNECT_DELAY`.
     pub(super) reconnect_delay: Duration,
     pub(super) start_timeout: Option<Duration>,
     pub(super) max_lifetime: Option<Duration>,
@@ -128,7 +129,9 @@ impl<W: Send + 'static> Shared<W> {
             max_overflow: options.max_overflow,
             capacity,
             checkout_timeout: options.checkout_timeout,
-            reconnect_delay: options.reconnect_delay,
+            // The reaper's smallest tick: what paces the retries also bounds the window in
+            // which a worker that dies counts as dead on arrival.
+            reconnect_delay: options.reconnect_delay.max(MIN_RECONNECT_DELAY),
             start_timeout: options.start_timeout,
             max_lifetime: options.max_lifetime,
             idle_timeout: options.idle_timeout,

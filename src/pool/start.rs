@@ -409,7 +409,7 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         let at = self.failure.lock().as_ref()?.1;
-        match at.checked_add(self.reconnect_delay.max(Duration::from_millis(10))) {
+        match at.checked_add(self.reconnect_delay) {
             Some(retry_at) => {
                 Some(retry_at.saturating_duration_since(now)).filter(|left| !left.is_zero())
             }
