@@ -387,10 +387,14 @@ impl<W: Worker> Balancer<W> {
             Strategy::LeastLoaded => self.pick(
                 |snapshot, count| {
                     let (a, b) = (select::random_below(count), select::random_below(count));
-                    // A queue length that panics is never the shorter (the scan marks it dead).
-                    let load = |i: usize| {
-                        contain::run(|| snapshot.workers[i].queue_len())
-                            .map_or(usize::MAX, |len| len.unwrap_or(0))
+                    // A queue length that panics marks its worker dead (the scan then passes
+                    // it by, also when both picks are that one) and is never the shorter.
+                    let load = |i: usize| match contain::run(|| snapshot.workers[i].queue_len()) {
+                        Ok(len) => len.unwrap_or(0),
+                        Err(_) => {
+                            shared.set.mark_dead(snapshot, i);
+                            usize::MAX
+                        }
                     };
                     if load(b) < load(a) {
                         b
