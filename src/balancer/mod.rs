@@ -387,14 +387,11 @@ impl<W: Worker> Balancer<W> {
             Strategy::LeastLoaded => self.pick(
                 |snapshot, count| {
                     let (a, b) = (select::random_below(count), select::random_below(count));
-                    // A queue length that panics marks its worker dead (the scan then passes
-                    // it by, also when both picks are that one) and is never the shorter.
-                    let load = |i: usize| match contain::run(|| snapshot.workers[i].queue_len()) {
-                        Ok(len) => len.unwrap_or(0),
-                        Err(_) => {
-                            shared.set.mark_dead(snapshot, i);
-                            usize::MAX
-                        }
+                    // A queue length that panics is never the shorter (the scan marks it dead,
+                    // also when both picks are that one).
+                    let load = |i: usize| {
+                        contain::run(|| snapshot.workers[i].queue_len())
+                            .map_or(usize::MAX, |len| len.unwrap_or(0))
                     };
                     if load(b) < load(a) {
                         b
@@ -654,31 +651,35 @@ impl<W: Worker> Balancer<W> {
                 continue;
             }
             let worker = &snapshot.workers[index];
-            // A worker whose `is_alive` or `queue_len` panics counts as dead.
+            // A worker whose `is_alive` or `queue_len` panics counts as dead. Its queue length
+            // is asked whenever the balancer uses it (`max_queue_len`, or the least-loaded
+            // strategy), before a worker that comes back is revived.
             if !contain::run(|| worker.is_alive()).unwrap_or(false) {
                 shared.set.mark_dead(snapshot, index);
                 continue;
             }
-            if snapshot.is_marked_dead(index) {
-                // Dead before and come back by itself (a pool whose server returned).
-                shared.set.revive(snapshot, index);
-            }
-            if leases_out && snapshot.members[index].leased.load(Ordering::Acquire) {
-                busy = true;
-                continue;
-            }
-            if let Some(limit) = shared.max_queue_len {
+            let mut over_limit = false;
+            if shared.max_queue_len.is_some() || shared.strategy == Strategy::LeastLoaded {
                 match contain::run(|| worker.queue_len()) {
-                    Ok(len) if len.is_some_and(|len| len > limit) => {
-                        busy = true;
-                        continue;
+                    Ok(len) => {
+                        over_limit = shared
+                            .max_queue_len
+                            .is_some_and(|limit| len.is_some_and(|len| len > limit));
                     }
-                    Ok(_) => {}
                     Err(_) => {
                         shared.set.mark_dead(snapshot, index);
                         continue;
                     }
                 }
+            }
+            if snapshot.is_marked_dead(index) {
+                // Dead before and come back by itself (a pool whose server returned).
+                shared.set.revive(snapshot, index);
+            }
+            if over_limit || (leases_out && snapshot.members[index].leased.load(Ordering::Acquire))
+            {
+                busy = true;
+                continue;
             }
             if lease
                 && snapshot.members[index]
