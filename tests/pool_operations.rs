@@ -513,9 +513,11 @@ fn an_on_start_that_fails_or_panics_is_a_failed_start_with_its_cause() {
         }
     }
     let d = dropped.clone();
+    // Long enough that the first checkout comes within the backoff of the first failure,
+    // however slow the machine (at 20 ms a loaded CI machine let it try the second start).
     let pool = Pool::builder()
         .size(1)
-        .reconnect_delay(ms(20))
+        .reconnect_delay(ms(300))
         .on_start(move |_: &mut Conn| -> Result<(), BoxError> {
             match c.fetch_add(1, Ordering::SeqCst) {
                 0 => Err("permission denied for schema app".into()),
