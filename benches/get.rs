@@ -1,7 +1,7 @@
-//! `get`: handing out a balanced worker. cylinder's `Balancer::get()` against the floor (a
-//! bare `ArcSwap` load), the textbook version (ArcSwap load + one shared AtomicUsize + Arc
-//! clone) and r2d2's `get()` + drop, at 1, 2 and 4 threads over 8 workers. Times are per
-//! operation on each thread.
+//! `get`: handing out a balanced worker. cylinder's `Balancer::get()` against two floors (a
+//! bare `ArcSwap` load; the same with a thread-local round-robin cursor), the textbook
+//! version (ArcSwap load + one shared AtomicUsize + Arc clone) and r2d2's `get()` + drop, at
+//! 1, 2 and 4 threads over 8 workers. Times are per operation on each thread.
 
 mod support;
 
@@ -26,6 +26,15 @@ fn get(c: &mut Criterion) {
             BenchmarkId::new("arcswap-load-floor", threads),
             &threads,
             |b, &t| b.iter_custom(|iters| run_parallel(t, iters, &|| keep(textbook.load_first()))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("arcswap-thread-cursor-floor", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| {
+                    run_parallel(t, iters, &|| keep(textbook.load_per_thread_cursor()))
+                })
+            },
         );
         group.bench_with_input(
             BenchmarkId::new("arcswap-textbook", threads),

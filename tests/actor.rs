@@ -172,11 +172,20 @@ fn many_threads_call_one_actor_at_once() {
 fn callers_queued_behind_a_panic_get_worker_died() {
     let actor = Actor::spawn(Echo).unwrap();
     actor
-        .cast(Request::Sleep(Duration::from_millis(50)))
+        .cast(Request::Sleep(Duration::from_millis(300)))
         .unwrap();
+    // The crash queued behind the sleep being handled before the next call is sent (a fixed
+    // pause let a late crash thread queue behind it). `queue_len` counts what waits.
+    let queued = |n| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while actor.queue_len() != Some(n) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    queued(0);
     std::thread::scope(|scope| {
         let crash = scope.spawn(|| actor.call(Request::Crash));
-        std::thread::sleep(Duration::from_millis(10));
+        queued(1);
         let behind = scope.spawn(|| actor.call(Request::Echo(1)));
         assert!(matches!(crash.join().unwrap(), Err(Error::WorkerDied)));
         let behind = behind.join().unwrap();

@@ -609,7 +609,9 @@ impl Behaviour for SlowGrenades {
 fn a_late_reply_whose_drop_panics_does_not_kill_the_actor() {
     quiet_panics();
     let actor = Actor::spawn(SlowGrenades).unwrap();
-    let late = actor.call_timeout(50, Duration::from_millis(1));
+    // Far longer than the timeout, so that even a caller descheduled for a while gives up
+    // before the reply comes (one that found its reply would drop the grenade itself).
+    let late = actor.call_timeout(300, Duration::from_millis(1));
     assert!(matches!(late, Err(Error::Timeout { .. })));
     // Queued behind the late call: answered once the late reply has been dropped.
     let next = actor.call_timeout(0, Duration::from_secs(30));

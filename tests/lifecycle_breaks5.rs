@@ -115,8 +115,11 @@ fn get_on_a_disconnected_balancer_with_a_slow_supervisor_fails_at_once() {
     let took = at.elapsed();
     balancer.close();
     assert!(matches!(got, Err(Error::Disconnected { .. })), "{got:?}");
+    // The supervisor takes 500 ms: a get that ran it took longer. (One that met the reaper's
+    // own attempt would wait up to 100 ms for it; this one comes between two of them, but a
+    // loaded machine may make it late.)
     assert!(
-        took < Duration::from_millis(50),
+        took < Duration::from_millis(250),
         "a get on a disconnected balancer took {took:?}: it ran the supervisor on the caller's \
          thread ({} supervisor calls)",
         asked.lock().unwrap().len()

@@ -70,8 +70,9 @@ fn a_worker_under_its_keepalive_check_during_evict_all_is_closed_when_the_check_
     generation.store(2, Ordering::SeqCst);
     let began = Instant::now();
     pool.evict_all();
-    // The check returns ~250 ms after it began; allow 300 ms more.
-    while old_dropped.load(Ordering::SeqCst) == 0 && began.elapsed() < Duration::from_millis(550) {
+    // The check returns ~250 ms after it began; the worker is closed then (allow a loaded
+    // machine's reaper seconds: the bug left it open for good).
+    while old_dropped.load(Ordering::SeqCst) == 0 && began.elapsed() < Duration::from_secs(5) {
         thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(

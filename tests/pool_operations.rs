@@ -54,7 +54,9 @@ fn a_timeout_names_the_pools_state_in_one_line() {
     let _b = pool.checkout().unwrap();
     let waiter = {
         let pool = pool.clone();
-        thread::spawn(move || pool.checkout_timeout(ms(400)).map(drop))
+        // Still in line when the checkout below times out, however late that is: it is
+        // served by the release at the end.
+        thread::spawn(move || pool.checkout_timeout(Duration::from_secs(30)).map(drop))
     };
     assert!(eventually(Duration::from_secs(5), || pool.stats().waiters == 1));
     let err = pool.checkout_timeout(ms(50)).unwrap_err();
@@ -75,7 +77,8 @@ fn a_timeout_names_the_pools_state_in_one_line() {
     );
     // No start ever failed: no cause.
     assert!(err.source().is_none());
-    assert!(matches!(waiter.join().unwrap(), Err(Error::Timeout { .. })));
+    drop(_a);
+    assert!(waiter.join().unwrap().is_ok());
 }
 
 #[test]
@@ -154,14 +157,14 @@ fn a_slow_lease_report_names_where_the_lease_was_taken() {
         let _b = pool.try_checkout().unwrap();
         lines.push(line!() + 1);
         let _c = pool.checkout_owned().unwrap();
+        // Held until all four are reported (the reaper reports every 10 ms, but may be late
+        // on a loaded machine: a lease given back first would never be reported).
+        let all_four = || sites.lock().unwrap().len() == 4;
         lines.push(line!() + 1);
-        pool.transaction(|()| thread::sleep(ms(150))).unwrap();
+        let reported = pool.transaction(|()| eventually(Duration::from_secs(5), all_four));
+        let reported = reported.unwrap();
+        assert!(reported, "{:?}", sites.lock().unwrap());
     }
-    assert!(eventually(Duration::from_secs(5), || sites
-        .lock()
-        .unwrap()
-        .len()
-        == 4));
     let mut seen: Vec<u32> = sites
         .lock()
         .unwrap()
@@ -201,9 +204,11 @@ fn workers_started_together_expire_over_a_spread_each_close_to_its_own_expiry() 
         first >= LIFETIME.mul_f64(0.975) - ms(1),
         "one expired at {first:?}, before its lifetime less 2.5 %"
     );
+    // Close to its expiry: well before the next regular sweep (LIFETIME / 4 = 500 ms later),
+    // with room for a reaper that a loaded machine wakes late.
     assert!(
-        last <= LIFETIME + ready + ms(60),
-        "the last expired at {last:?}: not within a few ms of its expiry"
+        last <= LIFETIME + ready + ms(250),
+        "the last expired at {last:?}: not close to its expiry"
     );
     assert!(
         last - first >= ms(15),
@@ -226,7 +231,9 @@ fn check_after_idle_skips_the_check_for_a_worker_used_a_moment_ago() {
     let checks = Arc::new(AtomicUsize::new(0));
     let pool = Pool::builder()
         .size(1)
-        .check_after_idle(ms(100))
+        // Long enough that no pause of a loaded machine between two checkouts below reaches
+        // it.
+        .check_after_idle(ms(500))
         .test_on_checkout(counting_check(&checks))
         .build(|| Ok(()))
         .unwrap();
@@ -239,7 +246,7 @@ fn check_after_idle_skips_the_check_for_a_worker_used_a_moment_ago() {
         1,
         "used a moment ago: not checked"
     );
-    thread::sleep(ms(150));
+    thread::sleep(ms(600));
     drop(pool.checkout().unwrap());
     assert_eq!(
         checks.load(Ordering::SeqCst),
@@ -322,14 +329,17 @@ fn keepalive_leaves_leased_and_recently_used_workers_alone() {
     let checks = Arc::new(AtomicUsize::new(0));
     let pool = Pool::builder()
         .size(2)
-        .keepalive(ms(30))
+        // Far above the few ms between two uses below, so that a loaded machine's pauses never
+        // leave the free worker unused that long; the held one stays leased for three times
+        // as long, through about a dozen sweeps.
+        .keepalive(ms(300))
         .test_on_checkout(counting_check(&checks))
         .build(|| Ok(()))
         .unwrap();
     let held = pool.checkout().unwrap();
     let began = Instant::now();
-    while began.elapsed() < ms(300) {
-        // The free worker is used every few ms: never unused for 30 ms.
+    while began.elapsed() < ms(900) {
+        // The free worker is used every few ms: never unused for 300 ms.
         drop(pool.checkout_timeout(ms(100)).unwrap());
         thread::sleep(ms(3));
     }
@@ -438,12 +448,13 @@ fn drain_lets_running_work_finish_and_wakes_waiters_with_closed() {
         thread::spawn(move || pool.checkout_timeout(Duration::from_secs(10)).map(drop))
     };
     assert!(eventually(Duration::from_secs(5), || pool.stats().waiters == 1));
+    // Before the spawn: the work may begin its 100 ms before this thread goes on.
+    let began = Instant::now();
     let work = thread::spawn(move || {
         thread::sleep(ms(100));
         *lease += 1;
         drop(lease);
     });
-    let began = Instant::now();
     pool.drain(Duration::from_secs(10)).unwrap();
     assert!(
         began.elapsed() >= ms(90),
@@ -513,11 +524,18 @@ fn an_on_start_that_fails_or_panics_is_a_failed_start_with_its_cause() {
         }
     }
     let d = dropped.clone();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let f = failed.clone();
     // Long enough that the first checkout comes within the backoff of the first failure,
     // however slow the machine (at 20 ms a loaded CI machine let it try the second start).
     let pool = Pool::builder()
         .size(1)
         .reconnect_delay(ms(300))
+        .on_event(move |event| {
+            if *event == Event::StartFailed {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+        })
         .on_start(move |_: &mut Conn| -> Result<(), BoxError> {
             match c.fetch_add(1, Ordering::SeqCst) {
                 0 => Err("permission denied for schema app".into()),
@@ -527,6 +545,11 @@ fn an_on_start_that_fails_or_panics_is_a_failed_start_with_its_cause() {
         })
         .build_unchecked(move || Ok(Conn(d.clone())))
         .unwrap();
+    // The first start's failure recorded first: a `try_checkout` that came while it was being
+    // recorded (its claim given back, the pool not yet failing) would open a start of its own.
+    assert!(eventually(Duration::from_secs(5), || failed
+        .load(Ordering::SeqCst)
+        == 1));
     let err = pool.try_checkout().map(drop).unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
     assert_eq!(

@@ -108,6 +108,19 @@ impl Textbook {
         self.set.load()[0].0
     }
 
+    /// The floor the issue for the balancer names: an `ArcSwap` load and a round-robin
+    /// position kept per thread (a thread-local cursor, no shared write), read through.
+    pub fn load_per_thread_cursor(&self) -> usize {
+        thread_local!(static CURSOR: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+        let set = self.set.load();
+        let at = CURSOR.with(|cursor| {
+            let at = cursor.get();
+            cursor.set(if at + 1 == set.len() { 0 } else { at + 1 });
+            at
+        });
+        set[at % set.len()].0
+    }
+
     pub fn get(&self) -> Arc<Conn> {
         let set = self.set.load();
         set[self.next.fetch_add(1, Ordering::Relaxed) % set.len()].clone()

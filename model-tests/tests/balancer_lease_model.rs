@@ -113,6 +113,14 @@ struct Config {
     events: bool,
 }
 
+impl Config {
+    /// Whether the balancer asks the children's `queue_len` (a limit, or `LeastLoaded`): then
+    /// a child whose `queue_len` panics is out of service (the fifteenth breaking pass).
+    fn uses_queue_len(&self) -> bool {
+        self.max_queue_len.is_some() || self.strategy >= 2
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Case {
     config: Config,
@@ -457,6 +465,7 @@ fn event_callback(env: &Arc<Env>) {
 struct StepView {
     single: bool,
     max_queue_len: Option<usize>,
+    uses_queue_len: bool,
 }
 
 /// What the model knows since the last quiet point: the published set (the live children
@@ -547,7 +556,7 @@ impl Client<'_> {
         let mut free = Vec::new();
         for id in set {
             let child = list.iter().find(|c| c.id == *id)?;
-            if child.queue_panics.load(SeqCst) && self.view.max_queue_len.is_some() {
+            if child.queue_panics.load(SeqCst) && self.view.uses_queue_len {
                 return None;
             }
             let over = self
@@ -909,8 +918,7 @@ fn quiet_point(
         }
     }
     // Leases: every live child not held by a client, no more.
-    let queue_unknown =
-        config.max_queue_len.is_some() && list.iter().any(|c| c.queue_panics.load(SeqCst));
+    let queue_unknown = config.uses_queue_len() && list.iter().any(|c| c.queue_panics.load(SeqCst));
     if !panicking && !queue_unknown {
         let expected: HashSet<u64> = live
             .iter()
@@ -1046,6 +1054,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         let view = StepView {
             single: busy.len() == 1,
             max_queue_len: config.max_queue_len,
+            uses_queue_len: config.uses_queue_len(),
         };
         for &c in &busy {
             let _ = cmds[c].send(Cmd::Run(step[c].clone(), view, known.clone()));

@@ -477,9 +477,12 @@ impl<W: Send + 'static> PoolBuilder<W> {
     ///     .build(move || Ok(Conn { cut: starts.clone() }))
     ///     .unwrap();
     /// cut.store(true, Ordering::Release); // the firewall drops the idle connection
-    /// std::thread::sleep(Duration::from_millis(50));
+    /// // The reaper finds it within a few tens of milliseconds: no client is involved.
+    /// let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    /// while pool.stats().failed_checks == 0 && std::time::Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
     /// cut.store(false, Ordering::Release); // later starts are fine
-    /// std::thread::sleep(Duration::from_millis(100));
     /// assert!(pool.stats().failed_checks >= 1); // found by the reaper, not by a client
     /// assert!(pool.checkout().is_ok());
     /// ```

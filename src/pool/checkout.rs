@@ -134,8 +134,13 @@ impl<W: Send + 'static> Shared<W> {
         } else if nothing_open && self.counts.on_their_way() > 0 {
             // Nothing open yet and starts on their way, none failed (a lazy pool just built,
             // or replacements): no worker is busy, so this waits for the first to come, as a
-            // start on this thread would, rather than open one more.
-            return self.try_wait_for_a_start(stripe);
+            // start on this thread would, rather than open one more. If it went to another
+            // client, this one goes on as if it had found nothing free: a start of its own
+            // if the pool has room, else `Overload` (reported as such, below).
+            match self.try_wait_for_a_start(stripe) {
+                Err(Error::Overload) => {}
+                answer => return answer,
+            }
         }
         // A start of its own; once more if the first was evicted on arrival (`evict_all`
         // came while it ran: the next one uses what the eviction was for).
@@ -253,8 +258,12 @@ impl<W: Send + 'static> Shared<W> {
                 if self.has_room() {
                     self.signal.request();
                 }
+                // A failure from before it came is waited out (the next attempt may succeed),
+                // unless no attempt ever comes (`reconnect_delay` beyond the clock's range):
+                // the last start's claim may have been given back only after it came.
                 self.fuse_blown()
-                    && self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
+                    && (self.counts.failed_starts.load(Ordering::SeqCst) != failed_before
+                        || Instant::now().checked_add(self.reconnect_delay).is_none())
             },
             deadline,
             || self.free.queued(),
@@ -320,14 +329,26 @@ impl<W: Send + 'static> Shared<W> {
     /// fails the check is retired, and `None` says to look for another.
     #[inline(always)]
     pub(super) fn admit(&self, entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
-        if self.uses.is_alive || self.uses.check || self.evicted(&entry) {
+        if self.uses.is_alive
+            || self.uses.check
+            || self.evicted(&entry)
+            || self.may_have_expired(&entry)
+        {
             return self.admit_with_hooks(entry, stripe);
         }
         Some(self.lease_out(entry, stripe))
     }
 
-    /// [`admit`](Self::admit) for a pool with an `is_alive` hook or a checkout check, or a
-    /// worker evicted.
+    /// A worker with a `max_lifetime` while a reaper round is under way: the round may be
+    /// held up in user code, so its sweep may not close the worker at its expiry. (Otherwise
+    /// the sweep comes at the expiry, and the checkout reads no clock.)
+    #[inline(always)]
+    fn may_have_expired(&self, entry: &Entry<W>) -> bool {
+        entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
+    }
+
+    /// [`admit`](Self::admit) for a pool with an `is_alive` hook or a checkout check, a
+    /// worker evicted, or one that may have expired.
     #[inline(never)]
     fn admit_with_hooks(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
         if self.is_dead(&entry) {
@@ -336,6 +357,10 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.evicted(&entry) {
             self.retire(entry, Retire::Evicted);
+            return None;
+        }
+        if self.may_have_expired(&entry) && entry.expired(Instant::now()) {
+            self.retire(entry, Retire::Expired);
             return None;
         }
         if self.uses.check && self.check_due(&entry) {

@@ -16,14 +16,14 @@
 //! | from | to | trigger | counts moved | function |
 //! |---|---|---|---|---|
 //! | — | claimed | fewer than `min_idle` open, a waiter nothing is on its way for | `total` +1, `starting` +1 | `refill`, `start_for_line` |
-//! | — | claimed | `build`, `resize` (run by the caller, every claim tried) | as above | `fill_now` |
+//! | — | claimed | `build`, `resize` (run by the caller, every claim tried; a resize that adds workers also during a backoff) | as above | `fill_now` |
 //! | — | claimed | `try_checkout` found nothing free, the pool has room | as above | `start_for_caller` |
 //! | claimed | — | `close`; a failed start drops the claims still waiting | `total` −1, `starting` −1 | `Counts::cancel_pending` |
 //! | claimed | starting | a start thread takes it up (not once closed) | claim guarded | `run_starter`, `run_claim` |
 //! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
 //! | idle | leased | a checkout; the check passes (or is skipped: used within `check_after_idle`) | `checkouts` +1 | `admit`, `check_due` |
-//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), or evicted | `total` −1 | `admit`, `retire` |
+//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) | `total` −1 | `admit`, `may_have_expired`, `retire` |
 //! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
 //! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
@@ -303,7 +303,7 @@ impl<W: Send + 'static> Pool<W> {
         };
         let shared = &pool.handle.shared;
         if checked {
-            shared.fill_now();
+            shared.fill_now(false);
             if shared.counts.open() == 0 && min_idle > 0 {
                 let cause = shared
                     .last_failure()
@@ -584,7 +584,10 @@ impl<W: Send + 'static> Pool<W> {
         // the two sees the other, so a worker closed meanwhile is started again.
         seqcst_point();
         shared.shrink();
-        shared.fill_now();
+        // The workers it adds are started now, also while the pool waits out a failed start
+        // (the caller asked for them, and `resize` returns once they started); a resize that
+        // adds none leaves the pace of retries alone.
+        shared.fill_now(added > 0);
         // The reaper may have claimed some of the new workers' starts first (it reads the
         // new `min_idle` too): those are this resize's as well, and it returns once as many
         // starts as it added have ended, as long as a start may take. A shrink adds none:
@@ -632,7 +635,9 @@ impl<W: Send + 'static> Pool<W> {
     /// ```
     pub fn evict_all(&self) {
         let shared = &*self.handle.shared;
-        shared.generation.fetch_add(1, Ordering::AcqRel);
+        shared.generation.fetch_add(1, Ordering::SeqCst);
+        // A worker kept after this sweep, by a caller that looked before the count moved,
+        // asks the reaper to sweep again (`put_back`).
         shared.sweep(Instant::now());
     }
 

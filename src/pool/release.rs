@@ -97,6 +97,7 @@ impl<W: Send + 'static> Shared<W> {
         } else {
             entry
         };
+        let generation = entry.generation;
         self.give_back(entry, stripe);
         // A return racing `close` must not leave a worker in a closed pool.
         if self.closed.load(Ordering::Acquire) {
@@ -109,6 +110,14 @@ impl<W: Send + 'static> Shared<W> {
         seqcst_point();
         if self.counts.total() > self.size.load(Ordering::SeqCst) {
             self.shrink();
+        }
+        // Nor an evicted one: `evict_all` came after the caller's look (a return's `unfit`,
+        // a start's `deliver`, a sweep) and swept before it was kept. The same pairing: its
+        // count's increment, then its sweep, against the keep, then this look. The reaper
+        // sweeps again (no user code, no sweep within a sweep here).
+        if self.generation.load(Ordering::SeqCst) != generation {
+            self.sweep_again.store(true, Ordering::SeqCst);
+            self.signal.request();
         }
     }
 
@@ -278,8 +287,12 @@ impl<W: Send + 'static> Shared<W> {
         self.metrics.lease_ended(entry.lease_clock);
         self.takes.fetch_add(1, Ordering::Relaxed);
         self.counts.release();
+        // Replaced at once, as a retired worker that served a lease is, also while the pool
+        // waits out a failed start (a worker that served and left says nothing of the next
+        // start); claimed before the event, as `retire_unreported` does: a callback that
+        // blocks must not hold the replacement back.
+        self.replace();
         self.emit(Event::WorkerTaken);
-        self.refill();
         self.sample_if_closed();
         entry.worker
     }

@@ -68,6 +68,10 @@ pub(crate) struct Shared<W: Send + 'static> {
     pub(super) sorting: AtomicUsize,
     /// Workers counted out whose `Drop` is still running (`closed_above`).
     pub(super) closing: AtomicUsize,
+    /// Reaper rounds under way (0 or 1). A round may be held up in user code (an event
+    /// callback, a keepalive check); meanwhile a checkout looks at its worker's
+    /// `max_lifetime` itself, so no expired worker goes out on a lease while it waits.
+    pub(super) in_upkeep: AtomicUsize,
     /// The checkout check runs only on a worker idle (unchecked) at least this long.
     pub(super) check_after_idle: Duration,
     /// Idle workers unused this long are checked by the reaper.
@@ -76,6 +80,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     pub(super) reads_idle_clock: bool,
     /// How many times `evict_all` was called: workers started before the last call go.
     pub(super) generation: AtomicU64,
+    /// A worker was kept after an `evict_all`'s sweep that it should have gone in: the
+    /// reaper's next round sweeps.
+    pub(super) sweep_again: AtomicBool,
     /// The earliest expiry of a worker returned since the last sweep that the sweep may not
     /// have planned for, in nanoseconds after `epoch` (`u64::MAX`: none).
     pub(super) next_expiry: AtomicU64,
@@ -142,6 +149,7 @@ impl<W: Send + 'static> Shared<W> {
             waiting_for_a_start: AtomicUsize::new(0),
             held_free: AtomicUsize::new(0),
             closing: AtomicUsize::new(0),
+            in_upkeep: AtomicUsize::new(0),
             sorting: AtomicUsize::new(0),
             check_after_idle: options.check_after_idle,
             keepalive: options.keepalive,
@@ -150,6 +158,7 @@ impl<W: Send + 'static> Shared<W> {
                 || options.keepalive.is_some()
                 || (uses.check && !options.check_after_idle.is_zero()),
             generation: AtomicU64::new(0),
+            sweep_again: AtomicBool::new(false),
             next_expiry: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             metrics: PoolMetrics::new(&options.name),

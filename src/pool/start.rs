@@ -376,9 +376,12 @@ impl<W: Send + 'static> Shared<W> {
                 drop(claim.joined());
                 self.wake_those_waiting_for_a_start();
                 // While it ran, this start counted as on its way to the line: a waiter that
-                // came meanwhile claimed none (`start_for_line`, `wanted`). Ask for one now.
-                if self.waiters.has_unserved() && self.has_room() {
-                    self.signal.request();
+                // came meanwhile claimed none (`start_for_line`, `wanted`). Claim one for it
+                // now, as `deliver` does: not left to the reaper, which a callback may hold
+                // up.
+                seqcst_point();
+                if self.waiters.unserved() > 0 {
+                    self.refill();
                 }
                 self.emit(event);
                 if self.closed.load(Ordering::Acquire) {
@@ -389,14 +392,14 @@ impl<W: Send + 'static> Shared<W> {
                 Some(entry)
             }
             Err(cause) => {
-                drop(claim);
                 // A start cut short by close is no failure to back off from (and no event);
                 // its error is user code to drop.
                 if self.closed.load(Ordering::SeqCst) {
+                    drop(claim);
                     contain::dispose(cause);
                     self.sample_if_closed();
                 } else {
-                    self.emit(self.start_failed(cause));
+                    self.emit(self.start_failed(cause, claim));
                 }
                 None
             }
@@ -446,11 +449,13 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Claims the starts the pool is short of and runs them on threads of this call, a few
     /// at a time, returning once each has ended: every claim is tried (one failing does not
-    /// drop the others), whatever the pool's start threads are busy with.
-    pub(crate) fn fill_now(&self) {
+    /// drop the others), whatever the pool's start threads are busy with. With
+    /// `despite_backoff` (a `resize` that adds workers: asked for by its caller, once) also
+    /// while the pool waits out a failed start.
+    pub(crate) fn fill_now(&self, despite_backoff: bool) {
         let claimed = {
             let _deciding = self.deciding.lock();
-            match self.wanted(false) {
+            match self.wanted(despite_backoff) {
                 Some(wanted) => self.counts.claim(wanted, self.limit(), false),
                 None => 0,
             }
@@ -532,14 +537,14 @@ impl<W: Send + 'static> Shared<W> {
         let event = match self.open_worker() {
             Ok(opened) => Some(self.deliver(opened, claim)),
             Err(cause) => {
-                drop(claim);
                 // A start cut short by close is no failure to back off from; its error is
                 // user code to drop.
                 if self.closed.load(Ordering::SeqCst) {
+                    drop(claim);
                     contain::dispose(cause);
                     None
                 } else {
-                    Some(self.start_failed(cause))
+                    Some(self.start_failed(cause, claim))
                 }
             }
         };
@@ -719,17 +724,28 @@ impl<W: Send + 'static> Shared<W> {
         (entry, event)
     }
 
-    /// A start failed (its claim already given back): the claims still waiting are dropped,
-    /// and the pool waits `reconnect_delay` before the next try (the reaper makes it).
+    /// A start failed: the claims still waiting are dropped, the failure recorded, then its
+    /// own claim given back, and the pool waits `reconnect_delay` before the next try (the
+    /// reaper makes it).
     #[must_use]
-    fn start_failed(&self, cause: Cause) -> Event {
+    fn start_failed(&self, cause: Cause, claim: Claim<'_>) -> Event {
         self.counts.cancel_pending();
         log::warn!(
             "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
             self.name,
             self.reconnect_delay
         );
+        // Recorded while its claim still counts as on its way: no client ever sees neither
+        // a start on its way nor the failure (a `try_checkout` would open one more start).
         self.note_failure(cause);
+        drop(claim);
+        // The reaper is asked again: a round that ran before the claim was given back (and
+        // after a success elsewhere healed the failure) counted it as on its way.
+        self.signal.request();
+        // Given back, the fuse may be blown now: waiters with nothing left to wait for leave.
+        if self.fuse_blown() {
+            self.waiters.wake_all();
+        }
         self.wake_those_waiting_for_a_start();
         Event::StartFailed
     }

@@ -29,12 +29,17 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
+        let _in_upkeep = Held::take(&self.in_upkeep, usize::MAX);
         let now = Instant::now();
         let mut next: Option<Duration> = None;
         let mut soon = |due: Duration| next = Some(next.map_or(due, |next| next.min(due)));
         match self.backoff_left(now) {
             Some(left) => soon(left),
             None => self.refill(),
+        }
+        if self.sweep_again.swap(false, Ordering::SeqCst) {
+            // Its kept expiry: planned by the regular sweeps, or none is set.
+            let _ = self.sweep(now);
         }
         if let Some(every) = self.sweep_every() {
             let planned = *schedule.next_sweep.get_or_insert(now + every);

@@ -205,15 +205,17 @@ impl<T> WaitList<T> {
                 served = true;
                 break (at, Ok(item));
             }
-            // Counted as served while it looks, so that a start decision made meanwhile
-            // never sees the item gone from the free list and this waiter still unserved.
-            self.handed.fetch_add(1, Ordering::SeqCst);
-            if let Some(item) = take() {
+            if let Some(item) = self.look(&mut take) {
                 served = true;
                 break (at, Ok(item));
             }
-            self.handed.fetch_sub(1, Ordering::SeqCst);
             if give_up() {
+                // What it gives up on (the last start on its way ended) may have queued an
+                // item since the look: one more look before it leaves empty-handed.
+                if let Some(item) = self.look(&mut take) {
+                    served = true;
+                    break (at, Ok(item));
+                }
                 break (at, Err(WaitError::GaveUp));
             }
             if timed_out {
@@ -265,6 +267,18 @@ impl<T> WaitList<T> {
             on_closed(item);
         }
         outcome
+    }
+
+    /// A waiter's look for a queued item. It counts as served while it looks, so that a start
+    /// decision made meanwhile never sees the item gone from the free list and this waiter
+    /// still unserved.
+    fn look(&self, take: &mut impl FnMut() -> Option<T>) -> Option<T> {
+        self.handed.fetch_add(1, Ordering::SeqCst);
+        let item = take();
+        if item.is_none() {
+            self.handed.fetch_sub(1, Ordering::SeqCst);
+        }
+        item
     }
 
     /// Wakes every waiter to look again (and to give up if nothing can come).
