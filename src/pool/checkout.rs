@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::PoolMetrics;
 
+use super::builder::MIN_RECONNECT_DELAY;
 use super::start::Held;
 use super::waitlist::WaitError;
 use super::{Entry, Retire, Shared};
@@ -347,6 +348,19 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
+    /// Past its lifetime, unless its lifetime is shorter than the pace of starts
+    /// (`MIN_RECONNECT_DELAY`) and it was never leased: such a worker goes out once (as with
+    /// the reaper free), or every replacement would expire before its first lease and be
+    /// retired in turn, in a tight loop.
+    fn expired_for_a_lease(&self, entry: &Entry<W>) -> bool {
+        let lifetime = |at: Instant| at.saturating_duration_since(entry.born);
+        entry.expired(Instant::now())
+            && (entry.leased_before
+                || entry
+                    .expires
+                    .is_some_and(|at| lifetime(at) >= MIN_RECONNECT_DELAY))
+    }
+
     /// [`admit`](Self::admit) for a pool with an `is_alive` hook or a checkout check, a
     /// worker evicted, or one that may have expired.
     #[inline(never)]
@@ -359,7 +373,7 @@ impl<W: Send + 'static> Shared<W> {
             self.retire(entry, Retire::Evicted);
             return None;
         }
-        if self.may_have_expired(&entry) && entry.expired(Instant::now()) {
+        if self.may_have_expired(&entry) && self.expired_for_a_lease(&entry) {
             self.retire(entry, Retire::Expired);
             return None;
         }

@@ -303,7 +303,7 @@ impl<W: Send + 'static> Pool<W> {
         };
         let shared = &pool.handle.shared;
         if checked {
-            shared.fill_now(false);
+            shared.fill_now(0);
             if shared.counts.open() == 0 && min_idle > 0 {
                 let cause = shared
                     .last_failure()
@@ -585,9 +585,9 @@ impl<W: Send + 'static> Pool<W> {
         seqcst_point();
         shared.shrink();
         // The workers it adds are started now, also while the pool waits out a failed start
-        // (the caller asked for them, and `resize` returns once they started); a resize that
-        // adds none leaves the pace of retries alone.
-        shared.fill_now(added > 0);
+        // (the caller asked for them, and `resize` returns once they started); the others,
+        // and a resize that adds none, leave the pace of retries alone.
+        shared.fill_now(usize::try_from(added).unwrap_or(usize::MAX));
         // The reaper may have claimed some of the new workers' starts first (it reads the
         // new `min_idle` too): those are this resize's as well, and it returns once as many
         // starts as it added have ended, as long as a start may take. A shrink adds none:

@@ -449,15 +449,18 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Claims the starts the pool is short of and runs them on threads of this call, a few
     /// at a time, returning once each has ended: every claim is tried (one failing does not
-    /// drop the others), whatever the pool's start threads are busy with. With
-    /// `despite_backoff` (a `resize` that adds workers: asked for by its caller, once) also
-    /// while the pool waits out a failed start.
-    pub(crate) fn fill_now(&self, despite_backoff: bool) {
+    /// drop the others), whatever the pool's start threads are busy with. While the pool
+    /// waits out a failed start, only up to `added` (the workers a `resize` adds, asked for
+    /// by its caller, once; a retry of the others waits for the backoff).
+    pub(crate) fn fill_now(&self, added: usize) {
         let claimed = {
             let _deciding = self.deciding.lock();
-            match self.wanted(despite_backoff) {
-                Some(wanted) => self.counts.claim(wanted, self.limit(), false),
-                None => 0,
+            let wanted = self
+                .wanted(false)
+                .or_else(|| self.wanted(true).map(|wanted| wanted.min(added)));
+            match wanted {
+                Some(wanted) if wanted > 0 => self.counts.claim(wanted, self.limit(), false),
+                _ => 0,
             }
         };
         if claimed == 0 {

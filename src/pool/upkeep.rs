@@ -67,7 +67,9 @@ impl<W: Send + 'static> Shared<W> {
             self.metrics.sample(&self.stats());
             soon(SAMPLE_EVERY);
         }
-        next
+        // Planned from the round's start: a round held up in user code (a keepalive check,
+        // an event callback) must not push the next sweep or expiry back by as long.
+        next.map(|due| due.saturating_sub(now.elapsed()))
     }
 
     /// How often the free workers are looked over for `idle_timeout`, `max_lifetime` and
@@ -211,9 +213,13 @@ impl<W: Send + 'static> Shared<W> {
             } else if let Err(cause) = self.keep_alive(&mut entry, now) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 Some(Retire::CheckFailed(cause))
-            } else {
+            } else if self.evicted(&entry) {
                 // An `evict_all` that came while the keepalive check ran.
-                self.evicted(&entry).then_some(Retire::Evicted)
+                Some(Retire::Evicted)
+            } else {
+                // Its lifetime may have ended while a check (its own, or one before it) ran.
+                (self.max_lifetime.is_some() && entry.expired(Instant::now()))
+                    .then_some(Retire::Expired)
             };
             match verdict {
                 // Shelved, behind the ones not looked at yet.
