@@ -9,7 +9,7 @@ use crate::worker::Worker;
 /// `children` is asked for the current set whenever the pool or balancer (re)connects: at
 /// start, after a worker died or was discarded, and every `reconnect_delay` while
 /// disconnected. An `Err`, a panic, or a set with no live worker means the set is gone:
-/// callers get [`Error::Disconnected`] until it is back. A panic or error here is contained
+/// callers get [`Error::Disconnected`](crate::Error::Disconnected) until it is back. A panic or error here is contained
 /// and logged; it never takes the pool down.
 ///
 /// Any `Fn() -> Result<Vec<Arc<W>>, BoxError>` closure is a supervisor, and so is

@@ -176,6 +176,13 @@ impl<W: Send + 'static> Shared<W> {
         // Closed meanwhile: say so, not "busy".
         self.check_open()?;
         self.fuse()?;
+        // Nothing open and starts failing (its own start failed, or found another under
+        // way): down, not busy.
+        if self.counts.in_service() == 0 && self.failing.load(Ordering::Acquire) {
+            if let Some(cause) = self.last_failure() {
+                return Err(self.down(cause));
+            }
+        }
         self.emit(Event::Overload);
         Err(Error::Overload)
     }
@@ -354,7 +361,8 @@ impl<W: Send + 'static> Shared<W> {
     /// retired in turn, in a tight loop.
     fn expired_for_a_lease(&self, entry: &Entry<W>) -> bool {
         let lifetime = |at: Instant| at.saturating_duration_since(entry.born);
-        entry.expired(Instant::now())
+        !entry.kept_past_expiry
+            && entry.expired(Instant::now())
             && (entry.leased_before
                 || entry
                     .expires
@@ -385,6 +393,11 @@ impl<W: Send + 'static> Shared<W> {
             }
             if self.evicted(&entry) {
                 self.retire(entry, Retire::Evicted);
+                return None;
+            }
+            // Its lifetime may have ended while the check ran (a slow round trip).
+            if self.max_lifetime.is_some() && self.expired_for_a_lease(&entry) {
+                self.retire(entry, Retire::Expired);
                 return None;
             }
             if self.closed.load(Ordering::Acquire) {

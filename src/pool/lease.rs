@@ -24,7 +24,7 @@ impl<W: Send + 'static> PoolRef<'_, W> {
     }
 }
 
-/// A leased worker, borrowed from its [`Pool`] (see [`Pool::checkout`]). Derefs to the worker,
+/// A leased worker, borrowed from its [`Pool`](crate::Pool) (see [`Pool::checkout`](crate::Pool::checkout)). Derefs to the worker,
 /// mutably too; gives it back when dropped, also while its thread's panic unwinds.
 ///
 /// Operations on the lease itself are associated functions, so they never shadow the
@@ -50,7 +50,7 @@ pub struct Lease<'a, W: Send + 'static> {
 
 /// A leased worker that owns a handle to its pool: `'static` and `Send`, so it can be
 /// returned from a function, stored in a request, or moved into `std::thread::spawn` (see
-/// [`Pool::checkout_owned`]). Otherwise the same as [`Lease`].
+/// [`Pool::checkout_owned`](crate::Pool::checkout_owned)). Otherwise the same as [`Lease`].
 ///
 /// ```
 /// use cylinder::{OwnedLease, Pool};

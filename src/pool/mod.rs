@@ -23,14 +23,14 @@
 //! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
 //! | idle | leased | a checkout; the check passes (or is skipped: used within `check_after_idle`) | `checkouts` +1 | `admit`, `check_due` |
-//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) | `total` −1 | `admit`, `may_have_expired`, `retire` |
+//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) or during its check (not the one a sweep kept past its expiry) | `total` −1 | `admit`, `expired_for_a_lease`, `retire` |
 //! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
 //! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
 //! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
 //! | idle | looked over | the reaper's sweep (at its period, or at a worker's expiry), `evict_all`, `map` | `held_free` +1 (`HeldFree`) | `sweep` |
 //! | looked over | idle | alive, not expired, passed its `keepalive` check if one was due | `held_free` −1 | `sweep`, `keep_alive`, `put_back` |
-//! | looked over | closing | past its `max_lifetime` (less its jitter), evicted, dead, failed its `keepalive` check | `held_free` −1, `total` −1 | `sweep`, `retire` |
+//! | looked over | closing | past its `max_lifetime` (less its jitter; the youngest of those expiring at once is kept until their replacements are in), evicted, dead, failed its `keepalive` check, expired during it | `held_free` −1, `total` −1 | `sweep`, `look_at_each`, `retire` |
 //! | idle | closing | the pool closed (`close`, `drain`) | `total` −1 | `drain` |
 //! | closing | — | its `Drop` runs (contained) | — | `close_worker` |
 //!
@@ -165,6 +165,10 @@ pub(crate) struct Entry<W> {
     /// start (and waits `reconnect_delay`), so a check that always fails cannot make the
     /// pool start workers in a tight loop.
     leased_before: bool,
+    /// Kept in service past its lifetime by a sweep, the youngest of those expiring at once,
+    /// until their replacements are in (never all at once): neither the sweep's second pass
+    /// nor a checkout retires it for its expiry (its return or a later sweep does).
+    kept_past_expiry: bool,
     /// The pool's `evict_all` count when it started: older ones are closed.
     generation: u64,
     /// When its lease began (for `cylinder_pool_lease_seconds`; nothing without `metrics`).
@@ -611,7 +615,7 @@ impl<W: Send + 'static> Pool<W> {
     /// are closed at once, leased ones when their lease ends (never revoked). Replacements
     /// start as any replacement does, a few at a time (a lazy pool, `min_idle` below `size`,
     /// starts them up to `min_idle` and opens the rest on demand). Each is reported as
-    /// [`Event::WorkerEvicted`] (and counted with the reason `evicted`).
+    /// [`Event::WorkerEvicted`](crate::Event::WorkerEvicted) (and counted with the reason `evicted`).
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};

@@ -68,8 +68,16 @@ impl<W: Send + 'static> Shared<W> {
             soon(SAMPLE_EVERY);
         }
         // Planned from the round's start: a round held up in user code (a keepalive check,
-        // an event callback) must not push the next sweep or expiry back by as long.
-        next.map(|due| due.saturating_sub(now.elapsed()))
+        // an event callback) must not push the next sweep or expiry back by as long; but a
+        // round that always takes that long must not run the next at once (a spin).
+        let took = now.elapsed();
+        next.map(|due| {
+            if due > MIN_TICK {
+                due.saturating_sub(took).max(MIN_TICK)
+            } else {
+                due
+            }
+        })
     }
 
     /// How often the free workers are looked over for `idle_timeout`, `max_lifetime` and
@@ -169,7 +177,9 @@ impl<W: Send + 'static> Shared<W> {
                 .max_by_key(|(_, (entry, _))| entry.born)
                 .map(|(at, _)| at);
             if let Some(at) = youngest {
-                keeping.push(retiring.swap_remove(at).0);
+                let mut kept = retiring.swap_remove(at).0;
+                kept.kept_past_expiry = true;
+                keeping.push(kept);
             }
         }
         // Longest idle first, so the one used last is on top again (`QueueMode::Lifo`) or
@@ -217,9 +227,12 @@ impl<W: Send + 'static> Shared<W> {
                 // An `evict_all` that came while the keepalive check ran.
                 Some(Retire::Evicted)
             } else {
-                // Its lifetime may have ended while a check (its own, or one before it) ran.
-                (self.max_lifetime.is_some() && entry.expired(Instant::now()))
-                    .then_some(Retire::Expired)
+                // Its lifetime may have ended while a check (its own, or one before it) ran;
+                // the one the first pass kept past its expiry stays (never all at once).
+                (self.max_lifetime.is_some()
+                    && !entry.kept_past_expiry
+                    && entry.expired(Instant::now()))
+                .then_some(Retire::Expired)
             };
             match verdict {
                 // Shelved, behind the ones not looked at yet.
