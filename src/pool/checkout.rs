@@ -355,13 +355,19 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
+    /// Kept past its expiry by a sweep (the youngest of those expiring at once) while its
+    /// replacements are on their way: once none is, it goes like any expired worker.
+    pub(super) fn kept_for_replacements(&self, entry: &Entry<W>) -> bool {
+        entry.kept_past_expiry && self.counts.on_their_way() > 0
+    }
+
     /// Past its lifetime, unless its lifetime is shorter than the pace of starts
     /// (`MIN_RECONNECT_DELAY`) and it was never leased: such a worker goes out once (as with
     /// the reaper free), or every replacement would expire before its first lease and be
     /// retired in turn, in a tight loop.
     fn expired_for_a_lease(&self, entry: &Entry<W>) -> bool {
         let lifetime = |at: Instant| at.saturating_duration_since(entry.born);
-        !entry.kept_past_expiry
+        !self.kept_for_replacements(entry)
             && entry.expired(Instant::now())
             && (entry.leased_before
                 || entry
@@ -386,6 +392,7 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         if self.uses.check && self.check_due(&entry) {
+            let check_began = self.max_lifetime.map(|_| Instant::now());
             if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 self.retire(entry, Retire::CheckFailed(cause));
@@ -395,8 +402,15 @@ impl<W: Send + 'static> Shared<W> {
                 self.retire(entry, Retire::Evicted);
                 return None;
             }
-            // Its lifetime may have ended while the check ran (a slow round trip).
-            if self.max_lifetime.is_some() && self.expired_for_a_lease(&entry) {
+            // Its lifetime may have ended while the check ran (a slow round trip). Not that of
+            // a worker started just before its first check: with a check slower than the
+            // lifetime, every replacement would expire in it and be retired in turn (it goes
+            // at its return).
+            let fresh = |began: Instant| {
+                !entry.leased_before
+                    && began.saturating_duration_since(entry.born) < MIN_RECONNECT_DELAY
+            };
+            if check_began.is_some_and(|began| !fresh(began)) && self.expired_for_a_lease(&entry) {
                 self.retire(entry, Retire::Expired);
                 return None;
             }

@@ -168,7 +168,9 @@ impl<W: Send + 'static> Shared<W> {
             .count();
         // The idle ones closed are out of the count already.
         let held_now = keeping.len() + retiring.len();
-        let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
+        // (Starts that keep failing are no replacements coming: the server is down.)
+        let coming = (expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0))
+            && !self.failing.load(Ordering::Acquire);
         if keeping.is_empty() && coming && self.counts.in_service() <= held_now {
             let youngest = retiring
                 .iter()
@@ -230,7 +232,7 @@ impl<W: Send + 'static> Shared<W> {
                 // Its lifetime may have ended while a check (its own, or one before it) ran;
                 // the one the first pass kept past its expiry stays (never all at once).
                 (self.max_lifetime.is_some()
-                    && !entry.kept_past_expiry
+                    && !self.kept_for_replacements(&entry)
                     && entry.expired(Instant::now()))
                 .then_some(Retire::Expired)
             };
