@@ -230,38 +230,11 @@ fn the_worker_kept_past_its_expiry_goes_while_quick_failing_starts_wait_out_thei
     );
 }
 
-/// Found (families 11 and 9; the eighteenth pass's `kept_past_expiry` and the sweep's
-/// "coming" test). The same pool of four (three would do, less often), but the starts fail
-/// only after 200 ms (a connect timeout) and the retries come every 10 ms (the shortest
-/// `reconnect_delay`). The server stays down.
-///
-/// Expected (GUARANTEES.md's `max_lifetime` row): the youngest expired worker is "kept while
-/// their replacements start", and (src/pool/upkeep.rs, `sweep`) "a lone expired worker with
-/// nothing coming goes". No replacement is coming: every start fails. The kept worker should
-/// go once the first replacement start has failed (or at least within a bound), not serve
-/// as long as the server stays down.
-///
-/// What happened: the kept worker is still open (and free to lease) 1.7 s past its 300 ms
-/// lifetime, at the end of the watch, in 39 runs of 40 (run alone; ~6 of 8 under `cargo
-/// test` with a compile beside it). `sweep`'s "coming" is `self.counts.on_their_way() > 0`:
-/// any start, also a retry of a start that has failed every time, counts as a replacement
-/// coming. The retries of the three free slots run together and the reaper's round at the
-/// backoff's end claims them before its sweep looks, so nearly every sweep sees a start on
-/// its way, and keeps the expired worker again.
-#[test]
-fn the_worker_kept_past_its_expiry_goes_while_slow_failing_starts_are_retried() {
-    let last = kept_worker_while_starts_fail(
-        4,
-        Duration::from_millis(200),
-        Duration::from_millis(10),
-        Duration::from_millis(2000),
-    );
-    assert!(
-        last < Duration::from_millis(1000),
-        "an original worker (max_lifetime 300 ms) was still open {last:?} after the build, \
-         every replacement start having failed"
-    );
-}
+// The nineteenth pass also found the kept worker staying as long as failing retries are on
+// their way (a server that refuses new connections). The twentieth pass showed that the fix
+// (nothing counts as coming while starts fail) emptied pools over one old failed start; it
+// was taken back: the worker kept is the one that still works while the server refuses new
+// ones, and GUARANTEES.md says so.
 
 /// The process's CPU time so far (user + system), from `/proc/self/stat` (as
 /// `tests/pool_reaper_cpu.rs` measures it).
@@ -438,13 +411,15 @@ fn the_worker_kept_past_its_expiry_is_not_leased_after_a_checkout_check_its_repl
     );
 }
 
-/// Tried (passes; family 6 against `kept_past_expiry`): the pool of three of
+/// Tried (family 6 against the kept worker; changed by the twentieth pass, whose
+/// `a_lease_of_the_kept_worker_does_not_retire_it_on_return_while_its_replacements_start`
+/// found its return emptying the pool): the pool of three of
 /// `the_worker_kept_past_its_expiry_is_not_leased_once_its_replacements_are_in_while_the_reaper_is_held_up`,
 /// its replacements slow (1 s) and its reaper held up for 1.5 s on the sweep that kept the
-/// youngest expired worker. A client checks out and returns twenty times meanwhile: the kept
-/// worker goes out at most once (its return retires it), never on many leases.
+/// youngest expired worker. A client checks out and returns twenty times meanwhile: every
+/// checkout is served (by the kept worker, until its replacements are in).
 #[test]
-fn the_worker_kept_past_its_expiry_goes_out_on_one_lease_at_most() {
+fn the_worker_kept_past_its_expiry_serves_every_checkout_while_its_replacements_start() {
     let (start, _starts) = numbered(3, Duration::from_millis(1000));
     let expiries = Arc::new(AtomicUsize::new(0));
     let blocked = Arc::new(AtomicBool::new(false));
@@ -469,21 +444,19 @@ fn the_worker_kept_past_its_expiry_goes_out_on_one_lease_at_most() {
         "no two workers ever expired"
     );
     let p = pool.clone();
-    let originals = common::within(Duration::from_secs(5), move || {
-        let mut originals = 0;
+    let served = common::within(Duration::from_secs(5), move || {
+        let mut served = 0;
         for _ in 0..20 {
-            if let Ok(lease) = p.checkout() {
-                if lease.0 < 3 {
-                    originals += 1;
-                }
+            if p.checkout().is_ok() {
+                served += 1;
             }
             thread::sleep(Duration::from_millis(5));
         }
-        originals
+        served
     })
     .expect("the checkouts hung");
-    assert!(
-        originals <= 1,
-        "the worker kept past its expiry went out on {originals} leases"
+    assert_eq!(
+        served, 20,
+        "while the replacements started, only {served} of 20 checkouts were served"
     );
 }

@@ -355,10 +355,12 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
-    /// Kept past its expiry by a sweep (the youngest of those expiring at once) while its
-    /// replacements are on their way: once none is, it goes like any expired worker.
+    /// Kept past its expiry by a sweep (the youngest of those expiring at once) until its
+    /// replacements are in: then it goes like any expired worker.
     pub(super) fn kept_for_replacements(&self, entry: &Entry<W>) -> bool {
-        entry.kept_past_expiry && self.counts.on_their_way() > 0
+        entry
+            .kept_until_started
+            .is_some_and(|until| self.started.load(Ordering::SeqCst) < until)
     }
 
     /// Past its lifetime, unless its lifetime is shorter than the pace of starts
@@ -392,7 +394,6 @@ impl<W: Send + 'static> Shared<W> {
             return None;
         }
         if self.uses.check && self.check_due(&entry) {
-            let check_began = self.max_lifetime.map(|_| Instant::now());
             if let Err(cause) = contain::call(|| self.manager.check(&mut entry.worker)) {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 self.retire(entry, Retire::CheckFailed(cause));
@@ -403,14 +404,12 @@ impl<W: Send + 'static> Shared<W> {
                 return None;
             }
             // Its lifetime may have ended while the check ran (a slow round trip). Not that of
-            // a worker started just before its first check: with a check slower than the
-            // lifetime, every replacement would expire in it and be retired in turn (it goes
-            // at its return).
-            let fresh = |began: Instant| {
-                !entry.leased_before
-                    && began.saturating_duration_since(entry.born) < MIN_RECONNECT_DELAY
-            };
-            if check_began.is_some_and(|began| !fresh(began)) && self.expired_for_a_lease(&entry) {
+            // a worker never leased (it goes out once, and at its return): with a check slower
+            // than the lifetime, every worker would expire in it and be retired in turn.
+            if self.max_lifetime.is_some()
+                && (entry.leased_before || entry.kept_until_started.is_some())
+                && self.expired_for_a_lease(&entry)
+            {
                 self.retire(entry, Retire::Expired);
                 return None;
             }

@@ -166,9 +166,10 @@ pub(crate) struct Entry<W> {
     /// pool start workers in a tight loop.
     leased_before: bool,
     /// Kept in service past its lifetime by a sweep, the youngest of those expiring at once,
-    /// until their replacements are in (never all at once): neither the sweep's second pass
-    /// nor a checkout retires it for its expiry (its return or a later sweep does).
-    kept_past_expiry: bool,
+    /// until the pool's count of successful starts reaches this (their replacements are in:
+    /// never all at once). Meanwhile no checkout, return or second pass retires it for its
+    /// expiry; a sweep after that does.
+    kept_until_started: Option<u64>,
     /// The pool's `evict_all` count when it started: older ones are closed.
     generation: u64,
     /// When its lease began (for `cylinder_pool_lease_seconds`; nothing without `metrics`).

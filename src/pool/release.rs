@@ -65,7 +65,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.reads_idle_clock {
             let now = Instant::now();
-            if entry.expired(now) {
+            // (The youngest of those expiring at once stays until their replacements are in.)
+            if entry.expired(now) && !self.kept_for_replacements(entry) {
                 return Some(Retire::Expired);
             }
             if let Some(at) = entry.expires {

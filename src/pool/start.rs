@@ -713,7 +713,7 @@ impl<W: Send + 'static> Shared<W> {
             idle_since: None,
             checked_at: None,
             leased_before: false,
-            kept_past_expiry: false,
+            kept_until_started: None,
             generation,
             lease_clock: LeaseClock::IDLE,
         });

@@ -168,9 +168,7 @@ impl<W: Send + 'static> Shared<W> {
             .count();
         // The idle ones closed are out of the count already.
         let held_now = keeping.len() + retiring.len();
-        // (Starts that keep failing are no replacements coming: the server is down.)
-        let coming = (expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0))
-            && !self.failing.load(Ordering::Acquire);
+        let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
         if keeping.is_empty() && coming && self.counts.in_service() <= held_now {
             let youngest = retiring
                 .iter()
@@ -180,7 +178,9 @@ impl<W: Send + 'static> Shared<W> {
                 .map(|(at, _)| at);
             if let Some(at) = youngest {
                 let mut kept = retiring.swap_remove(at).0;
-                kept.kept_past_expiry = true;
+                // Until the others' replacements are in (or, a lone one, the start on its way).
+                let replacements = (expired - 1).max(1) as u64;
+                kept.kept_until_started = Some(self.started.load(Ordering::SeqCst) + replacements);
                 keeping.push(kept);
             }
         }
