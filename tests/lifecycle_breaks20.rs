@@ -40,6 +40,40 @@ impl Drop for Conn {
     }
 }
 
+/// A pool of three keeping two (`min_idle(2)`), `max_lifetime(400 ms)`, whose third start
+/// fails once (a blip no later success clears until the replacements come), and whose later
+/// starts take `replacement_start`; with the count of starts.
+fn pool_with_an_old_blip(replacement_start: Duration) -> (Pool<Conn>, Arc<AtomicUsize>) {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let live = Arc::new(AtomicUsize::new(0));
+    let slow_drop = Arc::new(Mutex::new(None));
+    let (s, l, d) = (starts.clone(), live.clone(), slow_drop.clone());
+    let pool = Pool::builder()
+        .size(3)
+        .min_idle(2)
+        .max_lifetime(Duration::from_millis(400))
+        .reconnect_delay(Duration::from_millis(50))
+        .checkout_timeout(Duration::from_secs(2))
+        .build(move || {
+            let n = s.fetch_add(1, Ordering::SeqCst);
+            if n == 2 {
+                return Err::<Conn, BoxError>("connection refused (a blip)".into());
+            }
+            if n > 2 {
+                thread::sleep(replacement_start);
+            }
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok(Conn {
+                n,
+                born: Instant::now(),
+                slow_drop: d.clone(),
+                live: l.clone(),
+            })
+        })
+        .unwrap();
+    (pool, starts)
+}
+
 /// Found (families 9 and 10; the nineteenth pass's `coming ... && !self.failing` in
 /// src/pool/upkeep.rs `sweep`). A pool of `size(3)`, `min_idle(2)`, `max_lifetime(400 ms)`,
 /// `reconnect_delay(50 ms)`: its two workers start together. Once, a client's
@@ -60,33 +94,7 @@ impl Drop for Conn {
 /// `failing` as "starts keep failing" and keeps no expired worker, so both go at once.
 #[test]
 fn an_old_failed_start_no_success_has_cleared_does_not_let_every_worker_expire_at_once() {
-    let starts = Arc::new(AtomicUsize::new(0));
-    let live = Arc::new(AtomicUsize::new(0));
-    let slow_drop = Arc::new(Mutex::new(None));
-    let (s, l, d) = (starts.clone(), live.clone(), slow_drop.clone());
-    let pool = Pool::builder()
-        .size(3)
-        .min_idle(2)
-        .max_lifetime(Duration::from_millis(400))
-        .reconnect_delay(Duration::from_millis(50))
-        .checkout_timeout(Duration::from_secs(2))
-        .build(move || {
-            let n = s.fetch_add(1, Ordering::SeqCst);
-            if n == 2 {
-                return Err::<Conn, BoxError>("connection refused (a blip)".into());
-            }
-            if n > 2 {
-                thread::sleep(Duration::from_millis(150));
-            }
-            l.fetch_add(1, Ordering::SeqCst);
-            Ok(Conn {
-                n,
-                born: Instant::now(),
-                slow_drop: d.clone(),
-                live: l.clone(),
-            })
-        })
-        .unwrap();
+    let (pool, starts) = pool_with_an_old_blip(Duration::from_millis(150));
     let built = Instant::now();
     let fewest = common::within(Duration::from_secs(6), move || {
         let one = pool.checkout().unwrap();
@@ -127,32 +135,7 @@ fn an_old_failed_start_no_success_has_cleared_does_not_let_every_worker_expire_a
 /// (`nothing_open && failing` → `on_their_way() > 0` → `down(last_failure)`).
 #[test]
 fn try_checkout_while_replacements_start_is_not_disconnected_by_an_old_failed_start() {
-    let live = Arc::new(AtomicUsize::new(0));
-    let slow_drop = Arc::new(Mutex::new(None));
-    let starts = Arc::new(AtomicUsize::new(0));
-    let (s, l, d) = (starts.clone(), live.clone(), slow_drop.clone());
-    let pool = Pool::builder()
-        .size(3)
-        .min_idle(2)
-        .max_lifetime(Duration::from_millis(400))
-        .reconnect_delay(Duration::from_millis(50))
-        .build(move || {
-            let n = s.fetch_add(1, Ordering::SeqCst);
-            if n == 2 {
-                return Err::<Conn, BoxError>("connection refused (a blip)".into());
-            }
-            if n > 2 {
-                thread::sleep(Duration::from_millis(300));
-            }
-            l.fetch_add(1, Ordering::SeqCst);
-            Ok(Conn {
-                n,
-                born: Instant::now(),
-                slow_drop: d.clone(),
-                live: l.clone(),
-            })
-        })
-        .unwrap();
+    let (pool, _starts) = pool_with_an_old_blip(Duration::from_millis(300));
     let built = Instant::now();
     let answers = common::within(Duration::from_secs(6), move || {
         let one = pool.checkout().unwrap();
