@@ -2,10 +2,12 @@
 //! expired worker a sweep keeps stays until the pool's count of successful starts reaches
 //! the count at the sweep plus the replacements it expects), attacked with the server up.
 //!
-//! Tests whose doc comment starts with "Found" are one bug each, named after its scenario.
-//! This pass's three are still open: they fail on the code they were written against and are
-//! `#[ignore]`d until fixed (`cargo test --test lifecycle_breaks21 -- --ignored` runs them).
-//! Those marked "Tried" document what was tried and held.
+//! Tests whose doc comment starts with "Found" are one bug each, named after its scenario,
+//! failing on the code they were written against. All three are fixed by one simpler rule
+//! (`kept_for_replacements` in src/pool/checkout.rs): the worker kept past its expiry stays
+//! while the sweep claims the others' replacements, and after that only while no other worker
+//! is in service and one is coming (a start on its way, or fewer open than `min_idle`). Those
+//! marked "Tried" document what was tried and held.
 
 mod common;
 
@@ -159,7 +161,6 @@ fn a_busy_client_after_two_expire_at_once(min_idle: usize) -> (Duration, Vec<usi
 /// the sweep set, so every return (`unfit`) and checkout spares it, and the sweeps, which do
 /// not spare it, always find it leased.
 #[test]
-#[ignore = "open (issue 17): a kept worker's start count is never reached when no replacement is started"]
 fn a_kept_worker_in_a_lazy_pool_kept_busy_is_not_leased_far_past_its_lifetime() {
     let (oldest, leased, watch) = a_busy_client_after_two_expire_at_once(0);
     assert!(
@@ -181,7 +182,6 @@ fn a_kept_worker_in_a_lazy_pool_kept_busy_is_not_leased_far_past_its_lifetime() 
 ///
 /// What happened: the kept worker serves every lease for 1.5 s, 5x its lifetime.
 #[test]
-#[ignore = "open (issue 17): a kept worker's start count is never reached when no replacement is started"]
 fn a_kept_worker_with_min_idle_below_the_open_count_kept_busy_is_not_leased_far_past_its_lifetime()
 {
     let (oldest, leased, watch) = a_busy_client_after_two_expire_at_once(1);
@@ -211,7 +211,6 @@ fn a_kept_worker_with_min_idle_below_the_open_count_kept_busy_is_not_leased_far_
 /// return retired the kept worker: the pool had no worker at all while the replacement still
 /// started (a checkout then waits for it).
 #[test]
-#[ignore = "open (issue 17): any successful start counts toward a kept worker's replacements"]
 fn an_overflow_start_does_not_count_as_the_kept_workers_replacement() {
     let watch = Watch::default();
     // Starts 0 and 1 (the build) and 3 (the overflow) are quick; the replacements take 400 ms.

@@ -355,12 +355,20 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
-    /// Kept past its expiry by a sweep (the youngest of those expiring at once) until its
-    /// replacements are in: then it goes like any expired worker.
+    /// Kept past its expiry by a sweep (the youngest of those expiring at once), and still
+    /// needed: the sweep is claiming the others' replacements, or no other worker is in
+    /// service and one is coming (a start on its way, or one the pool will retry: fewer open
+    /// than `min_idle`, as while starts fail). Otherwise it goes like any expired worker: a
+    /// lone worker with nothing coming (a lazy pool) does not serve on past its lifetime.
     pub(super) fn kept_for_replacements(&self, entry: &Entry<W>) -> bool {
-        entry
-            .kept_until_started
-            .is_some_and(|until| self.started.load(Ordering::SeqCst) < until)
+        entry.kept_past_expiry
+            && (self.sweep_replacing.load(Ordering::SeqCst) > 0
+                || (self.counts.in_service() <= 1 && self.replacement_coming()))
+    }
+
+    /// A start is on its way, or one is due: fewer workers counted than `min_idle`.
+    pub(super) fn replacement_coming(&self) -> bool {
+        self.counts.on_their_way() > 0 || self.counts.total() < self.min_idle.load(Ordering::SeqCst)
     }
 
     /// Past its lifetime, unless its lifetime is shorter than the pace of starts
@@ -407,7 +415,7 @@ impl<W: Send + 'static> Shared<W> {
             // a worker never leased (it goes out once, and at its return): with a check slower
             // than the lifetime, every worker would expire in it and be retired in turn.
             if self.max_lifetime.is_some()
-                && (entry.leased_before || entry.kept_until_started.is_some())
+                && (entry.leased_before || entry.kept_past_expiry)
                 && self.expired_for_a_lease(&entry)
             {
                 self.retire(entry, Retire::Expired);

@@ -165,11 +165,10 @@ pub(crate) struct Entry<W> {
     /// start (and waits `reconnect_delay`), so a check that always fails cannot make the
     /// pool start workers in a tight loop.
     leased_before: bool,
-    /// Kept in service past its lifetime by a sweep, the youngest of those expiring at once,
-    /// until the pool's count of successful starts reaches this (their replacements are in:
-    /// never all at once). Meanwhile no checkout, return or second pass retires it for its
-    /// expiry; a sweep after that does.
-    kept_until_started: Option<u64>,
+    /// Kept in service past its lifetime by a sweep, the youngest of those expiring at once
+    /// (never all at once): it stays while the pool would otherwise be left with no worker
+    /// and one is coming (see `Shared::kept_for_replacements`).
+    kept_past_expiry: bool,
     /// The pool's `evict_all` count when it started: older ones are closed.
     generation: u64,
     /// When its lease began (for `cylinder_pool_lease_seconds`; nothing without `metrics`).
@@ -525,7 +524,7 @@ impl<W: Send + 'static> Pool<W> {
                     }
                 }
                 self.shared
-                    .retire_held(evicted, &mut self.count, Vec::new());
+                    .retire_held(evicted, &mut self.count, Vec::new(), None);
                 self.shared.sample_if_closed();
             }
         }

@@ -222,16 +222,20 @@ impl<W: Send + 'static> Shared<W> {
     /// Retires workers the caller took off the free list (counted in `held`), reporting
     /// their events (after `reported`, those of workers closed before) only once every one is
     /// closed: a callback may wait for them (`drain`), and only this thread can close them.
+    /// `replacing` (a sweep's, see `sweep_replacing`) is given back once every replacement is
+    /// claimed, before the events.
     pub(super) fn retire_held(
         &self,
         retiring: impl IntoIterator<Item = (Box<Entry<W>>, Retire)>,
         held: &mut HeldFree<'_>,
         mut reported: Vec<Event>,
+        replacing: Option<Held<'_>>,
     ) {
         for (entry, why) in retiring {
             held.leave_one();
             reported.push(self.retire_unreported(entry, why));
         }
+        drop(replacing);
         for event in reported {
             self.emit(event);
         }

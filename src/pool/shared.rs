@@ -83,6 +83,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// A worker was kept after an `evict_all`'s sweep that it should have gone in: the
     /// reaper's next round sweeps.
     pub(super) sweep_again: AtomicBool,
+    /// Sweeps retiring workers that expired with one they keep past its expiry (0 or 1):
+    /// until each has claimed its replacement, the one kept stays whatever the counts say.
+    pub(super) sweep_replacing: AtomicUsize,
     /// The earliest expiry of a worker returned since the last sweep that the sweep may not
     /// have planned for, in nanoseconds after `epoch` (`u64::MAX`: none).
     pub(super) next_expiry: AtomicU64,
@@ -159,6 +162,7 @@ impl<W: Send + 'static> Shared<W> {
                 || (uses.check && !options.check_after_idle.is_zero()),
             generation: AtomicU64::new(0),
             sweep_again: AtomicBool::new(false),
+            sweep_replacing: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             metrics: PoolMetrics::new(&options.name),

@@ -713,7 +713,7 @@ impl<W: Send + 'static> Shared<W> {
             idle_since: None,
             checked_at: None,
             leased_before: false,
-            kept_until_started: None,
+            kept_past_expiry: false,
             generation,
             lease_clock: LeaseClock::IDLE,
         });

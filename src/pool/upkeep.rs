@@ -160,15 +160,17 @@ impl<W: Send + 'static> Shared<W> {
         }
         // Workers started together expire together: never all at once. While no other worker
         // would stay in service (none kept, none leased) and replacements are coming (several
-        // expire now, or starts are on their way), the youngest expired one serves until a
-        // later sweep, when they are in; a lone expired worker with nothing coming goes.
+        // expire now, or a start is on its way or due), the youngest expired one serves on
+        // until they are in (`kept_for_replacements`); a lone expired worker with nothing
+        // coming goes.
         let expired = retiring
             .iter()
             .filter(|(_, why)| matches!(why, Retire::Expired))
             .count();
         // The idle ones closed are out of the count already.
         let held_now = keeping.len() + retiring.len();
-        let coming = expired >= 2 || (expired == 1 && self.counts.on_their_way() > 0);
+        let coming = expired >= 2 || (expired == 1 && self.replacement_coming());
+        let mut replacing = None;
         if keeping.is_empty() && coming && self.counts.in_service() <= held_now {
             let youngest = retiring
                 .iter()
@@ -178,9 +180,10 @@ impl<W: Send + 'static> Shared<W> {
                 .map(|(at, _)| at);
             if let Some(at) = youngest {
                 let mut kept = retiring.swap_remove(at).0;
-                // Until the others' replacements are in (or, a lone one, the start on its way).
-                let replacements = (expired - 1).max(1) as u64;
-                kept.kept_until_started = Some(self.started.load(Ordering::SeqCst) + replacements);
+                kept.kept_past_expiry = true;
+                // Until the others are closed and their replacements claimed, they still count
+                // as in service: the kept one stays meanwhile, whatever the counts say.
+                replacing = Held::take(&self.sweep_replacing, usize::MAX);
                 keeping.push(kept);
             }
         }
@@ -200,7 +203,7 @@ impl<W: Send + 'static> Shared<W> {
             log::debug!("cylinder: {}: closed an idle worker", self.name);
             closed_idle.push(Event::WorkerIdleClosed);
         }
-        self.retire_held(retiring, &mut held, closed_idle);
+        self.retire_held(retiring, &mut held, closed_idle, replacing);
         drop(held);
         if self.uses.is_alive || self.keepalive.is_some() {
             self.look_at_each(now);
