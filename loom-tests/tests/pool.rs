@@ -13,6 +13,8 @@ use loom::thread;
 struct Slot {
     in_use: AtomicBool,
     alive: AtomicBool,
+    /// Marked by a model: from before an `evict_all`.
+    old: AtomicBool,
 }
 
 impl Slot {
@@ -20,6 +22,7 @@ impl Slot {
         Slot {
             in_use: AtomicBool::new(false),
             alive: AtomicBool::new(true),
+            old: AtomicBool::new(false),
         }
     }
     fn enter(&self) {
@@ -484,5 +487,33 @@ fn a_close_above_the_old_size_racing_a_resize_up() {
         drop(second);
         let stats = pool.stats();
         assert_eq!((stats.size, stats.free, stats.leased), (2, 2, 0));
+    });
+}
+
+/// `evict_all` racing a return: the worker returned is retired by the return (it saw the
+/// eviction) or by the eviction's sweep (it was free by then), or, kept by a return that
+/// looked before the count moved and put back after the sweep, by the reaper's next round
+/// (`put_back` asks for it: `sweep_again`). No worker from before the eviction stays free
+/// after that round.
+#[test]
+fn evict_all_racing_a_return() {
+    model_within(3, &[Serve::Compete], |serve| {
+        let pool = pool_serving(1, serve);
+        let lease = pool.checkout().unwrap();
+        lease.old.store(true, Ordering::Relaxed);
+        let evicting = pool.clone();
+        let evictor = thread::spawn(move || evicting.evict_all());
+        drop(lease);
+        evictor.join().unwrap();
+        pool.run_reaper_round();
+        // (A checkout would retire it on the spot: the free list is what is looked at.)
+        let old_free = pool.map(|slot| slot.old.load(Ordering::Relaxed));
+        assert!(
+            !old_free.contains(&true),
+            "a worker from before evict_all stayed free after the reaper's round"
+        );
+        drop(pool.checkout().unwrap());
+        let stats = pool.stats();
+        assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
     });
 }

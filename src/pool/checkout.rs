@@ -128,9 +128,7 @@ impl<W: Send + 'static> Shared<W> {
             // tries a start itself (below), so a lazy pool comes back.
             self.fuse()?;
             if self.counts.on_their_way() > 0 {
-                if let Some(cause) = self.last_failure() {
-                    return Err(self.down(cause));
-                }
+                self.down_if_a_start_failed()?;
             }
         } else if nothing_open && self.counts.on_their_way() > 0 {
             // Nothing open yet and starts on their way, none failed (a lazy pool just built,
@@ -179,9 +177,7 @@ impl<W: Send + 'static> Shared<W> {
         // Nothing open and starts failing (its own start failed, or found another under
         // way): down, not busy.
         if self.counts.in_service() == 0 && self.failing.load(Ordering::Acquire) {
-            if let Some(cause) = self.last_failure() {
-                return Err(self.down(cause));
-            }
+            self.down_if_a_start_failed()?;
         }
         self.emit(Event::Overload);
         Err(Error::Overload)
@@ -203,13 +199,19 @@ impl<W: Send + 'static> Shared<W> {
             }
             // Dead on arrival: a failed start, not a busy pool.
             if self.failing.load(Ordering::Acquire) {
-                if let Some(cause) = self.last_failure() {
-                    return Err(self.down(cause));
-                }
+                self.down_if_a_start_failed()?;
             }
             // Retired for another reason (evicted while in its check): its replacement is
             // on its way, and the line is looked at again (it answers `Overload` once none
             // is, or the time is up).
+        }
+    }
+
+    /// `Disconnected`, with the cause of the last start that failed, if one did.
+    fn down_if_a_start_failed(&self) -> Result<(), Error> {
+        match self.last_failure() {
+            Some(cause) => Err(self.down(cause)),
+            None => Ok(()),
         }
     }
 
@@ -219,9 +221,7 @@ impl<W: Send + 'static> Shared<W> {
     /// into line and claim the next start (with `min_idle(0)` nothing else would).
     pub(super) fn fuse(&self) -> Result<(), Error> {
         if self.fuse_blown() && self.backoff_left(Instant::now()).is_some() {
-            if let Some(cause) = self.last_failure() {
-                return Err(self.down(cause));
-            }
+            self.down_if_a_start_failed()?;
         }
         Ok(())
     }
@@ -230,9 +230,7 @@ impl<W: Send + 'static> Shared<W> {
     /// `Duration::MAX`), a blocking checkout has nothing to wait for: it fails at once.
     pub(super) fn never_again(&self) -> Result<(), Error> {
         if self.fuse_blown() && self.backoff_left(Instant::now()) == Some(Duration::MAX) {
-            if let Some(cause) = self.last_failure() {
-                return Err(self.down(cause));
-            }
+            self.down_if_a_start_failed()?;
         }
         Ok(())
     }

@@ -641,7 +641,9 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         shared.generation.fetch_add(1, Ordering::SeqCst);
         // A worker kept after this sweep, by a caller that looked before the count moved,
-        // asks the reaper to sweep again (`put_back`).
+        // asks the reaper to sweep again (`put_back`): the increment, then the sweep's look,
+        // against the keep, then `put_back`'s look at the count.
+        seqcst_point();
         shared.sweep(Instant::now());
     }
 
