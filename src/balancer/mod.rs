@@ -660,17 +660,13 @@ impl<W: Worker> Balancer<W> {
             }
             let mut over_limit = false;
             if shared.max_queue_len.is_some() || shared.strategy == Strategy::LeastLoaded {
-                match contain::run(|| worker.queue_len()) {
-                    Ok(len) => {
-                        over_limit = shared
-                            .max_queue_len
-                            .is_some_and(|limit| len.is_some_and(|len| len > limit));
-                    }
-                    Err(_) => {
-                        shared.set.mark_dead(snapshot, index);
-                        continue;
-                    }
-                }
+                let Ok(len) = contain::run(|| worker.queue_len()) else {
+                    shared.set.mark_dead(snapshot, index);
+                    continue;
+                };
+                over_limit = shared
+                    .max_queue_len
+                    .is_some_and(|limit| len.is_some_and(|len| len > limit));
             }
             if snapshot.is_marked_dead(index) {
                 // Dead before and come back by itself (a pool whose server returned).

@@ -221,6 +221,8 @@ impl<W: Send + 'static> Shared<W> {
                 held.leave_one();
                 break;
             };
+            // `evicted` is asked again after the check: an `evict_all` may come during it.
+            #[allow(clippy::same_functions_in_if_condition)]
             let verdict = if self.is_dead(&entry) {
                 Some(Retire::Died)
             } else if self.evicted(&entry) {
@@ -229,7 +231,6 @@ impl<W: Send + 'static> Shared<W> {
                 self.failed_checks.fetch_add(1, Ordering::Relaxed);
                 Some(Retire::CheckFailed(cause))
             } else if self.evicted(&entry) {
-                // An `evict_all` that came while the keepalive check ran.
                 Some(Retire::Evicted)
             } else {
                 // Its lifetime may have ended while a check (its own, or one before it) ran;
