@@ -20,13 +20,15 @@ use cylinder::{BoxError, Error, Lease, Pool};
 fn pool_in_backoff_with_one_worker() -> (Pool<u32>, Arc<AtomicBool>) {
     let down = Arc::new(AtomicBool::new(false));
     let starts = Arc::new(AtomicUsize::new(0));
-    let (d, s) = (down.clone(), starts.clone());
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (d, s, r) = (down.clone(), starts.clone(), refused.clone());
     let pool = Pool::builder()
         .size(2)
         .reconnect_delay(Duration::from_secs(30))
         .checkout_timeout(Duration::from_secs(2))
         .build(move || -> Result<u32, BoxError> {
             if d.load(Ordering::SeqCst) {
+                r.fetch_add(1, Ordering::SeqCst);
                 return Err("server down".into());
             }
             Ok(s.fetch_add(1, Ordering::SeqCst) as u32)
@@ -34,10 +36,12 @@ fn pool_in_backoff_with_one_worker() -> (Pool<u32>, Arc<AtomicBool>) {
         .unwrap();
     down.store(true, Ordering::SeqCst);
     Lease::discard(pool.checkout().unwrap());
+    // (The replacement is claimed just after the discarded worker is counted out: wait for
+    // its attempt, not only for the counts.)
     assert!(
         common::eventually(Duration::from_secs(5), || {
             let stats = pool.stats();
-            stats.starting == 0 && stats.size == 1
+            refused.load(Ordering::SeqCst) > 0 && stats.starting == 0 && stats.size == 1
         }),
         "the replacement start did not fail: {:?}",
         pool.stats()
@@ -123,11 +127,12 @@ fn resize_up_while_waiting_out_an_old_failed_start_starts_its_new_workers() {
     pool.resize(4).unwrap();
     let took = began.elapsed();
     let stats = pool.stats();
-    assert_eq!(
-        (stats.size, stats.starting),
-        (3, 0),
+    // (Their success ends the backoff: the reaper may retry the failed one at once, so the
+    // pool may be at four, or starting its fourth.)
+    assert!(
+        stats.free + stats.leased >= 3,
         "resize(4) returned after {took:?} with {stats:?}: its two new workers should have \
-         started (the retry of the failed one waits for the backoff, 30 s)"
+         started"
     );
 }
 

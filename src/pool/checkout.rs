@@ -353,20 +353,34 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
-    /// Kept past its expiry by a sweep (the youngest of those expiring at once), and still
-    /// needed: the sweep is claiming the others' replacements, or no other worker is in
-    /// service and one is coming (a start on its way, or one the pool will retry: fewer open
-    /// than `min_idle`, as while starts fail). Otherwise it goes like any expired worker: a
-    /// lone worker with nothing coming (a lazy pool) does not serve on past its lifetime.
+    /// Kept past its expiry (by a sweep, the youngest of those expiring at once, or by its
+    /// return, the last in service) and still needed: the sweep is claiming the others'
+    /// replacements, or no other worker is in service and one is coming (a start on its way,
+    /// or one due: fewer open than `min_idle`, as while starts fail), so workers never all
+    /// expire at once. Otherwise it goes like any expired worker: a lone worker with nothing
+    /// coming (a lazy pool) does not serve on past its lifetime.
     pub(super) fn kept_for_replacements(&self, entry: &Entry<W>) -> bool {
         entry.kept_past_expiry
             && (self.sweep_replacing.load(Ordering::SeqCst) > 0
-                || (self.counts.in_service() <= 1 && self.replacement_coming()))
+                || (self.staying_in_service() <= 1 && self.replacement_coming()))
     }
 
-    /// A start is on its way, or one is due: fewer workers counted than `min_idle`.
+    /// Workers in service, less those retired whose `Drop` still runs.
+    pub(super) fn staying_in_service(&self) -> usize {
+        self.counts
+            .in_service()
+            .saturating_sub(self.dropping.load(Ordering::SeqCst))
+    }
+
+    /// A start is on its way, or one is due: fewer workers counted than `min_idle`, not
+    /// counting those retired whose `Drop` still runs (their replacements are claimed next).
     pub(super) fn replacement_coming(&self) -> bool {
-        self.counts.on_their_way() > 0 || self.counts.total() < self.min_idle.load(Ordering::SeqCst)
+        self.counts.on_their_way() > 0
+            || self
+                .counts
+                .total()
+                .saturating_sub(self.dropping.load(Ordering::SeqCst))
+                < self.min_idle.load(Ordering::SeqCst)
     }
 
     /// Past its lifetime, unless its lifetime is shorter than the pace of starts

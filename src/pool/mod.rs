@@ -24,15 +24,15 @@
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
 //! | idle | leased | a checkout; the check passes (or is skipped: used within `check_after_idle`) | `checkouts` +1 | `admit`, `check_due` |
 //! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) or during its check (not the one a sweep kept past its expiry) | `total` −1 | `admit`, `expired_for_a_lease`, `retire` |
-//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired | `releases` +1 | `end_lease`, `unfit`, `put_back` |
+//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired (or expired, the last in service, a replacement coming: kept past its expiry) | `releases` +1 | `end_lease`, `unfit`, `kept_for_replacements`, `put_back` |
 //! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
 //! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
 //! | idle | looked over | the reaper's sweep (at its period, or at a worker's expiry), `evict_all`, `map` | `held_free` +1 (`HeldFree`) | `sweep` |
 //! | looked over | idle | alive, not expired, passed its `keepalive` check if one was due | `held_free` −1 | `sweep`, `keep_alive`, `put_back` |
-//! | looked over | closing | past its `max_lifetime` (less its jitter; the youngest of those expiring at once is kept until their replacements are in), evicted, dead, failed its `keepalive` check, expired during it | `held_free` −1, `total` −1 | `sweep`, `look_at_each`, `retire` |
+//! | looked over | closing | past its `max_lifetime` (less its jitter; the youngest of those expiring at once is kept past its expiry while no other is in service, until their replacements are in), evicted, dead, failed its `keepalive` check, expired during it | `held_free` −1, `total` −1 | `sweep`, `look_at_each`, `retire` |
 //! | idle | closing | the pool closed (`close`, `drain`) | `total` −1 | `drain` |
-//! | closing | — | its `Drop` runs (contained) | — | `close_worker` |
+//! | closing | — | its `Drop` runs (contained); no longer in service, counted until it ends | `dropping` +1, then `total` −1, `dropping` −1 | `close_worker` |
 //!
 //! A retired worker is replaced at once (`replace`), even while the pool waits out a failed
 //! start, unless it was dead on arrival (never leased, within `reconnect_delay` of its start):

@@ -65,9 +65,14 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.reads_idle_clock {
             let now = Instant::now();
-            // (The youngest of those expiring at once stays until their replacements are in.)
-            if entry.expired(now) && !self.kept_for_replacements(entry) {
-                return Some(Retire::Expired);
+            if entry.expired(now) {
+                // The last in service is kept as a sweep keeps the youngest of those expiring
+                // at once (it expired while leased, the sweep retired the others): until their
+                // replacements are in.
+                entry.kept_past_expiry |= self.staying_in_service() <= 1;
+                if !self.kept_for_replacements(entry) {
+                    return Some(Retire::Expired);
+                }
             }
             if let Some(at) = entry.expires {
                 self.note_expiry(at);
@@ -87,7 +92,7 @@ impl<W: Send + 'static> Shared<W> {
     /// shrink), it goes to a waiter if one waits and is otherwise closed (poolboy's rule).
     #[inline]
     pub(super) fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
-        let entry = if self.counts.total() > self.size.load(Ordering::Relaxed) {
+        let entry = if self.above_size(self.size.load(Ordering::Relaxed)) {
             match self.waiters.hand(entry) {
                 Ok(()) => return,
                 Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
@@ -109,7 +114,7 @@ impl<W: Send + 'static> Shared<W> {
         // `SeqCst` write, then this look, against the resize's store, then its
         // look for free workers: one of the two sees the other.
         seqcst_point();
-        if self.counts.total() > self.size.load(Ordering::SeqCst) {
+        if self.above_size(self.size.load(Ordering::SeqCst)) {
             self.shrink();
         }
         // Nor an evicted one: `evict_all` came after the caller's look (a return's `unfit`,
@@ -120,6 +125,18 @@ impl<W: Send + 'static> Shared<W> {
             self.sweep_again.store(true, Ordering::SeqCst);
             self.signal.request();
         }
+    }
+
+    /// More workers counted than `size`, not counting those retired whose `Drop` still runs
+    /// (they are going: a worker returned meanwhile is not closed in their place).
+    #[inline]
+    fn above_size(&self, size: usize) -> bool {
+        self.counts.total() > size
+            && self
+                .counts
+                .total()
+                .saturating_sub(self.dropping.load(Ordering::SeqCst))
+                > size
     }
 
     /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'
@@ -306,8 +323,11 @@ impl<W: Send + 'static> Shared<W> {
     /// Its `Drop` ends before it is counted out: until then the pool has no room for a
     /// replacement (never more alive than the limit), and `drain` waits for it.
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
+        // Out of service from here, though still counted until it is gone.
+        let dropping = Held::take(&self.dropping, usize::MAX);
         drop_worker(&self.name, entry);
         self.counts.release();
+        drop(dropping);
     }
 
     /// Drops every free worker (after close).
@@ -324,7 +344,7 @@ impl<W: Send + 'static> Shared<W> {
         let stripe = Stripe::current();
         loop {
             let size = self.size.load(Ordering::SeqCst);
-            if self.counts.total() <= size {
+            if !self.above_size(size) {
                 break;
             }
             let Some(entry) = self.free.take(stripe) else {

@@ -67,6 +67,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// code): a `try_checkout` that finds nothing free meanwhile waits for it to end.
     pub(super) sorting: AtomicUsize,
     /// Workers counted out whose `Drop` is still running (`closed_above`).
+    /// Workers retired whose `Drop` is still running, not yet counted out (`close_worker`):
+    /// counted open, but no longer in service.
+    pub(super) dropping: AtomicUsize,
     pub(super) closing: AtomicUsize,
     /// Reaper rounds under way (0 or 1). A round may be held up in user code (an event
     /// callback, a keepalive check); meanwhile a checkout looks at its worker's
@@ -163,6 +166,7 @@ impl<W: Send + 'static> Shared<W> {
             generation: AtomicU64::new(0),
             sweep_again: AtomicBool::new(false),
             sweep_replacing: AtomicUsize::new(0),
+            dropping: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             metrics: PoolMetrics::new(&options.name),

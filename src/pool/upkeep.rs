@@ -171,7 +171,7 @@ impl<W: Send + 'static> Shared<W> {
         let held_now = keeping.len() + retiring.len();
         let coming = expired >= 2 || (expired == 1 && self.replacement_coming());
         let mut replacing = None;
-        if keeping.is_empty() && coming && self.counts.in_service() <= held_now {
+        if keeping.is_empty() && coming && self.staying_in_service() <= held_now {
             let youngest = retiring
                 .iter()
                 .enumerate()
