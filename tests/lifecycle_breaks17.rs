@@ -442,8 +442,11 @@ fn take_in_a_loop_against_a_dead_server_is_paced() {
 }
 
 /// Tried (passes): `QueueMode::Fifo`, `max_lifetime(300 ms)`, the reaper held up for 1.2 s
-/// in a `SlowLease` callback: a client checking out every 20 ms meanwhile is never handed a
-/// worker past its lifetime and is always served.
+/// in a `SlowLease` callback: a client checking out every 20 ms meanwhile is always served,
+/// and handed no worker past its lifetime but the last in service, kept while its
+/// replacement starts (the twenty-third pass: never all at once): none a lifetime past its
+/// expiry, such as one that sat unseen in the free list (the sixteenth pass's bug leased
+/// workers 1.2 s old).
 #[test]
 fn fifo_checkouts_while_the_reaper_is_held_up_never_get_an_expired_worker() {
     let blocked = Arc::new(AtomicBool::new(false));
@@ -478,7 +481,7 @@ fn fifo_checkouts_while_the_reaper_is_held_up_never_get_an_expired_worker() {
     })
     .expect("hung");
     assert!(
-        oldest < Duration::from_millis(300),
+        oldest < Duration::from_millis(600),
         "handed a worker {oldest:?} old"
     );
 }

@@ -365,6 +365,19 @@ impl<W: Send + 'static> Shared<W> {
                 || (self.staying_in_service() <= 1 && self.replacement_coming()))
     }
 
+    /// Past its lifetime and to be retired for it. One that is the last in service as it is
+    /// found expired (within a lifetime of its expiry) is kept past it, as a sweep keeps the
+    /// youngest of those expiring at once, for as long as `kept_for_replacements` says.
+    pub(super) fn expired_and_not_kept(&self, entry: &mut Entry<W>, now: Instant) -> bool {
+        if !entry.expired(now) {
+            return false;
+        }
+        if !entry.kept_past_expiry && self.staying_in_service() <= 1 && !entry.long_expired(now) {
+            entry.kept_past_expiry = true;
+        }
+        !self.kept_for_replacements(entry)
+    }
+
     /// Workers in service, less those retired whose `Drop` still runs.
     pub(super) fn staying_in_service(&self) -> usize {
         self.counts
@@ -387,14 +400,13 @@ impl<W: Send + 'static> Shared<W> {
     /// (`MIN_RECONNECT_DELAY`) and it was never leased: such a worker goes out once (as with
     /// the reaper free), or every replacement would expire before its first lease and be
     /// retired in turn, in a tight loop.
-    fn expired_for_a_lease(&self, entry: &Entry<W>) -> bool {
+    fn expired_for_a_lease(&self, entry: &mut Entry<W>) -> bool {
         let lifetime = |at: Instant| at.saturating_duration_since(entry.born);
-        !self.kept_for_replacements(entry)
-            && entry.expired(Instant::now())
-            && (entry.leased_before
-                || entry
-                    .expires
-                    .is_some_and(|at| lifetime(at) >= MIN_RECONNECT_DELAY))
+        (entry.leased_before
+            || entry
+                .expires
+                .is_some_and(|at| lifetime(at) >= MIN_RECONNECT_DELAY))
+            && self.expired_and_not_kept(entry, Instant::now())
     }
 
     /// [`admit`](Self::admit) for a pool with an `is_alive` hook or a checkout check, a
@@ -409,7 +421,7 @@ impl<W: Send + 'static> Shared<W> {
             self.retire(entry, Retire::Evicted);
             return None;
         }
-        if self.may_have_expired(&entry) && self.expired_for_a_lease(&entry) {
+        if self.may_have_expired(&entry) && self.expired_for_a_lease(&mut entry) {
             self.retire(entry, Retire::Expired);
             return None;
         }
@@ -428,7 +440,7 @@ impl<W: Send + 'static> Shared<W> {
             // than the lifetime, every worker would expire in it and be retired in turn.
             if self.max_lifetime.is_some()
                 && (entry.leased_before || entry.kept_past_expiry)
-                && self.expired_for_a_lease(&entry)
+                && self.expired_for_a_lease(&mut entry)
             {
                 self.retire(entry, Retire::Expired);
                 return None;

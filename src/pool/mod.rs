@@ -23,8 +23,8 @@
 //! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
 //! | starting | — | an error, a panic, `start_timeout`, dead on arrival, a failed first check | `total` −1, `starting` −1, backoff | `open_worker`, `first_look`, `start_failed` |
 //! | idle | leased | a checkout; the check passes (or is skipped: used within `check_after_idle`) | `checkouts` +1 | `admit`, `check_due` |
-//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) or during its check (not the one a sweep kept past its expiry) | `total` −1 | `admit`, `expired_for_a_lease`, `retire` |
-//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired (or expired, the last in service, a replacement coming: kept past its expiry) | `releases` +1 | `end_lease`, `unfit`, `kept_for_replacements`, `put_back` |
+//! | idle | closing | the check fails, it is dead (before its first lease: a failed start), evicted, or expired while a reaper round is under way (it may be held up in user code) or during its check (not one kept past its expiry: the last in service while a replacement is coming) | `total` −1 | `admit`, `expired_for_a_lease`, `expired_and_not_kept`, `retire` |
+//! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired (or expired, the last in service, a replacement coming: kept past its expiry) | `releases` +1 | `end_lease`, `unfit`, `expired_and_not_kept`, `put_back` |
 //! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
 //! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
@@ -185,6 +185,14 @@ impl<W> Entry<W> {
     /// Past its lifetime (with its jitter) at `now`.
     fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| now >= at)
+    }
+
+    /// Expired a whole lifetime ago or more (it sat unseen in the free list while the reaper
+    /// was held up): too old to be kept past its expiry.
+    fn long_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| {
+            now.saturating_duration_since(at) >= at.saturating_duration_since(self.born)
+        })
     }
 }
 

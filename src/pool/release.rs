@@ -65,14 +65,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.reads_idle_clock {
             let now = Instant::now();
-            if entry.expired(now) {
-                // The last in service is kept as a sweep keeps the youngest of those expiring
-                // at once (it expired while leased, the sweep retired the others): until their
-                // replacements are in.
-                entry.kept_past_expiry |= self.staying_in_service() <= 1;
-                if !self.kept_for_replacements(entry) {
-                    return Some(Retire::Expired);
-                }
+            if self.expired_and_not_kept(entry, now) {
+                return Some(Retire::Expired);
             }
             if let Some(at) = entry.expires {
                 self.note_expiry(at);
@@ -127,16 +121,16 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// More workers counted than `size`, not counting those retired whose `Drop` still runs
-    /// (they are going: a worker returned meanwhile is not closed in their place).
+    /// More workers counted than `size` (open, or on their way to the pool), not counting
+    /// those retired whose `Drop` still runs (they are going: a worker returned meanwhile is
+    /// not closed in their place), nor a `try_checkout`'s own start (its worker goes to that
+    /// caller, and is closed at its return if the pool is still above its size then).
     #[inline]
     fn above_size(&self, size: usize) -> bool {
         self.counts.total() > size
-            && self
-                .counts
-                .total()
-                .saturating_sub(self.dropping.load(Ordering::SeqCst))
-                > size
+            && self.counts.total().saturating_sub(
+                self.dropping.load(Ordering::SeqCst) + self.callers_starts.load(Ordering::SeqCst),
+            ) > size
     }
 
     /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'

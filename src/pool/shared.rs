@@ -70,6 +70,9 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// Workers retired whose `Drop` is still running, not yet counted out (`close_worker`):
     /// counted open, but no longer in service.
     pub(super) dropping: AtomicUsize,
+    /// Starts a `try_checkout` runs for itself (`start_for_caller`), from its claim until its
+    /// worker is open: counted in `total`, but not on their way to the pool.
+    pub(super) callers_starts: AtomicUsize,
     pub(super) closing: AtomicUsize,
     /// Reaper rounds under way (0 or 1). A round may be held up in user code (an event
     /// callback, a keepalive check); meanwhile a checkout looks at its worker's
@@ -167,6 +170,7 @@ impl<W: Send + 'static> Shared<W> {
             sweep_again: AtomicBool::new(false),
             sweep_replacing: AtomicUsize::new(0),
             dropping: AtomicUsize::new(0),
+            callers_starts: AtomicUsize::new(0),
             next_expiry: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             metrics: PoolMetrics::new(&options.name),

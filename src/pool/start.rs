@@ -368,12 +368,17 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
             return None;
         }
+        // Counted as the caller's own from before its claim (a return meanwhile does not
+        // close its worker as above the size for it) until the worker is open.
+        let own = Held::take(&self.callers_starts, usize::MAX);
         let claim = self.counts.claim_one(self.limit())?;
-        match self.open_worker() {
+        let opened = self.open_worker();
+        match opened {
             Ok(opened) => {
                 let (entry, event) = self.joined(opened);
                 // For this caller, not the line.
                 drop(claim.joined());
+                drop(own);
                 self.wake_those_waiting_for_a_start();
                 // While it ran, this start counted as on its way to the line: a waiter that
                 // came meanwhile claimed none (`start_for_line`, `wanted`). Claim one for it

@@ -236,8 +236,7 @@ impl<W: Send + 'static> Shared<W> {
                 // Its lifetime may have ended while a check (its own, or one before it) ran;
                 // the one the first pass kept past its expiry stays (never all at once).
                 (self.max_lifetime.is_some()
-                    && !self.kept_for_replacements(&entry)
-                    && entry.expired(Instant::now()))
+                    && self.expired_and_not_kept(&mut entry, Instant::now()))
                 .then_some(Retire::Expired)
             };
             match verdict {
