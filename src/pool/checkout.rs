@@ -353,16 +353,19 @@ impl<W: Send + 'static> Shared<W> {
         entry.expires.is_some() && self.in_upkeep.load(Ordering::Relaxed) > 0
     }
 
-    /// Kept past its expiry (by a sweep, the youngest of those expiring at once, or by its
-    /// return, the last in service) and still needed: the sweep is claiming the others'
-    /// replacements, or no other worker is in service and one is coming (a start on its way,
-    /// or one due: fewer open than `min_idle`, as while starts fail), so workers never all
-    /// expire at once. Otherwise it goes like any expired worker: a lone worker with nothing
-    /// coming (a lazy pool) does not serve on past its lifetime.
-    pub(super) fn kept_for_replacements(&self, entry: &Entry<W>) -> bool {
+    /// Kept past its expiry (by a sweep, the youngest of those expiring at once, or as the
+    /// last in service) and still needed: the sweep is claiming the others' replacements, or
+    /// no other worker is in service and one is coming (a start on its way, or one due: fewer
+    /// open than `min_idle`), so workers never all expire at once; but not a whole lifetime
+    /// past its expiry, unless starts fail (then it is the one that still works). Otherwise
+    /// it goes like any expired worker: a lone worker with nothing coming (a lazy pool) does
+    /// not serve on past its lifetime.
+    fn kept_for_replacements(&self, entry: &Entry<W>, now: Instant) -> bool {
         entry.kept_past_expiry
             && (self.sweep_replacing.load(Ordering::SeqCst) > 0
-                || (self.staying_in_service() <= 1 && self.replacement_coming()))
+                || (self.staying_in_service() <= 1
+                    && self.replacement_coming()
+                    && (!entry.long_expired(now) || self.failing.load(Ordering::Acquire))))
     }
 
     /// Past its lifetime and to be retired for it. One that is the last in service as it is
@@ -375,7 +378,7 @@ impl<W: Send + 'static> Shared<W> {
         if !entry.kept_past_expiry && self.staying_in_service() <= 1 && !entry.long_expired(now) {
             entry.kept_past_expiry = true;
         }
-        !self.kept_for_replacements(entry)
+        !self.kept_for_replacements(entry, now)
     }
 
     /// Workers in service, less those retired whose `Drop` still runs.

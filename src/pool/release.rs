@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::free::HeldFree;
 use super::start::Held;
+use super::upkeep::MIN_TICK;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
 use crate::contain;
 use crate::error::Cause;
@@ -69,7 +70,9 @@ impl<W: Send + 'static> Shared<W> {
                 return Some(Retire::Expired);
             }
             if let Some(at) = entry.expires {
-                self.note_expiry(at);
+                // Kept past it: looked at again no sooner than the reaper's pace (a client
+                // returning it in a loop must not make the reaper sweep at every return).
+                self.note_expiry(if at <= now { now + MIN_TICK } else { at });
             }
             entry.idle_since = Some(now);
         }

@@ -401,10 +401,14 @@ impl<W: Send + 'static> Shared<W> {
                 // its error is user code to drop.
                 if self.closed.load(Ordering::SeqCst) {
                     drop(claim);
+                    drop(own);
                     contain::dispose(cause);
                     self.sample_if_closed();
                 } else {
-                    self.emit(self.start_failed(cause, claim));
+                    let failed = self.start_failed(cause, claim);
+                    // Given back with the claim, before user code (the event) runs.
+                    drop(own);
+                    self.emit(failed);
                 }
                 None
             }

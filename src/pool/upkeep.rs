@@ -15,7 +15,7 @@ use crate::sync::Ordering;
 
 /// The shortest pause between two rounds that have work of their own: a tiny `warn_after`
 /// or `idle_timeout` must not make the reaper spin.
-const MIN_TICK: Duration = Duration::from_millis(10);
+pub(super) const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// When the next sweep of the free workers is due.
 #[derive(Default)]
