@@ -353,7 +353,8 @@ fn counts_add_up_when_quiet_after_expiries_under_load() {
 
 /// Tried (passes; families 9 and 4 against `kept_for_replacements` with a start unrelated
 /// to any expiry): a pool of two started together, `max_lifetime(300 ms)`; at once a client
-/// detaches one worker (`Lease::take`), whose replacement takes 900 ms to start. The other
+/// detaches one worker (`Lease::take`), whose replacement takes 450 ms to start (within a
+/// lifetime of the other's expiry, as long as a worker may be kept past it). The other
 /// expires alone while that start is on its way: the sweep keeps it (`expired == 1 &&
 /// on_their_way() > 0`). A client checks out every 50 ms; replacements of expiries take
 /// 50 ms. The expired worker went out at most a few ms past its lifetime (retired on its
@@ -373,7 +374,7 @@ fn a_lone_expired_worker_while_an_unrelated_start_is_on_its_way() {
         .build(move || {
             let n = s.fetch_add(1, Ordering::SeqCst);
             if n == 2 {
-                thread::sleep(Duration::from_millis(900));
+                thread::sleep(Duration::from_millis(450));
             } else if n > 2 {
                 thread::sleep(Duration::from_millis(50));
             }
@@ -549,7 +550,7 @@ fn a_checkout_check_slower_than_max_lifetime_serves_a_lease_on_a_pool_of_two() {
 /// Tried (passes; family 9 against `kept_for_replacements` in the sweep's second pass,
 /// src/pool/upkeep.rs `look_at_each`): a quiet pool of two probes (`is_alive`, so every
 /// sweep has a second pass) started together, `max_lifetime(300 ms)`, replacements that
-/// take 400 ms. No client: the pool never has no worker while the replacements start.
+/// take 250 ms (within a lifetime, as long as a worker may be kept past its expiry). No client: the pool never has no worker while the replacements start.
 #[test]
 fn the_second_pass_does_not_retire_the_kept_worker_while_its_replacements_start() {
     let starts = Arc::new(AtomicUsize::new(0));
@@ -560,7 +561,7 @@ fn the_second_pass_does_not_retire_the_kept_worker_while_its_replacements_start(
         .build(move || {
             let n = s.fetch_add(1, Ordering::SeqCst);
             if n >= 2 {
-                thread::sleep(Duration::from_millis(400));
+                thread::sleep(Duration::from_millis(250));
             }
             Ok::<_, BoxError>(common::Probe::new(n))
         })

@@ -156,7 +156,7 @@ fn two_expire_at_once(
 ) -> Pool<Conn> {
     let (builder, start) = held_up_pool(watch, slow, |n| {
         if n == 3 {
-            Duration::from_millis(300)
+            Duration::from_millis(150)
         } else {
             Duration::ZERO
         }
@@ -276,7 +276,7 @@ fn a_worker_leased_across_both_expiries_is_not_retired_on_return_while_the_other
 /// checks K out (it "serves leases until its replacements are in"); client B's
 /// `try_checkout` opens an overflow worker V (a quick start) and then discards it
 /// (`Lease::discard`: the client saw an error on it; `is_broken` on return is the same
-/// path); V's `Drop` takes 300 ms (a polite close). While V is being dropped, A gives K back.
+/// path); V's `Drop` takes 150 ms (a polite close; within a lifetime of K's expiry, as long as a worker may be kept past it). While V is being dropped, A gives K back.
 ///
 /// Expected (the rule: K stays "while no other worker is in service and one is coming"; the
 /// commit: "the pool is never left empty while replacements start"): V is on its way out,

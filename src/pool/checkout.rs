@@ -362,20 +362,29 @@ impl<W: Send + 'static> Shared<W> {
     /// not serve on past its lifetime.
     fn kept_for_replacements(&self, entry: &Entry<W>, now: Instant) -> bool {
         entry.kept_past_expiry
+            && self.may_stay_past_expiry(entry, now)
             && (self.sweep_replacing.load(Ordering::SeqCst) > 0
-                || (self.staying_in_service() <= 1
-                    && self.replacement_coming()
-                    && (!entry.long_expired(now) || self.failing.load(Ordering::Acquire))))
+                || (self.staying_in_service() <= 1 && self.replacement_coming()))
+    }
+
+    /// Not a whole lifetime past its expiry, or starts have failed since it expired (it is
+    /// then the one that still works): one expired worker may stay in service that long.
+    pub(super) fn may_stay_past_expiry(&self, entry: &Entry<W>, now: Instant) -> bool {
+        !entry.long_expired(now)
+            || (self.failing.load(Ordering::Acquire)
+                && self
+                    .last_failure_at()
+                    .is_some_and(|failed| entry.expires.is_some_and(|expired| failed >= expired)))
     }
 
     /// Past its lifetime and to be retired for it. One that is the last in service as it is
-    /// found expired (within a lifetime of its expiry) is kept past it, as a sweep keeps the
-    /// youngest of those expiring at once, for as long as `kept_for_replacements` says.
+    /// found expired is kept past it, as a sweep keeps the youngest of those expiring at once,
+    /// for as long as `kept_for_replacements` says.
     pub(super) fn expired_and_not_kept(&self, entry: &mut Entry<W>, now: Instant) -> bool {
         if !entry.expired(now) {
             return false;
         }
-        if !entry.kept_past_expiry && self.staying_in_service() <= 1 && !entry.long_expired(now) {
+        if !entry.kept_past_expiry && self.staying_in_service() <= 1 {
             entry.kept_past_expiry = true;
         }
         !self.kept_for_replacements(entry, now)

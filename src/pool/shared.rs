@@ -276,6 +276,11 @@ impl<W: Send + 'static> Shared<W> {
         self.failure.lock().as_ref().map(|(cause, _)| cause.clone())
     }
 
+    /// When the last start failed (or a fresh worker failed its check), if one did.
+    pub(super) fn last_failure_at(&self) -> Option<Instant> {
+        self.failure.lock().as_ref().map(|&(_, at)| at)
+    }
+
     /// Keeps `cause` as the one to report, without marking the starts as failing: the time
     /// of the last failed start, which the backoff counts from, stays as it was.
     pub(super) fn keep_cause(&self, cause: Cause) {

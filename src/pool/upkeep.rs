@@ -38,8 +38,9 @@ impl<W: Send + 'static> Shared<W> {
             None => self.refill(),
         }
         if self.sweep_again.swap(false, Ordering::SeqCst) {
-            // Its kept expiry: planned by the regular sweeps, or none is set.
-            let _ = self.sweep(now);
+            // A worker it keeps past its expiry is looked at again at the reaper's pace.
+            let kept_expiry = self.sweep(now);
+            self.plan_expiry(kept_expiry.map(|at| at.max(now + MIN_TICK)));
         }
         if let Some(every) = self.sweep_every() {
             let planned = *schedule.next_sweep.get_or_insert(now + every);
@@ -178,7 +179,9 @@ impl<W: Send + 'static> Shared<W> {
                 .filter(|(_, (_, why))| matches!(why, Retire::Expired))
                 .max_by_key(|(_, (entry, _))| entry.born)
                 .map(|(at, _)| at);
-            if let Some(at) = youngest {
+            // Not one a whole lifetime past its expiry (unless starts fail since).
+            if let Some(at) = youngest.filter(|&at| self.may_stay_past_expiry(&retiring[at].0, now))
+            {
                 let mut kept = retiring.swap_remove(at).0;
                 kept.kept_past_expiry = true;
                 // Until the others are closed and their replacements claimed, they still count
