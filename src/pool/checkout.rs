@@ -379,13 +379,15 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Past its lifetime and to be retired for it. One that is the last in service as it is
     /// found expired is kept past it, as a sweep keeps the youngest of those expiring at once,
-    /// for as long as `kept_for_replacements` says.
+    /// for as long as `kept_for_replacements` says (its replacement started now if the pool
+    /// will want one).
     pub(super) fn expired_and_not_kept(&self, entry: &mut Entry<W>, now: Instant) -> bool {
         if !entry.expired(now) {
             return false;
         }
         if !entry.kept_past_expiry && self.staying_in_service() <= 1 {
             entry.kept_past_expiry = true;
+            self.start_replacement_ahead();
         }
         !self.kept_for_replacements(entry, now)
     }

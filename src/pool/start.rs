@@ -292,6 +292,30 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// Claims the replacement of a worker about to be kept past its expiry, if the pool will
+    /// want one once it goes (it is part of `min_idle`), none is coming and there is room:
+    /// started while it still serves, so the pool is not empty meanwhile. Whether one was.
+    pub(crate) fn start_replacement_ahead(&self) -> bool {
+        let claimed = {
+            let _deciding = self.deciding.lock();
+            let counted = self
+                .counts
+                .total()
+                .saturating_sub(self.dropping.load(Ordering::SeqCst));
+            if self.closed.load(Ordering::Acquire)
+                || self.replacement_coming()
+                || counted > self.min_idle.load(Ordering::SeqCst)
+            {
+                return false;
+            }
+            self.counts.claim(1, self.limit(), true)
+        };
+        if claimed > 0 {
+            self.launch();
+        }
+        claimed > 0
+    }
+
     /// How many starts to claim now, if any (called with `deciding` held).
     fn wanted(&self, despite_backoff: bool) -> Option<usize> {
         if self.closed.load(Ordering::Acquire)

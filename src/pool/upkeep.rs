@@ -161,7 +161,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         // Workers started together expire together: never all at once. While no other worker
         // would stay in service (none kept, none leased) and replacements are coming (several
-        // expire now, or a start is on its way or due), the youngest expired one serves on
+        // expire now, or a start is on its way, due, or started now), the youngest serves on
         // until they are in (`kept_for_replacements`); a lone expired worker with nothing
         // coming goes.
         let expired = retiring
@@ -170,9 +170,14 @@ impl<W: Send + 'static> Shared<W> {
             .count();
         // The idle ones closed are out of the count already.
         let held_now = keeping.len() + retiring.len();
-        let coming = expired >= 2 || (expired == 1 && self.replacement_coming());
+        let alone = keeping.is_empty() && self.staying_in_service() <= held_now;
+        // (A lone one that is part of `min_idle` has its replacement started now.)
+        let coming = || {
+            expired >= 2
+                || (expired == 1 && (self.replacement_coming() || self.start_replacement_ahead()))
+        };
         let mut replacing = None;
-        if keeping.is_empty() && coming && self.staying_in_service() <= held_now {
+        if alone && coming() {
             let youngest = retiring
                 .iter()
                 .enumerate()
