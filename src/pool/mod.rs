@@ -17,7 +17,8 @@
 //! |---|---|---|---|---|
 //! | — | claimed | fewer than `min_idle` open, a waiter nothing is on its way for | `total` +1, `starting` +1 | `refill`, `start_for_line` |
 //! | — | claimed | `build`, `resize` (run by the caller, every claim tried; a resize that adds workers also during a backoff) | as above | `fill_now` |
-//! | — | claimed | `try_checkout` found nothing free, the pool has room | as above | `start_for_caller` |
+//! | — | claimed | `try_checkout` found nothing free, the pool has room | as above, and `callers_starts` +1 until it is open | `start_for_caller` |
+//! | — | claimed | a worker kept past its expiry is part of `min_idle`, nothing is coming, the pool has room | as the first row | `start_replacement_ahead` |
 //! | claimed | — | `close`; a failed start drops the claims still waiting | `total` −1, `starting` −1 | `Counts::cancel_pending` |
 //! | claimed | starting | a start thread takes it up (not once closed) | claim guarded | `run_starter`, `run_claim` |
 //! | starting | idle or handed | the start returned a worker, alive, that passed its first check | `starting` −1 (`delivering` +1 until it is in) | `deliver` |
