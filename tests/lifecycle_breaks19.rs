@@ -309,12 +309,18 @@ fn try_checkout_is_never_disconnected_after_the_server_is_back() {
         .size(1)
         .min_idle(0)
         .reconnect_delay(Duration::from_millis(50))
+        // When the pool has taken in a successful start (its event comes after), not when the
+        // start closure returns: a call in between still sees the failure.
+        .on_event(move |event| {
+            if matches!(event, Event::WorkerStarted | Event::WorkerRestarted) {
+                u.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        })
         .build_unchecked(move || -> Result<u32, BoxError> {
             if d.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(2));
                 return Err("connection refused".into());
             }
-            u.lock().unwrap().get_or_insert_with(Instant::now);
             Ok(1)
         })
         .unwrap();

@@ -364,17 +364,34 @@ impl<W: Send + 'static> Shared<W> {
         entry.kept_past_expiry
             && self.may_stay_past_expiry(entry, now)
             && (self.sweep_replacing.load(Ordering::SeqCst) > 0
-                || (self.staying_in_service() <= 1 && self.replacement_coming()))
+                || (self.staying_in_service() <= 1 && self.replacement_for(entry)))
+    }
+
+    /// A replacement is coming for `entry` once it goes: a start on its way or due, or, while
+    /// starts fail since it expired, one the pool retries after its backoff (it is part of
+    /// `min_idle`: its own replacement, started ahead, failed).
+    pub(super) fn replacement_for(&self, entry: &Entry<W>) -> bool {
+        self.replacement_coming()
+            || (self.starts_failing_since_expiry(entry)
+                && self
+                    .counts
+                    .total()
+                    .saturating_sub(self.dropping.load(Ordering::SeqCst))
+                    <= self.min_idle.load(Ordering::SeqCst))
+    }
+
+    /// Starts are failing, the last since `entry` expired.
+    fn starts_failing_since_expiry(&self, entry: &Entry<W>) -> bool {
+        self.failing.load(Ordering::Acquire)
+            && self
+                .last_failure_at()
+                .is_some_and(|failed| entry.expires.is_some_and(|expired| failed >= expired))
     }
 
     /// Not a whole lifetime past its expiry, or starts have failed since it expired (it is
     /// then the one that still works): one expired worker may stay in service that long.
     pub(super) fn may_stay_past_expiry(&self, entry: &Entry<W>, now: Instant) -> bool {
-        !entry.long_expired(now)
-            || (self.failing.load(Ordering::Acquire)
-                && self
-                    .last_failure_at()
-                    .is_some_and(|failed| entry.expires.is_some_and(|expired| failed >= expired)))
+        !entry.long_expired(now) || self.starts_failing_since_expiry(entry)
     }
 
     /// Past its lifetime and to be retired for it. One that is the last in service as it is

@@ -302,9 +302,12 @@ impl<W: Send + 'static> Shared<W> {
                 .counts
                 .total()
                 .saturating_sub(self.dropping.load(Ordering::SeqCst));
+            // Not while the pool waits out a failed start: the next look after the backoff
+            // tries again (meanwhile the kept worker stays, see `replacement_for`).
             if self.closed.load(Ordering::Acquire)
                 || self.replacement_coming()
                 || counted > self.min_idle.load(Ordering::SeqCst)
+                || self.backoff_left(Instant::now()).is_some()
             {
                 return false;
             }

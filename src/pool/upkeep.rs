@@ -171,10 +171,16 @@ impl<W: Send + 'static> Shared<W> {
         // The idle ones closed are out of the count already.
         let held_now = keeping.len() + retiring.len();
         let alone = keeping.is_empty() && self.staying_in_service() <= held_now;
-        // (A lone one that is part of `min_idle` has its replacement started now.)
+        // (A lone one that is part of `min_idle` has its replacement started now, or, while
+        // starts fail since it expired, after the backoff.)
         let coming = || {
             expired >= 2
-                || (expired == 1 && (self.replacement_coming() || self.start_replacement_ahead()))
+                || (expired == 1
+                    && (self.replacement_coming()
+                        || self.start_replacement_ahead()
+                        || retiring.iter().any(|(entry, why)| {
+                            matches!(why, Retire::Expired) && self.replacement_for(entry)
+                        })))
         };
         let mut replacing = None;
         if alone && coming() {
