@@ -381,7 +381,7 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Starts are failing, the last since `entry` expired.
-    fn starts_failing_since_expiry(&self, entry: &Entry<W>) -> bool {
+    pub(super) fn starts_failing_since_expiry(&self, entry: &Entry<W>) -> bool {
         self.failing.load(Ordering::Acquire)
             && self
                 .last_failure_at()
@@ -404,7 +404,11 @@ impl<W: Send + 'static> Shared<W> {
         }
         if !entry.kept_past_expiry && self.staying_in_service() <= 1 {
             entry.kept_past_expiry = true;
-            self.start_replacement_ahead();
+        }
+        if entry.kept_past_expiry {
+            // At every look, not only the first: one that failed is retried after the
+            // backoff also while the worker is never idle for a sweep to find.
+            self.start_replacement_ahead(entry);
         }
         !self.kept_for_replacements(entry, now)
     }

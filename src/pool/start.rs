@@ -295,19 +295,22 @@ impl<W: Send + 'static> Shared<W> {
     /// Claims the replacement of a worker about to be kept past its expiry, if the pool will
     /// want one once it goes (it is part of `min_idle`), none is coming and there is room:
     /// started while it still serves, so the pool is not empty meanwhile. Whether one was.
-    pub(crate) fn start_replacement_ahead(&self) -> bool {
+    pub(crate) fn start_replacement_ahead(&self, expired: &Entry<W>) -> bool {
         let claimed = {
             let _deciding = self.deciding.lock();
             let counted = self
                 .counts
                 .total()
                 .saturating_sub(self.dropping.load(Ordering::SeqCst));
-            // Not while the pool waits out a failed start: the next look after the backoff
-            // tries again (meanwhile the kept worker stays, see `replacement_for`).
+            // A backoff from before its expiry does not hold it back (its retirement would
+            // claim a replacement at once too); once one has failed since, the next look
+            // after the backoff tries again (meanwhile the kept worker stays, see
+            // `replacement_for`): one attempt per `reconnect_delay`, not one per look.
             if self.closed.load(Ordering::Acquire)
                 || self.replacement_coming()
                 || counted > self.min_idle.load(Ordering::SeqCst)
-                || self.backoff_left(Instant::now()).is_some()
+                || (self.backoff_left(Instant::now()).is_some()
+                    && self.starts_failing_since_expiry(expired))
             {
                 return false;
             }

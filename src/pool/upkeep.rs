@@ -173,13 +173,18 @@ impl<W: Send + 'static> Shared<W> {
         let alone = keeping.is_empty() && self.staying_in_service() <= held_now;
         // (A lone one that is part of `min_idle` has its replacement started now, or, while
         // starts fail since it expired, after the backoff.)
+        let lone = || {
+            retiring
+                .iter()
+                .find(|(_, why)| matches!(why, Retire::Expired))
+                .map(|(entry, _)| entry)
+        };
         let coming = || {
             expired >= 2
                 || (expired == 1
                     && (self.replacement_coming()
-                        || self.start_replacement_ahead()
-                        || retiring.iter().any(|(entry, why)| {
-                            matches!(why, Retire::Expired) && self.replacement_for(entry)
+                        || lone().is_some_and(|entry| {
+                            self.start_replacement_ahead(entry) || self.replacement_for(entry)
                         })))
         };
         let mut replacing = None;
