@@ -282,7 +282,11 @@ impl<W: Send + 'static> Shared<W> {
             // One decision at a time: two callers reading the same shortage must not both
             // claim a start for it.
             let _deciding = self.deciding.lock();
+            // During a backoff, one start for the worker retired (or taken), not the whole
+            // shortage: the rest waits for the backoff as `refill`'s does.
+            let one_each = despite_backoff && self.backoff_left(Instant::now()).is_some();
             match self.wanted(despite_backoff) {
+                Some(wanted) if one_each => self.counts.claim(wanted.min(1), self.limit(), true),
                 Some(wanted) => self.counts.claim(wanted, self.limit(), true),
                 None => 0,
             }
@@ -306,8 +310,10 @@ impl<W: Send + 'static> Shared<W> {
             // claim a replacement at once too); once one has failed since, the next look
             // after the backoff tries again (meanwhile the kept worker stays, see
             // `replacement_for`): one attempt per `reconnect_delay`, not one per look.
+            // A start on its way is the replacement; a shortage nobody has claimed yet (a
+            // worker's `Drop` still runs, a backoff) is not: claim it here.
             if self.closed.load(Ordering::Acquire)
-                || self.replacement_coming()
+                || self.counts.on_their_way() > 0
                 || counted > self.min_idle.load(Ordering::SeqCst)
                 || (self.backoff_left(Instant::now()).is_some()
                     && self.starts_failing_since_expiry(expired))
