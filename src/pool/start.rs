@@ -763,7 +763,11 @@ impl<W: Send + 'static> Shared<W> {
             lease_clock: LeaseClock::IDLE,
         });
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
-        self.failing.store(false, Ordering::Release);
+        if self.failing.swap(false, Ordering::AcqRel) {
+            // The server is back: the reaper claims now what the backoff held back (a
+            // `replace` during it claimed one start each), not at the backoff's end.
+            self.signal.request();
+        }
         log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
         let event = if nth < self.first_fill as u64 {
             Event::WorkerStarted
