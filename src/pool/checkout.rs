@@ -373,11 +373,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn replacement_for(&self, entry: &Entry<W>) -> bool {
         self.replacement_coming()
             || (self.starts_failing_since_expiry(entry)
-                && self
-                    .counts
-                    .total()
-                    .saturating_sub(self.dropping.load(Ordering::SeqCst))
-                    <= self.min_idle.load(Ordering::SeqCst))
+                && self.counted_staying() <= self.min_idle.load(Ordering::SeqCst))
     }
 
     /// Starts are failing, the last since `entry` expired.
@@ -424,11 +420,14 @@ impl<W: Send + 'static> Shared<W> {
     /// counting those retired whose `Drop` still runs (their replacements are claimed next).
     pub(super) fn replacement_coming(&self) -> bool {
         self.counts.on_their_way() > 0
-            || self
-                .counts
-                .total()
-                .saturating_sub(self.dropping.load(Ordering::SeqCst))
-                < self.min_idle.load(Ordering::SeqCst)
+            || self.counted_staying() < self.min_idle.load(Ordering::SeqCst)
+    }
+
+    /// Workers counted (open or on their way), less those retired whose `Drop` still runs.
+    pub(super) fn counted_staying(&self) -> usize {
+        self.counts
+            .total()
+            .saturating_sub(self.dropping.load(Ordering::SeqCst))
     }
 
     /// Past its lifetime, unless its lifetime is shorter than the pace of starts

@@ -131,9 +131,10 @@ impl<W: Send + 'static> Shared<W> {
     #[inline]
     fn above_size(&self, size: usize) -> bool {
         self.counts.total() > size
-            && self.counts.total().saturating_sub(
-                self.dropping.load(Ordering::SeqCst) + self.callers_starts.load(Ordering::SeqCst),
-            ) > size
+            && self
+                .counted_staying()
+                .saturating_sub(self.callers_starts.load(Ordering::SeqCst))
+                > size
     }
 
     /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'

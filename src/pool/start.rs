@@ -302,10 +302,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(crate) fn start_replacement_ahead(&self, expired: &Entry<W>) -> bool {
         let claimed = {
             let _deciding = self.deciding.lock();
-            let counted = self
-                .counts
-                .total()
-                .saturating_sub(self.dropping.load(Ordering::SeqCst));
+            let counted = self.counted_staying();
             // A backoff from before its expiry does not hold it back (its retirement would
             // claim a replacement at once too); once one has failed since, the next look
             // after the backoff tries again (meanwhile the kept worker stays, see
