@@ -8,12 +8,10 @@
 //!
 //! Tests whose doc comment starts with "Found" are one bug each, named after its scenario,
 //! failing on the code they were written against: one, in `Balancer<Pool<W>>::checkout_timeout`
-//! (src/balancer/pools.rs), which waits out its whole time in the first busy pool's line
-//! while another pool's worker sits free. It is still open, `#[ignore]`d until fixed
-//! (`cargo test --test lifecycle_breaks31 -- --ignored` runs it): waiting in turns means
-//! short timed waits in each pool's line, and each would count as a checkout timeout in that
-//! pool's statistics and events; the fix wants a wait that is not counted, or a shared
-//! signal. Those marked "Tried" document what was tried and held.
+//! (src/balancer/pools.rs), which waited out its whole time in the first busy pool's line
+//! while another pool's worker sat free. Fixed: the other busy pools nudge the waiter when
+//! they keep a worker free (`Listeners` in src/pool/listeners.rs). Those marked "Tried"
+//! document what was tried and held.
 
 mod common;
 
@@ -51,7 +49,6 @@ fn tracked(
 /// another (`for index in busy { wait_on(.., deadline, ..) }`), the first with the whole time
 /// left, and never looks at the others again while it waits.
 #[test]
-#[ignore = "open (issue 17): the balancer's checkout waits out its time in one busy pool's line"]
 fn balancer_checkout_waiting_on_one_busy_pool_misses_a_worker_freed_in_another() {
     let pools: Vec<Pool<usize>> = (0..2)
         .map(|n| {
@@ -86,7 +83,14 @@ fn balancer_checkout_waiting_on_one_busy_pool_misses_a_worker_freed_in_another()
     drop(held[other].take());
     let (got, took) = client.join().unwrap();
     let freed_stats = pools[other].stats();
+    let waited_stats = pools[waited_on].stats();
     drop(held);
+    // Served elsewhere: no timeout counted in the line it left, and it left that line.
+    assert_eq!(
+        (waited_stats.timeouts, waited_stats.waiters),
+        (0, 0),
+        "{waited_stats:?}"
+    );
     assert!(
         matches!(got, Ok(n) if n == other),
         "pool {other}'s worker was free from ~100 ms into a 1.5 s checkout, yet the balancer \

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cylinder::{BoxError, Error, Lease, OwnedLease, Pool};
+use cylinder::{Balancer, BoxError, Error, Lease, OwnedLease, Pool};
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
@@ -515,5 +515,65 @@ fn evict_all_racing_a_return() {
         drop(pool.checkout().unwrap());
         let stats = pool.stats();
         assert_eq!((stats.size, stats.free, stats.leased), (1, 1, 0));
+    });
+}
+
+/// Two pools of one worker, each leased; a balancer's checkout waits for either.
+fn two_busy_pools(serve: Serve) -> (Balancer<Pool<Slot>>, Vec<OwnedLease<Slot>>) {
+    let pools = [pool_serving(1, serve), pool_serving(1, serve)];
+    let leases = pools.iter().map(|p| p.checkout_owned().unwrap()).collect();
+    let balancer = Balancer::over_pools(pools.iter().map(|p| (**p).clone())).unwrap();
+    (balancer, leases)
+}
+
+/// A balancer's checkout with no limit, each step of its lease checked.
+fn balancer_user(balancer: &Balancer<Pool<Slot>>) -> thread::JoinHandle<()> {
+    let balancer = balancer.clone();
+    thread::spawn(move || {
+        let lease = balancer.checkout_timeout(Duration::MAX).unwrap();
+        lease.enter();
+        lease.leave();
+    })
+}
+
+/// A balancer's checkout waiting in one busy pool's line while the other pool's worker is
+/// released: whichever line it waits in, it is served (in the other pool's case by the
+/// nudge that pool sends when it keeps the worker free; a lost nudge leaves it waiting for
+/// ever, which loom reports).
+#[test]
+fn a_balancer_waiter_nudged_by_the_other_pool() {
+    for freed in 0..2 {
+        model_within(3, &BOTH, move |serve| {
+            let (balancer, mut leases) = two_busy_pools(serve);
+            let user = balancer_user(&balancer);
+            let kept = leases.swap_remove(1 - freed);
+            drop(leases);
+            user.join().unwrap();
+            drop(kept);
+            for pool in balancer.pools() {
+                let stats = pool.stats();
+                assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+            }
+        });
+    }
+}
+
+/// Both pools' workers released at once, on two threads, while a balancer's checkout waits:
+/// it takes one (from its line, or the other pool's by the nudge, even when its line hands
+/// it a worker while it looks there: that one goes back), and both end up free.
+#[test]
+fn a_balancer_waiter_served_by_both_pools_at_once() {
+    model_within(2, &BOTH, |serve| {
+        let (balancer, mut leases) = two_busy_pools(serve);
+        let (first, second) = (leases.remove(0), leases.remove(0));
+        let user = balancer_user(&balancer);
+        let releaser = thread::spawn(move || drop(first));
+        drop(second);
+        user.join().unwrap();
+        releaser.join().unwrap();
+        for pool in balancer.pools() {
+            let stats = pool.stats();
+            assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+        }
     });
 }

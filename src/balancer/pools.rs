@@ -312,7 +312,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // Every pool down: wait for the next attempt of the one next in rotation (paced by
         // its `reconnect_delay`), then look once at the others.
         if all_down {
-            match self.wait_on(&snapshot, first, deadline, &mut causes) {
+            match self.wait_on(&snapshot, first, &[], deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -335,13 +335,14 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
                 }
             }
         }
-        // None free: wait in the busy ones' lines, in rotation order, within the time left;
-        // one whose server goes down meanwhile fails over to the next.
-        for index in busy {
+        // None free: wait in the first busy one's line within the time left, taking a
+        // worker that another busy one keeps free meanwhile; one whose server goes down
+        // meanwhile fails over to the next.
+        for (at, &index) in busy.iter().enumerate() {
             if timed_out.is_some() {
                 break;
             }
-            match self.wait_on(&snapshot, index, deadline, &mut causes) {
+            match self.wait_on(&snapshot, index, &busy[at + 1..], deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -369,19 +370,41 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         Err(Error::disconnected(Cause::new(PoolsDown { causes })))
     }
 
-    /// A blocking checkout from pool `index` within the time left: the lease, `Err` when the
-    /// time ran out (with the pool's cause, if its starts were failing), `None` when the pool
-    /// is down (its cause noted) or closed.
+    /// A blocking checkout from pool `index` within the time left, that takes a worker kept
+    /// free meanwhile in one of pools `others` instead (each nudges the waiter then), so a
+    /// worker freed in another busy pool is not left free while the time runs out in this
+    /// one's line: the lease, `Err` when the time ran out (with the pool's cause, if its
+    /// starts were failing), `None` when the pool is down (its cause noted) or closed.
     #[track_caller]
     fn wait_on(
         &self,
         snapshot: &Snapshot<Pool<W>>,
         index: usize,
+        others: &[usize],
         deadline: Option<Instant>,
         causes: &mut Causes,
     ) -> Option<Result<OwnedLease<W>, Option<Cause>>> {
-        match snapshot.workers[index].checkout_owned_timeout(left(deadline)) {
-            Ok(lease) => Some(Ok(self.served(snapshot, index, lease))),
+        let pools: Vec<&Pool<W>> = others.iter().map(|&i| &*snapshot.workers[i]).collect();
+        let mut found = None;
+        let mut look = || {
+            for (&other, pool) in others.iter().zip(&pools) {
+                match pool.checkout_free_owned() {
+                    Ok(lease) => {
+                        found = Some(self.served(snapshot, other, lease));
+                        return true;
+                    }
+                    Err(Error::Disconnected { cause, .. }) => causes.note(other, cause),
+                    Err(other) => {
+                        contain::dispose(other);
+                    }
+                }
+            }
+            false
+        };
+        match snapshot.workers[index].checkout_owned_or_elsewhere(left(deadline), &pools, &mut look)
+        {
+            Ok(Some(lease)) => Some(Ok(self.served(snapshot, index, lease))),
+            Ok(None) => found.map(Ok),
             Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
             Err(Error::Disconnected { cause, .. }) => {
                 causes.note(index, cause);

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::waitlist::{Elsewhere, Nudge};
 use super::{OwnedLease, Pool};
 use crate::error::{Cause, Error};
 use crate::stripe::Stripe;
@@ -93,6 +94,41 @@ impl<W: Send + 'static> Pool<W> {
         shared.fuse()?;
         shared.start_in_background();
         Err(Error::Overload)
+    }
+
+    /// A blocking checkout for a balancer that found every pool busy: it waits in this
+    /// pool's line for at most `timeout`, and each time one of `others` keeps a worker free
+    /// meanwhile, `look` is asked to take one there (it keeps what it takes and says whether
+    /// it did). `Ok(None)`: `look` took one. Counted as a timeout here only if the time ran
+    /// out.
+    #[track_caller]
+    pub(crate) fn checkout_owned_or_elsewhere(
+        &self,
+        timeout: Duration,
+        others: &[&Pool<W>],
+        look: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<OwnedLease<W>>, Error> {
+        let shared = &self.handle.shared;
+        let nudge = Nudge::new();
+        let _listening: Vec<_> = others
+            .iter()
+            .map(|other| {
+                other
+                    .handle
+                    .shared
+                    .listeners
+                    .listen(shared.clone(), nudge.clone())
+            })
+            .collect();
+        let elsewhere = Elsewhere {
+            nudge: &nudge,
+            look,
+        };
+        let Some(entry) = shared.acquire_or_elsewhere(timeout, elsewhere)? else {
+            return Ok(None);
+        };
+        shared.watch_lease(&entry, std::panic::Location::caller());
+        Ok(Some(self.owned(entry)))
     }
 
     /// The pool's own `checkout_timeout`.

@@ -8,7 +8,7 @@ use super::metrics::PoolMetrics;
 
 use super::builder::MIN_RECONNECT_DELAY;
 use super::start::Held;
-use super::waitlist::WaitError;
+use super::waitlist::{Elsewhere, WaitError};
 use super::{Entry, Retire, Shared};
 use crate::contain;
 use crate::error::{Cause, Error};
@@ -46,16 +46,34 @@ impl<W: Send + 'static> Shared<W> {
                 }
             }
         }
-        self.acquire_slow(timeout, stripe, failed_before)
+        self.acquire_slow(timeout, stripe, failed_before, None)
     }
 
-    /// `acquire` past its first look.
+    /// `acquire` for a balancer of pools: while it waits in this pool's line, each nudge
+    /// from another pool makes it look there too (`elsewhere`, which keeps what it finds).
+    /// `Ok(None)` says it was served elsewhere.
+    pub(crate) fn acquire_or_elsewhere(
+        &self,
+        timeout: Duration,
+        elsewhere: Elsewhere<'_>,
+    ) -> Result<Option<Box<Entry<W>>>, Error> {
+        let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
+        match self.acquire_slow(timeout, Stripe::current(), failed_before, Some(elsewhere)) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(Error::Overload) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `acquire` past its first look. With `elsewhere`, `Overload` (which a blocking wait
+    /// never answers otherwise) says it was served elsewhere.
     #[inline(never)]
     fn acquire_slow(
         &self,
         timeout: Duration,
         stripe: Stripe,
         failed_before: u64,
+        mut elsewhere: Option<Elsewhere<'_>>,
     ) -> Result<Box<Entry<W>>, Error> {
         // Read the clock only if this checkout has to wait.
         let mut deadline = None;
@@ -66,7 +84,11 @@ impl<W: Send + 'static> Shared<W> {
             } else {
                 self.never_again()?;
                 let deadline = *deadline.get_or_insert_with(|| deadline_after(timeout));
-                self.wait_for(stripe, deadline, timeout, failed_before, false)?
+                let elsewhere = elsewhere.as_mut().map(|e| Elsewhere {
+                    nudge: e.nudge,
+                    look: &mut *e.look,
+                });
+                self.wait_for(stripe, deadline, timeout, failed_before, false, elsewhere)?
             };
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
@@ -192,7 +214,7 @@ impl<W: Send + 'static> Shared<W> {
         loop {
             let entry = {
                 let _counted = Held::take(&self.waiting_for_a_start, usize::MAX);
-                self.wait_for(stripe, deadline, waited, failed_before, true)?
+                self.wait_for(stripe, deadline, waited, failed_before, true, None)?
             };
             if let Some(entry) = self.admit(entry, stripe) {
                 return Ok(entry);
@@ -249,6 +271,7 @@ impl<W: Send + 'static> Shared<W> {
         timeout: Duration,
         failed_before: u64,
         for_a_start: bool,
+        elsewhere: Option<Elsewhere<'_>>,
     ) -> Result<Box<Entry<W>>, Error> {
         let began = PoolMetrics::ON.then(Instant::now);
         let waited = self.waiters.wait(
@@ -288,7 +311,15 @@ impl<W: Send + 'static> Shared<W> {
                 self.backoff_left(now)
                     .and_then(|left| now.checked_add(left))
             },
-            |entry| self.close_worker(entry),
+            elsewhere,
+            // Handed over as it left: closed with the pool, else back in service.
+            |entry| {
+                if self.closed.load(Ordering::Acquire) {
+                    self.close_worker(entry);
+                } else {
+                    self.put_back(entry, stripe);
+                }
+            },
         );
         if let Some(began) = began {
             self.metrics.waited(began.elapsed());
@@ -310,6 +341,8 @@ impl<W: Send + 'static> Shared<W> {
                     .unwrap_or_else(|| Cause::message("no worker could start")),
             )),
             Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
+            // Neither a timeout nor a busy pool: the caller was served by another pool.
+            Err(WaitError::Elsewhere) => Err(Error::Overload),
         }
     }
 

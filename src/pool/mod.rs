@@ -45,6 +45,7 @@ mod builder;
 mod checkout;
 mod free;
 mod lease;
+mod listeners;
 mod manager;
 mod metrics;
 mod release;

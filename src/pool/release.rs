@@ -144,6 +144,7 @@ impl<W: Send + 'static> Shared<W> {
         if self.waiters.has_waiters() {
             self.waiters
                 .offer(entry, |entry| self.queue(entry), || self.free.queued());
+            self.listeners.nudge_any();
             return;
         }
         if let Err(entry) = self.free.keep(entry, stripe) {
@@ -163,6 +164,9 @@ impl<W: Send + 'static> Shared<W> {
                     .offer(entry, |entry| self.queue(entry), || self.free.queued());
             }
         }
+        // A balancer's checkout waiting in another pool's line may take it (the same
+        // pairing as the waiters' above; a worker queued for this line may be free too).
+        self.listeners.nudge_any();
     }
 
     pub(super) fn queue(&self, entry: Box<Entry<W>>) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE, MIN_RECONNECT_DELAY};
 use super::free::FreeList;
+use super::listeners::Listeners;
 use super::manager::{self, Manager, Uses};
 use super::metrics::PoolMetrics;
 use super::start::Counts;
@@ -31,6 +32,8 @@ pub(crate) struct Shared<W: Send + 'static> {
     pub(super) uses: Uses,
     pub(super) free: FreeList<Box<Entry<W>>>,
     pub(super) waiters: WaitList<Box<Entry<W>>>,
+    /// Balancers' waiters in other pools' lines, nudged when a worker is kept free here.
+    pub(super) listeners: Listeners<W>,
     pub(super) closed: AtomicBool,
     pub(super) counts: Counts,
     /// The most workers open, overflow aside (changed by `resize`).
@@ -66,13 +69,13 @@ pub(crate) struct Shared<W: Send + 'static> {
     /// Sweeps in their first pass (every free worker off the list for a moment, no user
     /// code): a `try_checkout` that finds nothing free meanwhile waits for it to end.
     pub(super) sorting: AtomicUsize,
-    /// Workers counted out whose `Drop` is still running (`closed_above`).
     /// Workers retired whose `Drop` is still running, not yet counted out (`close_worker`):
     /// counted open, but no longer in service.
     pub(super) dropping: AtomicUsize,
     /// Starts a `try_checkout` runs for itself (`start_for_caller`), from its claim until its
     /// worker is open: counted in `total`, but not on their way to the pool.
     pub(super) callers_starts: AtomicUsize,
+    /// Workers counted out whose `Drop` is still running (`closed_above`).
     pub(super) closing: AtomicUsize,
     /// Reaper rounds under way (0 or 1). A round may be held up in user code (an event
     /// callback, a keepalive check); meanwhile a checkout looks at its worker's
@@ -136,6 +139,7 @@ impl<W: Send + 'static> Shared<W> {
             uses,
             free: FreeList::new(capacity, options.queue_mode),
             waiters: WaitList::new(options.fifo_after),
+            listeners: Listeners::default(),
             closed: AtomicBool::new(false),
             counts: Counts::default(),
             size: AtomicUsize::new(size),

@@ -13,12 +13,16 @@
 //! no one more, instead of a context switch per release. Every waiter on its way that leaves
 //! the line, served or not, tops the waiters on their way up again to the workers queued, so
 //! a burst of N releases still reaches N waiters.
+//!
+//! A balancer of pools waits in one pool's line for a worker of any of its busy pools: the
+//! other pools [`nudge`](WaitList::nudge) its waiter when they keep a worker free, and the
+//! waiter looks there (`Elsewhere`) with the line let go, then waits on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct Entry<T> {
     ticket: u64,
@@ -42,6 +46,33 @@ pub(crate) enum WaitError {
     Closed,
     /// `give_up` said nothing can come.
     GaveUp,
+    /// The waiter was served elsewhere (its `Elsewhere` look found an item).
+    Elsewhere,
+}
+
+/// A wake-up from outside the line, for one waiter: set, then sent with the line locked, so
+/// a waiter that read it unset with the line locked is asleep before it is sent.
+pub(crate) struct Nudge {
+    rung: AtomicBool,
+    wake: Arc<Condvar>,
+}
+
+impl Nudge {
+    /// A nudge already rung: the waiter's first look after it registers is elsewhere too
+    /// (a worker freed there before the nudges were listened for is not missed).
+    pub(crate) fn new() -> Arc<Nudge> {
+        Arc::new(Nudge {
+            rung: AtomicBool::new(true),
+            wake: Arc::new(Condvar::new()),
+        })
+    }
+}
+
+/// A waiter's look outside the line, when its nudge was rung: `look` returns whether it found
+/// (and kept) an item there. It runs with the line let go: it may run user code.
+pub(crate) struct Elsewhere<'a> {
+    pub(crate) nudge: &'a Nudge,
+    pub(crate) look: &'a mut dyn FnMut() -> bool,
 }
 
 pub(crate) struct WaitList<T> {
@@ -157,8 +188,9 @@ impl<T> WaitList<T> {
     /// once the waiter is in line, with the line's lock let go (it may start an item that is
     /// then offered to the line), and again each time `next_try` (asked before each sleep)
     /// comes before a wake-up. `queued` counts the items queued for the line (see
-    /// `offer`). An item handed over at the moment of closing goes to `on_closed`, after the
-    /// line's lock is let go.
+    /// `offer`). With `elsewhere`, each time its nudge was rung the waiter looks there too,
+    /// after its look in line. An item handed to a waiter that leaves without it (closed, or
+    /// served elsewhere) goes to `on_left`, after the line's lock is let go.
     // Each argument is one of the pool's hooks into the line; a struct would name them twice.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait(
@@ -169,7 +201,8 @@ impl<T> WaitList<T> {
         queued: impl Fn() -> usize,
         registered: impl Fn(),
         next_try: impl Fn() -> Option<Instant>,
-        on_closed: impl FnOnce(T),
+        mut elsewhere: Option<Elsewhere<'_>>,
+        on_left: impl FnOnce(T),
     ) -> Result<T, WaitError> {
         let mut line = self.line.lock();
         if line.closed {
@@ -177,7 +210,9 @@ impl<T> WaitList<T> {
         }
         let ticket = line.next_ticket;
         line.next_ticket += 1;
-        let wake = Arc::new(Condvar::new());
+        let wake = elsewhere
+            .as_ref()
+            .map_or_else(|| Arc::new(Condvar::new()), |e| e.nudge.wake.clone());
         line.entries.push_back(Entry {
             ticket,
             since: Instant::now(),
@@ -193,11 +228,7 @@ impl<T> WaitList<T> {
         let mut timed_out = false;
         let mut served = false;
         let (at, outcome) = loop {
-            let at = line
-                .entries
-                .iter()
-                .position(|e| e.ticket == ticket)
-                .expect("a waiter's entry stays in line until it leaves");
+            let at = Self::position(&line, ticket);
             if line.closed {
                 break (at, Err(WaitError::Closed));
             }
@@ -208,6 +239,20 @@ impl<T> WaitList<T> {
             if let Some(item) = self.look(&mut take) {
                 served = true;
                 break (at, Ok(item));
+            }
+            if let Some(elsewhere) = &mut elsewhere {
+                // Read with the line locked: a nudge rung after this wakes the sleep below.
+                if elsewhere.nudge.rung.swap(false, Ordering::SeqCst) {
+                    drop(line);
+                    let found = (elsewhere.look)();
+                    line = self.line.lock();
+                    if found {
+                        let at = Self::position(&line, ticket);
+                        break (at, Err(WaitError::Elsewhere));
+                    }
+                    // Look in line again (the time may be up, the line closed).
+                    continue;
+                }
             }
             if give_up() {
                 // What it gives up on (the last start on its way ended) may have queued an
@@ -262,11 +307,29 @@ impl<T> WaitList<T> {
             Self::dispatch(&mut line, queued());
         }
         drop(line);
-        // Handed over at the moment of closing (otherwise taken above).
+        // Handed over at the moment of closing, or while it looked elsewhere (otherwise
+        // taken above).
         if let Some(item) = entry.handed {
-            on_closed(item);
+            on_left(item);
         }
         outcome
+    }
+
+    /// Where the waiter with `ticket` is in line.
+    fn position(line: &Line<T>, ticket: u64) -> usize {
+        line.entries
+            .iter()
+            .position(|e| e.ticket == ticket)
+            .expect("a waiter's entry stays in line until it leaves")
+    }
+
+    /// Wakes a waiter in this line that waits with `nudge` (see `Elsewhere`).
+    pub(crate) fn nudge(&self, nudge: &Nudge) {
+        // A read-modify-write, as the waiter's: loom orders a plain store against the
+        // waiter's swaps only through the lock, and would let a later swap miss it.
+        nudge.rung.swap(true, Ordering::SeqCst);
+        let _line = self.line.lock();
+        nudge.wake.notify_one();
     }
 
     /// A waiter's look for a queued item. It counts as served while it looks, so that a start
@@ -327,6 +390,7 @@ mod tests {
                         go.recv().unwrap();
                     },
                     || None,
+                    None,
                     |_| {},
                 )
             })
@@ -342,6 +406,7 @@ mod tests {
                     || free.lock().unwrap().len(),
                     || {},
                     || None,
+                    None,
                     |_| {},
                 )
             })
