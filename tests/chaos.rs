@@ -391,7 +391,12 @@ fn quiet_chaos_panics() {
                 .downcast_ref::<&str>()
                 .copied()
                 .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
-            if !message.is_some_and(|m| m.starts_with("chaos: ")) {
+            if message.is_some_and(|m| m.starts_with("chaos: ")) {
+                // Silent, but kept: should it escape its thread, the watchdog says where.
+                // (Captured unresolved: symbols are looked up only if it is reported.)
+                let at = (info.to_string(), std::backtrace::Backtrace::force_capture());
+                let _ = LAST_PANIC.try_with(|last| *last.borrow_mut() = Some(at));
+            } else {
                 report(info);
             }
         }));
@@ -481,36 +486,66 @@ fn build_world() -> Arc<World> {
     })
 }
 
+/// How a thread of the run ended: `Err` with what escaped it (a panic that got past the
+/// client's own `catch_unwind`: the crate let one through), and where.
+type Ended = Result<(), String>;
+
 /// Starts the clients and the chaos thread; returns a receiver that hears from each thread
 /// as it finishes.
-fn start(world: &Arc<World>, seed: u64) -> mpsc::Receiver<()> {
+fn start(world: &Arc<World>, seed: u64) -> mpsc::Receiver<Ended> {
     let (done, finished) = mpsc::channel();
     for n in 0..CLIENTS {
         let (world, done) = (world.clone(), done.clone());
         thread::spawn(move || {
-            client(&world, seed.wrapping_add(n as u64 + 1));
-            let _ = done.send(());
+            let _ = done.send(reported(&format!("client {n}"), || {
+                client(&world, seed.wrapping_add(n as u64 + 1));
+            }));
         });
     }
     let (world, done) = (world.clone(), done.clone());
     thread::spawn(move || {
-        chaos(&world, seed);
-        let _ = done.send(());
+        let _ = done.send(reported("the chaos thread", || chaos(&world, seed)));
     });
     finished
 }
 
-/// The watchdog: every thread must finish within `limit`.
-fn join_all(finished: &mpsc::Receiver<()>, seed: u64, limit: Duration) {
+/// Runs `f`; a panic that escapes it is reported with its message and where it was raised.
+fn reported(who: &str, f: impl FnOnce()) -> Ended {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|m| (*m).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a payload that is not a string)".into());
+        // The payload may be hostile (its `Drop` may panic): not dropped here.
+        std::mem::forget(payload);
+        let at = LAST_PANIC
+            .with(|last| last.take())
+            .map(|(info, trace)| format!("{info}\n{trace}"))
+            .unwrap_or_default();
+        format!("{who} died of a panic: {message}\n{at}")
+    })
+}
+
+thread_local! {
+    /// Where this thread's last panic was raised (kept by the panic hook).
+    static LAST_PANIC: std::cell::RefCell<Option<(String, std::backtrace::Backtrace)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The watchdog: every thread must finish within `limit`, none of a panic that escaped.
+fn join_all(finished: &mpsc::Receiver<Ended>, seed: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
     for n in 0..=CLIENTS {
         let left = deadline.saturating_duration_since(Instant::now());
-        if finished.recv_timeout(left).is_err() {
-            panic!(
+        match finished.recv_timeout(left) {
+            Ok(Ok(())) => {}
+            Ok(Err(died)) => panic!("chaos (seed {seed}): {died}"),
+            Err(_) => panic!(
                 "chaos (seed {seed}): watchdog: {} of {} threads still running after {limit:?}",
                 CLIENTS + 1 - n,
                 CLIENTS + 1
-            );
+            ),
         }
     }
 }

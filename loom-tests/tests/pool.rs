@@ -577,3 +577,38 @@ fn a_balancer_waiter_served_by_both_pools_at_once() {
         }
     });
 }
+
+/// An overflow worker returned while a balancer's waiter in another pool's line listens is
+/// kept free for it (not closed, as it would be with no one waiting); if that waiter is
+/// served by its own line meanwhile, the overflow worker is closed when it stops listening:
+/// either way the pool ends at its size with nothing held twice.
+#[test]
+fn an_overflow_worker_kept_for_a_listener_is_closed_when_it_leaves() {
+    model_within(3, &BOTH, |serve| {
+        let line = pool_serving(1, serve);
+        let overflowing = pool_with(1, 1, serve);
+        let held = line.checkout_owned().unwrap();
+        let base = overflowing.checkout_owned().unwrap();
+        let overflow = overflowing.checkout_owned().unwrap();
+        // (A new balancer's rotation starts at its second pool, the line waited in.)
+        let balancer = Balancer::over_pools([(*overflowing).clone(), (*line).clone()]).unwrap();
+        let user = balancer_user(&balancer);
+        // Once the user waits in the line (and so listens to the other pool).
+        while line.stats().waiters == 0 {
+            thread::yield_now();
+        }
+        let releaser = thread::spawn(move || drop(held));
+        drop(overflow);
+        user.join().unwrap();
+        releaser.join().unwrap();
+        let stats = overflowing.stats();
+        assert_eq!(
+            (stats.size, stats.free, stats.leased),
+            (1, 0, 1),
+            "the overflow worker stayed open"
+        );
+        drop(base);
+        let stats = line.stats();
+        assert_eq!((stats.free, stats.leased, stats.waiters), (1, 0, 0));
+    });
+}

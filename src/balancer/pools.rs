@@ -246,11 +246,16 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
     /// so a server going down costs clients at most the leases that were on it. Pools that
     /// are down are skipped and come back into rotation by themselves.
     ///
+    /// When every live pool is busy, the call waits in the line of the first in rotation,
+    /// and takes instead a worker that any other open pool keeps free meanwhile (a busy one
+    /// freeing a worker, a pool that was down coming back): each pool tells the clients
+    /// waiting elsewhere as many as it has free. Only the line waited in counts a timeout.
+    ///
     /// While every pool is down, the call waits for the next reconnect attempt of the pool
     /// next in rotation (at most its `reconnect_delay`, within `timeout`), takes its
-    /// connection if the attempt succeeds, looks once more at the others, and otherwise
-    /// fails: a client that retries in a loop is paced by the reconnect attempts, never
-    /// spinning.
+    /// connection if the attempt succeeds (or another pool's, if one comes back first),
+    /// looks once more at the others, and otherwise fails: a client that retries in a loop
+    /// is paced by the reconnect attempts, never spinning.
     ///
     /// # Errors
     ///
@@ -312,7 +317,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // Every pool down: wait for the next attempt of the one next in rotation (paced by
         // its `reconnect_delay`), then look once at the others.
         if all_down {
-            match self.wait_on(&snapshot, first, &[], deadline, &mut causes) {
+            match self.wait_on(&snapshot, first, deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -336,13 +341,13 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             }
         }
         // None free: wait in the first busy one's line within the time left, taking a
-        // worker that another busy one keeps free meanwhile; one whose server goes down
+        // worker that another pool keeps free meanwhile; one whose server goes down
         // meanwhile fails over to the next.
-        for (at, &index) in busy.iter().enumerate() {
+        for index in busy {
             if timed_out.is_some() {
                 break;
             }
-            match self.wait_on(&snapshot, index, &busy[at + 1..], deadline, &mut causes) {
+            match self.wait_on(&snapshot, index, deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -371,19 +376,25 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
     }
 
     /// A blocking checkout from pool `index` within the time left, that takes a worker kept
-    /// free meanwhile in one of pools `others` instead (each nudges the waiter then), so a
-    /// worker freed in another busy pool is not left free while the time runs out in this
-    /// one's line: the lease, `Err` when the time ran out (with the pool's cause, if its
-    /// starts were failing), `None` when the pool is down (its cause noted) or closed.
+    /// free meanwhile in any other open pool of the set instead (each nudges the waiter
+    /// then: a busy one that frees a worker, a down one that comes back), so no worker
+    /// free elsewhere is left while the time runs out in this one's line: the lease, `Err`
+    /// when the time ran out (with the pool's cause, if its starts were failing), `None`
+    /// when the pool is down (its cause noted) or closed.
     #[track_caller]
     fn wait_on(
         &self,
         snapshot: &Snapshot<Pool<W>>,
         index: usize,
-        others: &[usize],
         deadline: Option<Instant>,
         causes: &mut Causes,
     ) -> Option<Result<OwnedLease<W>, Option<Cause>>> {
+        let count = snapshot.workers.len();
+        // In rotation order after this one; a closed pool never comes back.
+        let others: Vec<usize> = (1..count)
+            .map(|step| (index + step) % count)
+            .filter(|&i| !snapshot.workers[i].is_closed())
+            .collect();
         let pools: Vec<&Pool<W>> = others.iter().map(|&i| &*snapshot.workers[i]).collect();
         let mut found = None;
         let mut look = || {

@@ -112,13 +112,7 @@ impl<W: Send + 'static> Pool<W> {
         let nudge = Nudge::new();
         let _listening: Vec<_> = others
             .iter()
-            .map(|other| {
-                other
-                    .handle
-                    .shared
-                    .listeners
-                    .listen(shared.clone(), nudge.clone())
-            })
+            .map(|other| other.handle.shared.listen(shared.clone(), nudge.clone()))
             .collect();
         let elsewhere = Elsewhere {
             nudge: &nudge,

@@ -107,9 +107,7 @@ impl<W: Send + 'static> Shared<W> {
     /// left the fuse blown; a non-blocking checkout fails at once while the pool waits out
     /// `reconnect_delay` (see `fuse`).
     pub(crate) fn fuse_blown(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
-            && self.counts.open() == 0
-            && self.counts.starting() == 0
+        self.failing.load(Ordering::Acquire) && self.counts.none_open_or_starting()
     }
 
     /// A worker for a non-blocking checkout: it never waits for another client, but when the

@@ -86,12 +86,16 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Returns a worker to service. While more workers are open than `size` (overflow, or a
-    /// shrink), it goes to a waiter if one waits and is otherwise closed (poolboy's rule).
+    /// shrink), it goes to a waiter if one waits (here, or a balancer's elsewhere that
+    /// listens) and is otherwise closed (poolboy's rule).
     #[inline]
     pub(super) fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
         let entry = if self.above_size(self.size.load(Ordering::Relaxed)) {
             match self.waiters.hand(entry) {
                 Ok(()) => return,
+                // Kept free for a balancer's waiter in another pool's line, which is nudged;
+                // closed once no one listens (`listener_left`).
+                Err(entry) if self.listeners.any() => entry,
                 Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
                     Some(entry) => entry,
                     None => return,
@@ -111,7 +115,7 @@ impl<W: Send + 'static> Shared<W> {
         // `SeqCst` write, then this look, against the resize's store, then its
         // look for free workers: one of the two sees the other.
         seqcst_point();
-        if self.above_size(self.size.load(Ordering::SeqCst)) {
+        if self.above_size(self.size.load(Ordering::SeqCst)) && !self.listeners.any() {
             self.shrink();
         }
         // Nor an evicted one: `evict_all` came after the caller's look (a return's `unfit`,
@@ -144,7 +148,9 @@ impl<W: Send + 'static> Shared<W> {
         if self.waiters.has_waiters() {
             self.waiters
                 .offer(entry, |entry| self.queue(entry), || self.free.queued());
-            self.listeners.nudge_any();
+            // Handed to a waiter here, or kept free for one: listeners elsewhere hear of
+            // what is free.
+            self.nudge_listeners(false);
             return;
         }
         if let Err(entry) = self.free.keep(entry, stripe) {
@@ -166,7 +172,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         // A balancer's checkout waiting in another pool's line may take it (the same
         // pairing as the waiters' above; a worker queued for this line may be free too).
-        self.listeners.nudge_any();
+        self.nudge_listeners(true);
     }
 
     pub(super) fn queue(&self, entry: Box<Entry<W>>) {
@@ -342,6 +348,19 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Closes free workers while more than the pool's size are open (a shrink). The size is read
     /// afresh each time: a resize up that came in meanwhile stops the shrink.
+    /// A balancer's waiter stopped listening here: what is free goes to the others, or,
+    /// if none is left, what is free above the size is closed (it was kept for them: see
+    /// `put_back`). The same pairing as `put_back`'s: the listener's count, then this look
+    /// at the free workers, against a keep, then its look at the listeners.
+    pub(super) fn listener_left(&self) {
+        seqcst_point();
+        if self.listeners.any() {
+            self.nudge_listeners(false);
+        } else if self.above_size(self.size.load(Ordering::SeqCst)) {
+            self.shrink();
+        }
+    }
+
     pub(super) fn shrink(&self) {
         let stripe = Stripe::current();
         loop {

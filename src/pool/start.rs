@@ -24,10 +24,12 @@ pub(crate) const PARALLEL_STARTS: usize = 8;
 /// The pool's counts of workers, kept apart from the workers themselves.
 #[derive(Default)]
 pub(crate) struct Counts {
-    /// Workers open plus starts claimed: the number the pool answers for.
-    total: AtomicUsize,
-    /// Starts claimed and not yet delivered or failed.
-    starting: AtomicUsize,
+    /// Two counts in one word, so that one look reads both as of one moment (a claim moves
+    /// both at once: read apart, a start just claimed would look open for a moment, and a
+    /// `try_checkout` against a dead server would answer `Overload`): the workers open
+    /// plus the starts claimed (the number the pool answers for; `TOTAL` units), and the
+    /// starts claimed and not yet delivered or failed (`STARTING` units).
+    total_and_starting: AtomicU64,
     /// Starts claimed that no start thread has taken up yet.
     pending: AtomicUsize,
     /// Workers started and counted open, on their way into the free list or to a waiter:
@@ -42,6 +44,22 @@ pub(crate) struct Counts {
     /// Failed starts so far: a waiter that joined the line after the last one waits for the
     /// next before it gives up (see `Shared::acquire`).
     pub(crate) failed_starts: AtomicU64,
+}
+
+/// One unit of `Counts::total_and_starting`'s total (its high half).
+const TOTAL: u64 = 1 << 32;
+/// One unit of its starts claimed (its low half).
+const STARTING: u64 = 1;
+
+/// The two halves of `Counts::total_and_starting`.
+fn split(word: u64) -> (usize, usize) {
+    // Each half is at most `MAX_POOL_SIZE` plus the overflow, far below 2^32.
+    ((word >> 32) as usize, (word & 0xFFFF_FFFF) as usize)
+}
+
+/// `n` units of a half of `Counts::total_and_starting`.
+fn units(n: usize, unit: u64) -> u64 {
+    n as u64 * unit
 }
 
 /// The most threads running a start under `start_timeout` at once, hung ones included.
@@ -63,7 +81,9 @@ impl<'a> Claim<'a> {
         // Counted on its way before it stops counting as starting: the line never sees it
         // as neither.
         counts.delivering.fetch_add(1, Ordering::SeqCst);
-        counts.starting.fetch_sub(1, Ordering::SeqCst);
+        counts
+            .total_and_starting
+            .fetch_sub(STARTING, Ordering::SeqCst);
         std::mem::forget(self);
         Delivering(counts)
     }
@@ -81,8 +101,9 @@ impl Drop for Delivering<'_> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.counts.starting.fetch_sub(1, Ordering::SeqCst);
-        self.counts.total.fetch_sub(1, Ordering::SeqCst);
+        self.counts
+            .total_and_starting
+            .fetch_sub(TOTAL + STARTING, Ordering::SeqCst);
     }
 }
 
@@ -146,7 +167,13 @@ impl Counts {
     /// at the size after counting the worker out (see `Pool::resize`).
     #[inline]
     pub(crate) fn total(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
+        self.total_and_starting().0
+    }
+
+    /// Both counts, as of one moment.
+    #[inline]
+    fn total_and_starting(&self) -> (usize, usize) {
+        split(self.total_and_starting.load(Ordering::SeqCst))
     }
 
     pub(crate) fn timed_starts_running(&self) -> usize {
@@ -155,14 +182,19 @@ impl Counts {
 
     #[inline]
     pub(crate) fn starting(&self) -> usize {
-        self.starting.load(Ordering::SeqCst)
+        self.total_and_starting().1
     }
 
-    /// Workers open now (for a moment between a claim's two counts, the claimed starts
-    /// count as open too).
+    /// Workers open now.
     #[inline]
     pub(crate) fn open(&self) -> usize {
-        self.total().saturating_sub(self.starting())
+        let (total, starting) = self.total_and_starting();
+        total.saturating_sub(starting)
+    }
+
+    /// Nothing open and no start claimed, as of one moment.
+    pub(crate) fn none_open_or_starting(&self) -> bool {
+        self.total_and_starting() == (0, 0)
     }
 
     /// Workers open and in the pool's hands or a client's: open, less those started and not
@@ -182,16 +214,13 @@ impl Counts {
     fn claim(&self, wanted: usize, limit: usize, queued: bool) -> usize {
         let mut claimed = 0;
         let _ = self
-            .total
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |total| {
-                claimed = wanted.min(limit.saturating_sub(total));
-                (claimed > 0).then_some(total + claimed)
+            .total_and_starting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                claimed = wanted.min(limit.saturating_sub(split(word).0));
+                (claimed > 0).then(|| word + units(claimed, TOTAL + STARTING))
             });
-        if claimed > 0 {
-            self.starting.fetch_add(claimed, Ordering::SeqCst);
-            if queued {
-                self.pending.fetch_add(claimed, Ordering::SeqCst);
-            }
+        if claimed > 0 && queued {
+            self.pending.fetch_add(claimed, Ordering::SeqCst);
         }
         claimed
     }
@@ -204,8 +233,8 @@ impl Counts {
     /// Gives back `n` claims that no start took up.
     fn give_back(&self, n: usize) {
         if n > 0 {
-            self.starting.fetch_sub(n, Ordering::SeqCst);
-            self.total.fetch_sub(n, Ordering::SeqCst);
+            self.total_and_starting
+                .fetch_sub(units(n, TOTAL + STARTING), Ordering::SeqCst);
         }
     }
 
@@ -216,14 +245,14 @@ impl Counts {
 
     /// One worker fewer: closed, detached, or a start given up.
     pub(crate) fn release(&self) {
-        self.total.fetch_sub(1, Ordering::SeqCst);
+        self.total_and_starting.fetch_sub(TOTAL, Ordering::SeqCst);
     }
 
     /// One worker fewer, if more than `floor` are counted; whether it was.
     pub(crate) fn release_above(&self, floor: usize) -> bool {
-        self.total
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |total| {
-                (total > floor).then(|| total - 1)
+        self.total_and_starting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                (split(word).0 > floor).then(|| word - TOTAL)
             })
             .is_ok()
     }
@@ -258,7 +287,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Whether the pool may open another worker now. `SeqCst`, to pair with a waiter's
     /// registration and a closer's look for waiters (see `close_above`).
     pub(crate) fn has_room(&self) -> bool {
-        self.counts.total.load(Ordering::SeqCst) < self.limit()
+        self.counts.total() < self.limit()
     }
 
     /// Claims the starts the pool is short of: up to `min_idle`, and one for each waiter that
@@ -346,7 +375,7 @@ impl<W: Send + 'static> Shared<W> {
         let needed = self
             .waiters
             .unserved()
-            .saturating_sub(self.counts.starting() + self.counts.delivering.load(Ordering::SeqCst));
+            .saturating_sub(self.counts.on_their_way());
         if needed == 0 {
             return 0;
         }

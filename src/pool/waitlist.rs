@@ -30,7 +30,18 @@ struct Entry<T> {
     handed: Option<T>,
     /// A wake-up was sent since the waiter last went to sleep: no need for another.
     woken: bool,
+    /// Looking elsewhere (see `Elsewhere`): it keeps its place, but nothing is handed to it
+    /// and no wake-up is sent to it meanwhile (it counts as served), so the line's items go
+    /// to the waiters that can take them.
+    away: bool,
     wake: Arc<Condvar>,
+}
+
+impl<T> Entry<T> {
+    /// Whether an item may be handed to it, or a wake-up sent for one.
+    fn may_serve(&self) -> bool {
+        self.handed.is_none() && !self.away
+    }
 }
 
 struct Line<T> {
@@ -65,6 +76,17 @@ impl Nudge {
             rung: AtomicBool::new(true),
             wake: Arc::new(Condvar::new()),
         })
+    }
+
+    /// Rung and not yet looked at by its waiter.
+    pub(crate) fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::SeqCst)
+    }
+
+    /// Rings it (without waking its waiter: see `WaitList::nudge`); whether it was not
+    /// rung already.
+    pub(crate) fn ring(&self) -> bool {
+        !self.rung.swap(true, Ordering::SeqCst)
     }
 }
 
@@ -119,7 +141,7 @@ impl<T> WaitList<T> {
     /// Whether someone in line has not been handed an item yet. Takes the lock only when
     /// someone waits; a waiter registering after this look sees what the caller did before it.
     pub(crate) fn has_unserved(&self) -> bool {
-        self.has_waiters() && self.line.lock().entries.iter().any(|e| e.handed.is_none())
+        self.has_waiters() && self.line.lock().entries.iter().any(Entry::may_serve)
     }
 
     /// Serves the line with `item`: handed straight to the longest waiter not yet served if it
@@ -129,7 +151,7 @@ impl<T> WaitList<T> {
     /// meanwhile sees its effect.
     pub(crate) fn offer(&self, item: T, keep: impl FnOnce(T), queued: impl Fn() -> usize) {
         let mut line = self.line.lock();
-        if let Some(entry) = line.entries.iter_mut().find(|e| e.handed.is_none()) {
+        if let Some(entry) = line.entries.iter_mut().find(|e| e.may_serve()) {
             if entry.since.elapsed() >= self.fifo_after {
                 entry.handed = Some(item);
                 self.handed.fetch_add(1, Ordering::SeqCst);
@@ -150,13 +172,13 @@ impl<T> WaitList<T> {
         let mut on_the_way = line
             .entries
             .iter()
-            .filter(|e| e.woken && e.handed.is_none())
+            .filter(|e| e.woken && e.may_serve())
             .count();
         for entry in &mut line.entries {
             if on_the_way >= free {
                 break;
             }
-            if entry.handed.is_none() && !entry.woken {
+            if entry.may_serve() && !entry.woken {
                 entry.woken = true;
                 entry.wake.notify_one();
                 on_the_way += 1;
@@ -170,7 +192,7 @@ impl<T> WaitList<T> {
             return Err(item);
         }
         let mut line = self.line.lock();
-        match line.entries.iter_mut().find(|e| e.handed.is_none()) {
+        match line.entries.iter_mut().find(|e| e.may_serve()) {
             Some(entry) => {
                 entry.handed = Some(item);
                 self.handed.fetch_add(1, Ordering::SeqCst);
@@ -218,6 +240,7 @@ impl<T> WaitList<T> {
             since: Instant::now(),
             handed: None,
             woken: false,
+            away: false,
             wake: wake.clone(),
         });
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -243,14 +266,29 @@ impl<T> WaitList<T> {
             if let Some(elsewhere) = &mut elsewhere {
                 // Read with the line locked: a nudge rung after this wakes the sleep below.
                 if elsewhere.nudge.rung.swap(false, Ordering::SeqCst) {
+                    // Not rung any more, then the look: against a pool keeping a worker free,
+                    // then looking for listeners not rung (`Listeners::nudge`), one of the
+                    // two sees the other.
+                    fence(Ordering::SeqCst);
+                    // Away while it looks (its look may run user code for a while): counted
+                    // as served, as in `look`, and a wake-up it had goes to another waiter.
+                    let entry = &mut line.entries[at];
+                    entry.away = true;
+                    self.handed.fetch_add(1, Ordering::SeqCst);
+                    if std::mem::take(&mut entry.woken) {
+                        Self::dispatch(&mut line, queued());
+                    }
                     drop(line);
                     let found = (elsewhere.look)();
                     line = self.line.lock();
+                    let at = Self::position(&line, ticket);
+                    line.entries[at].away = false;
                     if found {
-                        let at = Self::position(&line, ticket);
+                        served = true;
                         break (at, Err(WaitError::Elsewhere));
                     }
-                    // Look in line again (the time may be up, the line closed).
+                    self.handed.fetch_sub(1, Ordering::SeqCst);
+                    // Back: look in line again (the time may be up, the line closed).
                     continue;
                 }
             }
