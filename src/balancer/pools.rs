@@ -2,6 +2,7 @@
 //! strategies, each pool with its own fuse. The one place where the balancer meets the pool.
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -331,7 +332,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             if step > 0 && !self.may_serve(&snapshot, index) {
                 continue;
             }
-            match pool.checkout_free_owned() {
+            match pool.checkout_free_owned(Location::caller()) {
                 Ok(lease) => return Ok(self.served(&snapshot, index, lease)),
                 Err(Error::Overload) => busy.push(index),
                 Err(Error::Disconnected { cause, .. }) => causes.note(index, cause),
@@ -396,10 +397,12 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             .filter(|&i| !snapshot.workers[i].is_closed())
             .collect();
         let pools: Vec<&Pool<W>> = others.iter().map(|&i| &*snapshot.workers[i]).collect();
+        // The client's call, for slow-lease reports of a lease taken in `look`.
+        let site = Location::caller();
         let mut found = None;
         let mut look = || {
             for (&other, pool) in others.iter().zip(&pools) {
-                match pool.checkout_free_owned() {
+                match pool.checkout_free_owned(site) {
                     Ok(lease) => {
                         found = Some(self.served(snapshot, other, lease));
                         return true;

@@ -2,6 +2,7 @@
 //! database server), each with its own fuse. What the balancer asks of a pool is here, so
 //! that the pool's own files need not know of it.
 
+use std::panic::Location;
 use std::time::{Duration, Instant};
 
 use super::waitlist::{Elsewhere, Nudge};
@@ -79,15 +80,19 @@ impl<W: Send + 'static> Pool<W> {
     /// a start on its way) and never opens a worker on the caller's thread, so a pool whose
     /// start hangs cannot hold a balancer's checkout past its timeout. With nothing free it
     /// answers `Overload` (after asking for a start in the background if the pool has room)
-    /// or, with the fuse blown, `Disconnected`.
-    #[track_caller]
-    pub(crate) fn checkout_free_owned(&self) -> Result<OwnedLease<W>, Error> {
+    /// or, with the fuse blown, `Disconnected`. `site` is the client's call, for slow-lease
+    /// reports (the balancer may call this from a closure, which `#[track_caller]` does not
+    /// see through).
+    pub(crate) fn checkout_free_owned(
+        &self,
+        site: &'static Location<'static>,
+    ) -> Result<OwnedLease<W>, Error> {
         let shared = &*self.handle.shared;
         shared.check_open()?;
         let stripe = Stripe::current();
         while let Some(entry) = shared.free.take(stripe) {
             if let Some(entry) = shared.admit(entry, stripe) {
-                shared.watch_lease(&entry, std::panic::Location::caller());
+                shared.watch_lease(&entry, site);
                 return Ok(self.owned(entry));
             }
         }
@@ -121,7 +126,7 @@ impl<W: Send + 'static> Pool<W> {
         let Some(entry) = shared.acquire_or_elsewhere(timeout, elsewhere)? else {
             return Ok(None);
         };
-        shared.watch_lease(&entry, std::panic::Location::caller());
+        shared.watch_lease(&entry, Location::caller());
         Ok(Some(self.owned(entry)))
     }
 

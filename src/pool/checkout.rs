@@ -339,8 +339,12 @@ impl<W: Send + 'static> Shared<W> {
                     .unwrap_or_else(|| Cause::message("no worker could start")),
             )),
             Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
-            // Neither a timeout nor a busy pool: the caller was served by another pool.
-            Err(WaitError::Elsewhere) => Err(Error::Overload),
+            // Neither a timeout nor a busy pool: the caller was served by another pool (a
+            // worker above the size kept for it while it was away goes now).
+            Err(WaitError::Elsewhere) => {
+                self.shrink_unless_kept();
+                Err(Error::Overload)
+            }
         }
     }
 

@@ -28,7 +28,7 @@
 //! | leased | idle or handed | the lease ends; `is_broken` false, `reset` ok, alive, not evicted, not expired (or expired, the last in service, a replacement coming: kept past its expiry) | `releases` +1 | `end_lease`, `unfit`, `expired_and_not_kept`, `put_back` |
 //! | leased | closing | discarded, broken, reset failed, dead, evicted, expired, client panic (`Discard`) | `discards` +1, `total` −1 | `end_lease`, `retire` |
 //! | leased | — | [`Lease::take`] | `takes` +1, `total` −1 | `detach` |
-//! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow) | `total` −1 | `close_above` |
+//! | idle | closing | idle past `idle_timeout` above `min_idle`; above the size (shrink, overflow), unless kept for a balancer's waiter (away from this line, or listening from another's) until there is none | `total` −1 | `close_above`, `shrink_unless_kept` |
 //! | idle | looked over | the reaper's sweep (at its period, or at a worker's expiry), `evict_all`, `map` | `held_free` +1 (`HeldFree`) | `sweep` |
 //! | looked over | idle | alive, not expired, passed its `keepalive` check if one was due | `held_free` −1 | `sweep`, `keep_alive`, `put_back` |
 //! | looked over | closing | past its `max_lifetime` (less its jitter; the youngest of those expiring at once is kept past its expiry while no other is in service, until their replacements are in), evicted, dead, failed its `keepalive` check, expired during it | `held_free` −1, `total` −1 | `sweep`, `look_at_each`, `retire` |

@@ -86,16 +86,18 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Returns a worker to service. While more workers are open than `size` (overflow, or a
-    /// shrink), it goes to a waiter if one waits (here, or a balancer's elsewhere that
-    /// listens) and is otherwise closed (poolboy's rule).
+    /// shrink), it goes to a waiter if one waits (here, even one away looking in another
+    /// pool, or a balancer's elsewhere that listens) and is otherwise closed (poolboy's
+    /// rule).
     #[inline]
     pub(super) fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
         let entry = if self.above_size(self.size.load(Ordering::Relaxed)) {
             match self.waiters.hand(entry) {
                 Ok(()) => return,
-                // Kept free for a balancer's waiter in another pool's line, which is nudged;
-                // closed once no one listens (`listener_left`).
-                Err(entry) if self.listeners.any() => entry,
+                // Kept free for a balancer's waiter: away from this line (it looks here when
+                // back), or in another pool's line (nudged); closed once there is none
+                // (`shrink_unless_kept`).
+                Err(entry) if self.keeps_above_size() => entry,
                 Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
                     Some(entry) => entry,
                     None => return,
@@ -115,7 +117,7 @@ impl<W: Send + 'static> Shared<W> {
         // `SeqCst` write, then this look, against the resize's store, then its
         // look for free workers: one of the two sees the other.
         seqcst_point();
-        if self.above_size(self.size.load(Ordering::SeqCst)) && !self.listeners.any() {
+        if self.above_size(self.size.load(Ordering::SeqCst)) && !self.keeps_above_size() {
             self.shrink();
         }
         // Nor an evicted one: `evict_all` came after the caller's look (a return's `unfit`,
@@ -348,15 +350,26 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Closes free workers while more than the pool's size are open (a shrink). The size is read
     /// afresh each time: a resize up that came in meanwhile stops the shrink.
-    /// A balancer's waiter stopped listening here: what is free goes to the others, or,
-    /// if none is left, what is free above the size is closed (it was kept for them: see
-    /// `put_back`). The same pairing as `put_back`'s: the listener's count, then this look
-    /// at the free workers, against a keep, then its look at the listeners.
+    /// A balancer's waiter stopped listening here: what is free goes to the others, and
+    /// what is free above the size may be closed.
     pub(super) fn listener_left(&self) {
+        self.nudge_listeners(false);
+        self.shrink_unless_kept();
+    }
+
+    /// Whether a worker above the size is kept free rather than closed: for a balancer's
+    /// waiter away from this line, or listening here from another pool's (see `put_back`).
+    fn keeps_above_size(&self) -> bool {
+        self.listeners.any() || self.waiters.has_away()
+    }
+
+    /// Closes what is free above the size once no balancer's waiter it was kept for is
+    /// left: called when one stops listening here, or leaves this line served elsewhere.
+    /// The same pairing as `put_back`'s: the waiter's count, then this look at the free
+    /// workers, against a keep, then its look at the waiters.
+    pub(super) fn shrink_unless_kept(&self) {
         seqcst_point();
-        if self.listeners.any() {
-            self.nudge_listeners(false);
-        } else if self.above_size(self.size.load(Ordering::SeqCst)) {
+        if !self.keeps_above_size() && self.above_size(self.size.load(Ordering::SeqCst)) {
             self.shrink();
         }
     }

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct Entry<T> {
     ticket: u64,
@@ -61,32 +61,75 @@ pub(crate) enum WaitError {
     Elsewhere,
 }
 
-/// A wake-up from outside the line, for one waiter: set, then sent with the line locked, so
-/// a waiter that read it unset with the line locked is asleep before it is sent.
+/// A wake-up from outside the line, for one waiter: rung, then sent with the line locked, so
+/// a waiter that found it not rung with the line locked is asleep before it is sent. Its
+/// state says whether the waiter is on its way to look (`RUNG`), or cannot be (looking
+/// already, or out of the line), so that a pool nudges another waiter then.
 pub(crate) struct Nudge {
-    rung: AtomicBool,
+    state: AtomicUsize,
     wake: Arc<Condvar>,
 }
 
+/// In line, not rung.
+const IDLE: usize = 0;
+/// Rung, not yet looked: on its way.
+const RUNG: usize = 1;
+/// Looking elsewhere (user code may hold it there): not on its way to anything else.
+const LOOKING: usize = 2;
+/// Rung while looking: it looks again when back.
+const LOOKING_RUNG: usize = 3;
+/// Out of the line (served, or on its way out): nothing to nudge.
+const GONE: usize = 4;
+
 impl Nudge {
-    /// A nudge already rung: the waiter's first look after it registers is elsewhere too
-    /// (a worker freed there before the nudges were listened for is not missed).
+    /// A nudge already rung: the waiter's first look in line is elsewhere too (a worker
+    /// freed there before the nudges were listened for is not missed).
     pub(crate) fn new() -> Arc<Nudge> {
         Arc::new(Nudge {
-            rung: AtomicBool::new(true),
+            state: AtomicUsize::new(RUNG),
             wake: Arc::new(Condvar::new()),
         })
     }
 
-    /// Rung and not yet looked at by its waiter.
+    /// Rung and not yet looked at by its waiter: on its way to look.
     pub(crate) fn is_rung(&self) -> bool {
-        self.rung.load(Ordering::SeqCst)
+        self.state.load(Ordering::SeqCst) == RUNG
     }
 
-    /// Rings it (without waking its waiter: see `WaitList::nudge`); whether it was not
-    /// rung already.
+    /// Rings it (without waking its waiter: see `WaitList::nudge`); whether that sent its
+    /// waiter on its way (it was in line, not rung). A waiter looking already will look
+    /// again, but is not on its way.
     pub(crate) fn ring(&self) -> bool {
-        !self.rung.swap(true, Ordering::SeqCst)
+        let mut state = self.state.load(Ordering::SeqCst);
+        loop {
+            let next = match state {
+                IDLE => RUNG,
+                LOOKING => LOOKING_RUNG,
+                _ => return false,
+            };
+            match self
+                .state
+                .compare_exchange(state, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next == RUNG,
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// Its waiter starts to look, if it was rung.
+    fn start_looking(&self) -> bool {
+        self.state
+            .compare_exchange(RUNG, LOOKING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Its waiter is back from a look that found nothing: rung again if it was rung
+    /// meanwhile.
+    fn back(&self) {
+        if self.state.swap(IDLE, Ordering::SeqCst) == LOOKING_RUNG {
+            self.state.store(RUNG, Ordering::SeqCst);
+        }
     }
 }
 
@@ -103,6 +146,8 @@ pub(crate) struct WaitList<T> {
     /// Entries in the line that were handed an item and have not left yet (changed with the
     /// line locked): `waiting - handed` still need one.
     handed: AtomicUsize,
+    /// Entries away, looking elsewhere (changed with the line locked).
+    away: AtomicUsize,
     line: Mutex<Line<T>>,
     fifo_after: Duration,
 }
@@ -113,6 +158,7 @@ impl<T> WaitList<T> {
             fifo_after,
             waiting: AtomicUsize::new(0),
             handed: AtomicUsize::new(0),
+            away: AtomicUsize::new(0),
             line: Mutex::new(Line {
                 entries: VecDeque::new(),
                 next_ticket: 0,
@@ -130,6 +176,11 @@ impl<T> WaitList<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Whether a waiter is away, looking elsewhere. `SeqCst`: see `Shared::put_back`.
+    pub(crate) fn has_away(&self) -> bool {
+        self.away.load(Ordering::SeqCst) != 0
     }
 
     /// Waiters in line not handed an item yet (a recent value, read without the lock).
@@ -244,6 +295,10 @@ impl<T> WaitList<T> {
             wake: wake.clone(),
         });
         self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Some(elsewhere) = &elsewhere {
+            // Its first look is elsewhere too (again, if a check sent it back into line).
+            elsewhere.nudge.state.swap(RUNG, Ordering::SeqCst);
+        }
         fence(Ordering::SeqCst);
         drop(line);
         registered();
@@ -265,15 +320,16 @@ impl<T> WaitList<T> {
             }
             if let Some(elsewhere) = &mut elsewhere {
                 // Read with the line locked: a nudge rung after this wakes the sleep below.
-                if elsewhere.nudge.rung.swap(false, Ordering::SeqCst) {
-                    // Not rung any more, then the look: against a pool keeping a worker free,
-                    // then looking for listeners not rung (`Listeners::nudge`), one of the
+                if elsewhere.nudge.start_looking() {
+                    // Looking (no longer rung), then the look: against a pool keeping a
+                    // worker free, then ringing listeners (`Listeners::nudge`), one of the
                     // two sees the other.
                     fence(Ordering::SeqCst);
                     // Away while it looks (its look may run user code for a while): counted
                     // as served, as in `look`, and a wake-up it had goes to another waiter.
                     let entry = &mut line.entries[at];
                     entry.away = true;
+                    self.away.fetch_add(1, Ordering::SeqCst);
                     self.handed.fetch_add(1, Ordering::SeqCst);
                     if std::mem::take(&mut entry.woken) {
                         Self::dispatch(&mut line, queued());
@@ -283,10 +339,12 @@ impl<T> WaitList<T> {
                     line = self.line.lock();
                     let at = Self::position(&line, ticket);
                     line.entries[at].away = false;
+                    self.away.fetch_sub(1, Ordering::SeqCst);
                     if found {
                         served = true;
                         break (at, Err(WaitError::Elsewhere));
                     }
+                    elsewhere.nudge.back();
                     self.handed.fetch_sub(1, Ordering::SeqCst);
                     // Back: look in line again (the time may be up, the line closed).
                     continue;
@@ -333,6 +391,10 @@ impl<T> WaitList<T> {
             .entries
             .remove(at)
             .expect("the entry was found just now");
+        if let Some(elsewhere) = &elsewhere {
+            // Out of the line: what is freed elsewhere goes to other waiters.
+            elsewhere.nudge.state.swap(GONE, Ordering::SeqCst);
+        }
         // Out of `waiting` before out of `handed` (`unserved` reads them the other way
         // round): a served waiter leaving is never seen as an unserved one.
         self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -361,11 +423,9 @@ impl<T> WaitList<T> {
             .expect("a waiter's entry stays in line until it leaves")
     }
 
-    /// Wakes a waiter in this line that waits with `nudge` (see `Elsewhere`).
+    /// Wakes a waiter in this line that waits with `nudge`, rung by the caller (see
+    /// `Nudge::ring`).
     pub(crate) fn nudge(&self, nudge: &Nudge) {
-        // A read-modify-write, as the waiter's: loom orders a plain store against the
-        // waiter's swaps only through the lock, and would let a later swap miss it.
-        nudge.rung.swap(true, Ordering::SeqCst);
         let _line = self.line.lock();
         nudge.wake.notify_one();
     }
