@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Probe};
+use common::{line_with, Probe};
 use cylinder::{Balancer, Error, OwnedLease, Pool};
 
 /// `count` pools of one probe each, the probes numbered by pool.
@@ -49,17 +49,6 @@ fn client(
     })
 }
 
-/// Which pool a blocked client waits in (its line has one waiter).
-fn line_waited_in(pools: &[Pool<Arc<Probe>>]) -> usize {
-    assert!(
-        eventually(Duration::from_secs(2), || pools
-            .iter()
-            .any(|p| p.stats().waiters == 1)),
-        "the client never waited in a line"
-    );
-    pools.iter().position(|p| p.stats().waiters == 1).unwrap()
-}
-
 /// Three pools, all busy; the client waits in one line, and the pool freed is the last
 /// other one in rotation (not the next): it is served from there at once, and no pool
 /// counts a timeout or keeps a waiter.
@@ -68,7 +57,7 @@ fn a_worker_freed_in_any_other_busy_pool_serves_the_waiter() {
     let pools = pools(3);
     let (balancer, mut held) = all_busy(&pools);
     let client = client(&balancer);
-    let waited_in = line_waited_in(&pools);
+    let waited_in = line_with(&pools, 1);
     let freed = (waited_in + 2) % 3;
     thread::sleep(Duration::from_millis(50));
     let released = Instant::now();
@@ -94,7 +83,7 @@ fn a_waiter_whose_pool_closes_is_served_by_another() {
     let pools = pools(2);
     let (balancer, mut held) = all_busy(&pools);
     let client = client(&balancer);
-    let waited_in = line_waited_in(&pools);
+    let waited_in = line_with(&pools, 1);
     pools[waited_in].close();
     thread::sleep(Duration::from_millis(50));
     drop(held[1 - waited_in].take());

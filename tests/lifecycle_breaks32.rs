@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use common::{eventually, hold_all, line_with};
 use cylinder::{Balancer, Error, OwnedLease, Pool, Worker};
 
 /// Two pools of one worker each, every lease checked (`check_after_idle(0)`); pool `n`'s
@@ -53,17 +53,6 @@ fn two_pools(fifo_after: Duration) -> Two {
     }
 }
 
-/// Which pool a blocked balancer client waits in (its line has one waiter).
-fn line_waited_in(pools: &[Pool<usize>]) -> usize {
-    assert!(
-        eventually(Duration::from_secs(2), || pools
-            .iter()
-            .any(|p| p.stats().waiters == 1)),
-        "the client never waited in a line"
-    );
-    pools.iter().position(|p| p.stats().waiters == 1).unwrap()
-}
-
 /// Sets up: both pools busy (their workers held), a balancer client blocked in pool `line`'s
 /// line, a plain client of pool `line` behind it (1 s timeout), and the balancer client
 /// nudged into pool `other`'s check, which takes 2 s. Then pool `line`'s worker is
@@ -74,16 +63,13 @@ fn plain_waiter_behind_a_balancer_looking_elsewhere(
     let two = two_pools(fifo_after);
     let pools = two.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let b = balancer.clone();
     let balancer_client = thread::spawn(move || {
         b.checkout_timeout(Duration::from_secs(10))
             .map(|lease| *lease)
     });
-    let line = line_waited_in(&pools);
+    let line = line_with(&pools, 1);
     let other = 1 - line;
     // A plain client of the same pool, behind it in line.
     let plain_pool = pools[line].clone();
@@ -341,13 +327,10 @@ fn a_replacement_started_in_another_busy_pool_serves_the_balancer_waiter() {
     let two = two_pools(Duration::from_millis(1));
     let pools = two.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let b = balancer.clone();
     let client = thread::spawn(move || b.checkout_timeout(Duration::from_secs(4)).map(|l| *l));
-    let line = line_waited_in(&pools);
+    let line = line_with(&pools, 1);
     let other = 1 - line;
     thread::sleep(Duration::from_millis(20));
     OwnedLease::discard(held[other].take().unwrap());
@@ -374,13 +357,10 @@ fn a_pool_listened_to_that_closes_leaves_the_waiter_in_its_line() {
     let two = two_pools(Duration::from_millis(1));
     let pools = two.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let b = balancer.clone();
     let client = thread::spawn(move || b.checkout_timeout(Duration::from_secs(4)).map(|l| *l));
-    let line = line_waited_in(&pools);
+    let line = line_with(&pools, 1);
     let other = 1 - line;
     pools[other].close();
     drop(held[other].take());

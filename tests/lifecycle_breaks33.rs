@@ -13,24 +13,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, within};
+use common::{busy_pools_with_a_slow_check, eventually, hold_all, line_with, numbered, within};
 use cylinder::{Balancer, Error, OwnedLease, Pool};
-
-/// Which pool a blocked balancer client waits in (the one whose line has `n` waiters).
-fn line_with(pools: &[Pool<usize>], n: usize) -> usize {
-    assert!(
-        eventually(Duration::from_secs(2), || pools
-            .iter()
-            .any(|p| p.stats().waiters == n)),
-        "no line with {n} waiters: {:?}",
-        pools.iter().map(|p| p.stats()).collect::<Vec<_>>()
-    );
-    pools.iter().position(|p| p.stats().waiters == n).unwrap()
-}
-
-fn numbered(n: usize, size: usize) -> cylinder::PoolBuilder<usize> {
-    Pool::builder().name(format!("server-{n}")).size(size)
-}
 
 /// Found. Two pools of size 1 with `max_overflow(1)`, each with both its workers (base and
 /// overflow) leased by the test: every pool is busy. A balancer client waits (1.5 s) in one
@@ -177,26 +161,7 @@ fn held_back_by_a_look_elsewhere(
     usize,
 ) {
     let slow_pool = Arc::new(AtomicUsize::new(usize::MAX));
-    let pools: Vec<Pool<usize>> = (0..2)
-        .map(|n| {
-            let slow_pool = slow_pool.clone();
-            numbered(n, 1)
-                .fifo_after(fifo_after)
-                .check_after_idle(Duration::ZERO)
-                .test_on_checkout(move |_: &mut usize| {
-                    if slow_pool.load(Ordering::SeqCst) == n {
-                        thread::sleep(Duration::from_millis(1500));
-                    }
-                    true
-                })
-                .build(move || Ok(n))
-                .unwrap()
-        })
-        .collect();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let (pools, mut held) = busy_pools_with_a_slow_check(2, &slow_pool, fifo_after);
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
     let w = {
         let balancer = balancer.clone();
@@ -313,10 +278,7 @@ fn a_worker_freed_at_any_moment_of_the_balancer_wait_serves_it() {
                     .unwrap()
             })
             .collect();
-        let mut held: Vec<Option<OwnedLease<usize>>> = pools
-            .iter()
-            .map(|p| Some(p.checkout_owned().unwrap()))
-            .collect();
+        let mut held = hold_all(&pools);
         let balancer = Balancer::over_pools(pools.clone()).unwrap();
         let client = {
             let balancer = balancer.clone();
@@ -384,10 +346,7 @@ fn pools_a_balancer_waiter_listened_to_go_when_every_handle_goes() {
                     .unwrap()
             })
             .collect();
-        let mut held: Vec<Option<OwnedLease<Counted>>> = pools
-            .iter()
-            .map(|p| Some(p.checkout_owned().unwrap()))
-            .collect();
+        let mut held = hold_all(&pools);
         let balancer = Balancer::over_pools(pools.clone()).unwrap();
         let client = {
             let balancer = balancer.clone();
@@ -472,10 +431,7 @@ fn a_check_in_the_look_elsewhere_that_reenters_the_balancer_and_closes_the_line(
         })
         .collect();
     *pools_slot.lock().unwrap() = pools.clone();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
     *balancer_slot.lock().unwrap() = Some(balancer.clone());
     let client = {
@@ -522,10 +478,7 @@ fn a_timeout_racing_a_nudge_is_counted_exactly_once() {
                     .unwrap()
             })
             .collect();
-        let mut held: Vec<Option<OwnedLease<usize>>> = pools
-            .iter()
-            .map(|p| Some(p.checkout_owned().unwrap()))
-            .collect();
+        let mut held = hold_all(&pools);
         let balancer = Balancer::over_pools(pools.clone()).unwrap();
         let client = {
             let balancer = balancer.clone();
@@ -582,10 +535,7 @@ fn a_check_that_panics_in_the_look_elsewhere_is_contained() {
                     .unwrap()
             })
             .collect();
-        let mut held: Vec<Option<OwnedLease<usize>>> = pools
-            .iter()
-            .map(|p| Some(p.checkout_owned().unwrap()))
-            .collect();
+        let mut held = hold_all(&pools);
         let mut builder = Balancer::builder().max_queue_len(4);
         if least_loaded {
             builder = builder.strategy(cylinder::Strategy::LeastLoaded);

@@ -14,37 +14,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::eventually;
-use cylinder::{Balancer, Error, OwnedLease, Pool};
-
-fn numbered(n: usize, size: usize) -> cylinder::PoolBuilder<usize> {
-    Pool::builder().name(format!("server-{n}")).size(size)
-}
-
-/// A balancer client on its own thread: the pool index it got (or the error) and how long
-/// it waited.
-fn client(
-    balancer: Balancer<Pool<usize>>,
-    timeout: Duration,
-) -> thread::JoinHandle<(Result<usize, Error>, Duration)> {
-    thread::spawn(move || {
-        let began = Instant::now();
-        let got = balancer.checkout_timeout(timeout).map(|l| *l);
-        (got, began.elapsed())
-    })
-}
-
-/// Which pool (of `pools`) has `n` waiters in its line, waiting up to 2 s for one.
-fn line_with(pools: &[Pool<usize>], n: usize) -> usize {
-    assert!(
-        eventually(Duration::from_secs(2), || pools
-            .iter()
-            .any(|p| p.stats().waiters == n)),
-        "no line with {n} waiters: {:?}",
-        pools.iter().map(|p| p.stats()).collect::<Vec<_>>()
-    );
-    pools.iter().position(|p| p.stats().waiters == n).unwrap()
-}
+use common::{balancer_client, busy_pools_with_a_slow_check, eventually, line_with, numbered};
+use cylinder::{Balancer, OwnedLease, Pool};
 
 /// Found. Four pools of size 1, all leased; pool `s`'s `test_on_checkout` takes 1.5 s (then
 /// passes) once armed. Two balancer clients: L1 (4 s) waits in pool x's line and listens to
@@ -62,30 +33,25 @@ fn line_with(pools: &[Pool<usize>], n: usize) -> usize {
 /// code) only sees the ring once that look ends, and the look takes the other pool's worker.
 #[test]
 fn a_listener_busy_in_another_pools_check_is_not_on_its_way_to_this_one() {
+    // The pool freed first is one neither client waits in: L1 looks there, in its check.
+    second_listener_served_while_the_first_is_in_a_slow_check(4, |_x, rest| rest[0]);
+}
+
+/// The scenario of the tests above: `count` busy pools with a slow check; L1 (4 s) waits in
+/// line x, then L2 (800 ms) in line y. The pool `first(x, rest)` picks (`rest`: the pools
+/// neither waits in) is freed with its check slow (1.5 s), so L1 sits in that check; 100 ms
+/// later a pool f of `rest` not freed yet is freed. L2 must take f's worker (L1 is not on
+/// its way to it).
+fn second_listener_served_while_the_first_is_in_a_slow_check(
+    count: usize,
+    first: impl Fn(usize, &[usize]) -> usize,
+) {
     let slow = Arc::new(AtomicUsize::new(usize::MAX));
-    let pools: Vec<Pool<usize>> = (0..4)
-        .map(|n| {
-            let slow = slow.clone();
-            numbered(n, 1)
-                .check_after_idle(Duration::ZERO)
-                .test_on_checkout(move |_: &mut usize| {
-                    if slow.load(Ordering::SeqCst) == n {
-                        thread::sleep(Duration::from_millis(1500));
-                    }
-                    true
-                })
-                .build(move || Ok(n))
-                .unwrap()
-        })
-        .collect();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let (pools, mut held) = busy_pools_with_a_slow_check(count, &slow, Duration::from_millis(1));
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let l1 = client(balancer.clone(), Duration::from_secs(4));
+    let l1 = balancer_client(balancer.clone(), Duration::from_secs(4));
     let x = line_with(&pools, 1);
-    let l2 = client(balancer.clone(), Duration::from_millis(800));
+    let l2 = balancer_client(balancer.clone(), Duration::from_millis(800));
     assert!(eventually(Duration::from_secs(2), || pools
         .iter()
         .map(|p| p.stats().waiters)
@@ -94,12 +60,13 @@ fn a_listener_busy_in_another_pools_check_is_not_on_its_way_to_this_one() {
     let y = if pools[x].stats().waiters == 2 {
         x
     } else {
-        (0..4)
+        (0..count)
             .find(|&i| i != x && pools[i].stats().waiters == 1)
             .unwrap()
     };
-    let rest: Vec<usize> = (0..4).filter(|&i| i != x && i != y).collect();
-    let (s, f) = (rest[0], rest[1]);
+    let rest: Vec<usize> = (0..count).filter(|&i| i != x && i != y).collect();
+    let s = first(x, &rest);
+    let f = *rest.iter().find(|&&i| i != s).unwrap();
     thread::sleep(Duration::from_millis(30));
     slow.store(s, Ordering::SeqCst);
     drop(held[s].take());
@@ -171,7 +138,7 @@ fn an_overflow_worker_returned_while_the_only_waiter_looks_elsewhere_is_not_clos
     for p in &pools {
         assert_eq!(p.stats().size, 2, "{:?}", p.stats());
     }
-    let w = client(
+    let w = balancer_client(
         Balancer::over_pools(pools.clone()).unwrap(),
         Duration::from_millis(1500),
     );
@@ -208,59 +175,8 @@ fn an_overflow_worker_returned_while_the_only_waiter_looks_elsewhere_is_not_clos
 /// only after `acquire_or_elsewhere`, checks included, returns).
 #[test]
 fn a_listener_served_by_its_own_line_is_not_on_its_way_to_another_pool() {
-    let slow = Arc::new(AtomicUsize::new(usize::MAX));
-    let pools: Vec<Pool<usize>> = (0..3)
-        .map(|n| {
-            let slow = slow.clone();
-            numbered(n, 1)
-                .check_after_idle(Duration::ZERO)
-                .test_on_checkout(move |_: &mut usize| {
-                    if slow.load(Ordering::SeqCst) == n {
-                        thread::sleep(Duration::from_millis(1500));
-                    }
-                    true
-                })
-                .build(move || Ok(n))
-                .unwrap()
-        })
-        .collect();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
-    let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let l1 = client(balancer.clone(), Duration::from_secs(4));
-    let x = line_with(&pools, 1);
-    let l2 = client(balancer.clone(), Duration::from_millis(800));
-    assert!(eventually(Duration::from_secs(2), || pools
-        .iter()
-        .map(|p| p.stats().waiters)
-        .sum::<usize>()
-        == 2));
-    let y = if pools[x].stats().waiters == 2 {
-        x
-    } else {
-        (0..3)
-            .find(|&i| i != x && pools[i].stats().waiters == 1)
-            .unwrap()
-    };
-    let f = (0..3).find(|&i| i != x && i != y).unwrap();
-    thread::sleep(Duration::from_millis(30));
-    slow.store(x, Ordering::SeqCst);
-    drop(held[x].take());
-    thread::sleep(Duration::from_millis(100));
-    drop(held[f].take());
-    thread::sleep(Duration::from_millis(100));
-    let f_then = pools[f].stats();
-    let (l2_got, l2_took) = l2.join().unwrap();
-    let (l1_got, l1_took) = l1.join().unwrap();
-    assert!(
-        matches!(l2_got, Ok(got) if got == f),
-        "L1 in line {x}, L2 in line {y}; pool {x} freed (slow check), pool {f} freed 100 ms \
-         later; L2 got {l2_got:?} after {l2_took:?} (pool {f} 100 ms after its release: \
-         {f_then:?}); L1 got {l1_got:?} after {l1_took:?}"
-    );
-    drop(held);
+    // The pool freed first is L1's own line: L1 is served by it and sits in its check.
+    second_listener_served_while_the_first_is_in_a_slow_check(3, |x, _rest| x);
 }
 
 /// Tried. Churn with overflow and two balancers over the same two pools in opposite orders

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use common::{eventually, hold_all};
 use cylinder::{Balancer, Error, OwnedLease, Pool};
 
 /// `count` pools of one worker each, every lease checked (`check_after_idle(0)`); pool `n`'s
@@ -78,10 +78,7 @@ fn a_listener_busy_in_a_slow_look_elsewhere_does_not_swallow_another_pools_nudge
     let set = pools(4, Duration::from_secs(2), Duration::from_millis(1));
     let pools = set.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let spawn_client = || {
         let b = balancer.clone();
         thread::spawn(move || {
@@ -246,10 +243,7 @@ fn a_listener_in_its_own_lines_slow_check_does_not_swallow_another_pools_nudge()
     let set = pools(4, Duration::from_secs(2), Duration::from_millis(1));
     let pools = set.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let spawn_client = || {
         let b = balancer.clone();
         thread::spawn(move || {
@@ -353,10 +347,7 @@ fn a_listened_pool_draining_while_a_balancer_client_waits() {
     let set = pools(2, Duration::ZERO, Duration::from_millis(1));
     let pools = set.pools.clone();
     let balancer = Balancer::over_pools(pools.clone()).unwrap();
-    let mut held: Vec<Option<OwnedLease<usize>>> = pools
-        .iter()
-        .map(|p| Some(p.checkout_owned().unwrap()))
-        .collect();
+    let mut held = hold_all(&pools);
     let b = balancer.clone();
     let client = thread::spawn(move || b.checkout_timeout(Duration::from_secs(5)).map(|l| *l));
     assert!(eventually(Duration::from_secs(2), || waiters(&pools) == 1));

@@ -213,3 +213,81 @@ pub fn settles<W: Send + 'static>(
         live.load(Ordering::SeqCst)
     );
 }
+
+/// Which pool of `pools` has `n` clients waiting in its line (a balancer's blocked checkout
+/// waits in one), waiting up to 2 s for one to.
+pub fn line_with<W: Send + 'static>(pools: &[cylinder::Pool<W>], n: usize) -> usize {
+    assert!(
+        eventually(Duration::from_secs(2), || pools
+            .iter()
+            .any(|p| p.stats().waiters == n)),
+        "no line with {n} waiters: {:?}",
+        pools.iter().map(cylinder::Pool::stats).collect::<Vec<_>>()
+    );
+    pools.iter().position(|p| p.stats().waiters == n).unwrap()
+}
+
+/// A builder of a pool named `server-{n}` with `size` workers, for a balancer of pools.
+pub fn numbered(n: usize, size: usize) -> cylinder::PoolBuilder<usize> {
+    cylinder::Pool::builder()
+        .name(format!("server-{n}"))
+        .size(size)
+}
+
+/// A balancer client on its own thread: the worker it got (or the error) and how long it
+/// waited.
+pub fn balancer_client(
+    balancer: cylinder::Balancer<cylinder::Pool<usize>>,
+    timeout: Duration,
+) -> std::thread::JoinHandle<(Result<usize, cylinder::Error>, Duration)> {
+    std::thread::spawn(move || {
+        let began = Instant::now();
+        let got = balancer.checkout_timeout(timeout).map(|lease| *lease);
+        (got, began.elapsed())
+    })
+}
+
+/// `count` pools of one worker each (`numbered`, worker `n`), every worker checked at each
+/// checkout, pool `n`'s check taking 1.5 s while `slow` holds `n`; each pool's worker is
+/// held by the test (drop a lease to free that pool's worker): every pool is busy.
+pub fn busy_pools_with_a_slow_check(
+    count: usize,
+    slow: &Arc<AtomicUsize>,
+    fifo_after: Duration,
+) -> (
+    Vec<cylinder::Pool<usize>>,
+    Vec<Option<cylinder::OwnedLease<usize>>>,
+) {
+    let pools: Vec<cylinder::Pool<usize>> = (0..count)
+        .map(|n| {
+            let slow = slow.clone();
+            numbered(n, 1)
+                .fifo_after(fifo_after)
+                .check_after_idle(Duration::ZERO)
+                .test_on_checkout(move |_: &mut usize| {
+                    if slow.load(Ordering::SeqCst) == n {
+                        std::thread::sleep(Duration::from_millis(1500));
+                    }
+                    true
+                })
+                .build(move || Ok(n))
+                .unwrap()
+        })
+        .collect();
+    let held = pools
+        .iter()
+        .map(|p| Some(p.checkout_owned().unwrap()))
+        .collect();
+    (pools, held)
+}
+
+/// Every pool's worker held by the test, one lease a pool (`take` one to free that pool's
+/// worker): the pools of one worker each are busy.
+pub fn hold_all<W: Send + 'static>(
+    pools: &[cylinder::Pool<W>],
+) -> Vec<Option<cylinder::OwnedLease<W>>> {
+    pools
+        .iter()
+        .map(|p| Some(p.checkout_owned().unwrap()))
+        .collect()
+}
