@@ -129,9 +129,10 @@ struct Shared<B: Behaviour> {
     mailbox: Mailbox<B>,
     /// `None` once the actor's thread ended and dropped it.
     behaviour: UnwindMutex<Option<B>>,
-    /// The thread running one of its handlers now (its `HANDLING` cell's address; 0: none),
-    /// so that a call back into it from deeper in the same thread (its handler calls another
-    /// actor inline, whose handler calls it) is `CallingSelf`, not a hang.
+    /// The thread holding its behaviour now to run its handlers (its `HANDLING` cell's
+    /// address; 0: none), so that a call back into it from deeper in the same thread (its
+    /// handler calls another actor inline, whose handler calls it) is `CallingSelf`, not a
+    /// hang. Written only by the behaviour's holder (`HeldBy`).
     handled_by: AtomicUsize,
 }
 
@@ -140,27 +141,41 @@ crate::sync::per_thread! {
     static HANDLING: Cell<usize> = Cell::new(0);
 }
 
-/// Marks this thread as running a handler of one actor, until dropped.
-struct Handling<'a> {
+/// Marks this thread as running handlers of one actor (its own thread, for its life, or a
+/// caller running a call inline), until dropped.
+struct Handling {
     /// The actor handled before this one on this thread (0: none).
     outer: usize,
+}
+
+/// Marks an actor as held by this thread (it holds the behaviour: `handled_by`), until
+/// dropped. Only the behaviour's holder writes the mark, so an actor's thread coming up
+/// while a caller runs a call inline does not overwrite the caller's.
+struct HeldBy<'a> {
     handled_by: &'a AtomicUsize,
 }
 
-impl<'a> Handling<'a> {
-    fn enter<B: Behaviour>(shared: &'a Shared<B>) -> Self {
-        let this = shared as *const Shared<B> as usize;
-        let (outer, me) = HANDLING.with(|handling| {
-            (
-                handling.replace(this),
-                handling as *const Cell<usize> as usize,
-            )
-        });
+impl<'a> HeldBy<'a> {
+    fn mark<B: Behaviour>(shared: &'a Shared<B>) -> Self {
+        let me = HANDLING.with(|handling| handling as *const Cell<usize> as usize);
         shared.handled_by.store(me, Ordering::Relaxed);
-        Handling {
-            outer,
+        HeldBy {
             handled_by: &shared.handled_by,
         }
+    }
+}
+
+impl Drop for HeldBy<'_> {
+    fn drop(&mut self) {
+        self.handled_by.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Handling {
+    fn enter<B: Behaviour>(shared: &Shared<B>) -> Self {
+        let this = shared as *const Shared<B> as usize;
+        let outer = HANDLING.with(|handling| handling.replace(this));
+        Handling { outer }
     }
 
     /// Whether this thread runs a handler of `shared`, innermost or further out.
@@ -187,9 +202,8 @@ impl<'a> Handling<'a> {
     }
 }
 
-impl Drop for Handling<'_> {
+impl Drop for Handling {
     fn drop(&mut self) {
-        self.handled_by.store(0, Ordering::Relaxed);
         let _ = HANDLING.try_with(|handling| handling.set(self.outer));
     }
 }
@@ -304,6 +318,7 @@ impl<B: Behaviour> Actor<B> {
         let run = contain::run(|| {
             while inbox.wait(&spin) {
                 let mut held = shared.behaviour.lock();
+                let _held_by = HeldBy::mark(shared);
                 let Some(behaviour) = held.as_mut() else {
                     return;
                 };
@@ -368,8 +383,9 @@ impl<B: Behaviour> Actor<B> {
             return Ok(Err(Error::WorkerDied));
         };
         let handling = Handling::enter(&self.shared);
+        let held_by = HeldBy::mark(&self.shared);
         let answer = contain::run(|| behaviour.handle_call(request));
-        drop(handling);
+        drop((held_by, handling));
         match answer {
             Ok(reply) => Ok(Ok(reply)),
             Err(_panicked) => {

@@ -105,7 +105,8 @@ impl<W: Send + 'static> Pool<W> {
     /// pool's line for at most `timeout`, and each time one of `others` keeps a worker free
     /// meanwhile, `look` is asked to take one there (it keeps what it takes and says whether
     /// it did). `Ok(None)`: `look` took one. Counted as a timeout here only if the time ran
-    /// out.
+    /// out. Workers above the size this pool kept for it while it looked elsewhere are
+    /// closed once it is done, however it was served.
     #[track_caller]
     pub(crate) fn checkout_owned_or_elsewhere(
         &self,
@@ -119,11 +120,20 @@ impl<W: Send + 'static> Pool<W> {
             .iter()
             .map(|other| other.handle.shared.listen(shared.clone(), nudge.clone()))
             .collect();
+        // Nudged by one of `others`, then served before it looked: they nudge others.
+        let pass_on = || {
+            for other in others {
+                other.handle.shared.nudge_listeners(false);
+            }
+        };
         let elsewhere = Elsewhere {
             nudge: &nudge,
             look,
+            pass_on: &pass_on,
         };
-        let Some(entry) = shared.acquire_or_elsewhere(timeout, elsewhere)? else {
+        let acquired = shared.acquire_or_elsewhere(timeout, elsewhere);
+        shared.shrink_unless_kept();
+        let Some(entry) = acquired? else {
             return Ok(None);
         };
         shared.watch_lease(&entry, Location::caller());

@@ -87,6 +87,7 @@ impl<W: Send + 'static> Shared<W> {
                 let elsewhere = elsewhere.as_mut().map(|e| Elsewhere {
                     nudge: e.nudge,
                     look: &mut *e.look,
+                    pass_on: e.pass_on,
                 });
                 self.wait_for(stripe, deadline, timeout, failed_before, false, elsewhere)?
             };
@@ -339,12 +340,8 @@ impl<W: Send + 'static> Shared<W> {
                     .unwrap_or_else(|| Cause::message("no worker could start")),
             )),
             Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
-            // Neither a timeout nor a busy pool: the caller was served by another pool (a
-            // worker above the size kept for it while it was away goes now).
-            Err(WaitError::Elsewhere) => {
-                self.shrink_unless_kept();
-                Err(Error::Overload)
-            }
+            // Neither a timeout nor a busy pool: the caller was served by another pool.
+            Err(WaitError::Elsewhere) => Err(Error::Overload),
         }
     }
 

@@ -522,19 +522,23 @@ impl<W: Send + 'static> Pool<W> {
         }
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
-                // Evicted meanwhile (`evict_all` while `f` ran): it goes now, once the rest
-                // are back.
-                let mut evicted = Vec::new();
-                for entry in self.entries.drain(..) {
+                // Evicted or expired meanwhile (`evict_all`, or the sweep at its expiry, while
+                // `f` ran): it goes now, once the rest are back.
+                let now = self.shared.reads_idle_clock.then(Instant::now);
+                let mut retiring = Vec::new();
+                for mut entry in self.entries.drain(..) {
                     if self.shared.evicted(&entry) {
-                        evicted.push((entry, Retire::Evicted));
+                        retiring.push((entry, Retire::Evicted));
+                    } else if now.is_some_and(|now| self.shared.expired_on_return(&mut entry, now))
+                    {
+                        retiring.push((entry, Retire::Expired));
                     } else {
                         self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
                     }
                 }
                 self.shared
-                    .retire_held(evicted, &mut self.count, Vec::new(), None);
+                    .retire_held(retiring, &mut self.count, Vec::new(), None);
                 self.shared.sample_if_closed();
             }
         }

@@ -66,17 +66,27 @@ impl<W: Send + 'static> Shared<W> {
         }
         if self.reads_idle_clock {
             let now = Instant::now();
-            if self.expired_and_not_kept(entry, now) {
+            if self.expired_on_return(entry, now) {
                 return Some(Retire::Expired);
-            }
-            if let Some(at) = entry.expires {
-                // Kept past it: looked at again no sooner than the reaper's pace (a client
-                // returning it in a loop must not make the reaper sweep at every return).
-                self.note_expiry(if at <= now { now + MIN_TICK } else { at });
             }
             entry.idle_since = Some(now);
         }
         None
+    }
+
+    /// Whether a worker coming back into service (from a lease, or from `map`) is past its
+    /// `max_lifetime` and goes; if it stays, the reaper is told when it expires (a sweep at
+    /// its expiry may have found it out of the free list).
+    pub(super) fn expired_on_return(&self, entry: &mut Entry<W>, now: Instant) -> bool {
+        if self.expired_and_not_kept(entry, now) {
+            return true;
+        }
+        if let Some(at) = entry.expires {
+            // Kept past it: looked at again no sooner than the reaper's pace (a client
+            // returning it in a loop must not make the reaper sweep at every return).
+            self.note_expiry(if at <= now { now + MIN_TICK } else { at });
+        }
+        false
     }
 
     /// Started before the last `evict_all`.
@@ -364,7 +374,7 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Closes what is free above the size once no balancer's waiter it was kept for is
-    /// left: called when one stops listening here, or leaves this line served elsewhere.
+    /// left: called when one stops listening here, or is done waiting in this line.
     /// The same pairing as `put_back`'s: the waiter's count, then this look at the free
     /// workers, against a keep, then its look at the waiters.
     pub(super) fn shrink_unless_kept(&self) {

@@ -82,11 +82,11 @@ const LOOKING_RUNG: usize = 3;
 const GONE: usize = 4;
 
 impl Nudge {
-    /// A nudge already rung: the waiter's first look in line is elsewhere too (a worker
-    /// freed there before the nudges were listened for is not missed).
+    /// A nudge for a waiter not in line yet (its checkout may first take a free worker and
+    /// check it): on its way to nothing until it is (`WaitList::wait` rings it then).
     pub(crate) fn new() -> Arc<Nudge> {
         Arc::new(Nudge {
-            state: AtomicUsize::new(RUNG),
+            state: AtomicUsize::new(GONE),
             wake: Arc::new(Condvar::new()),
         })
     }
@@ -134,10 +134,13 @@ impl Nudge {
 }
 
 /// A waiter's look outside the line, when its nudge was rung: `look` returns whether it found
-/// (and kept) an item there. It runs with the line let go: it may run user code.
+/// (and kept) an item there. It runs with the line let go: it may run user code. A waiter
+/// that leaves the line with its nudge rung and not looked at calls `pass_on` (its pools
+/// counted it on its way: they nudge others).
 pub(crate) struct Elsewhere<'a> {
     pub(crate) nudge: &'a Nudge,
     pub(crate) look: &'a mut dyn FnMut() -> bool,
+    pub(crate) pass_on: &'a dyn Fn(),
 }
 
 pub(crate) struct WaitList<T> {
@@ -391,10 +394,10 @@ impl<T> WaitList<T> {
             .entries
             .remove(at)
             .expect("the entry was found just now");
-        if let Some(elsewhere) = &elsewhere {
-            // Out of the line: what is freed elsewhere goes to other waiters.
-            elsewhere.nudge.state.swap(GONE, Ordering::SeqCst);
-        }
+        // Out of the line: what is freed elsewhere goes to other waiters.
+        let rung_unlooked = elsewhere
+            .as_ref()
+            .is_some_and(|e| e.nudge.state.swap(GONE, Ordering::SeqCst) == RUNG);
         // Out of `waiting` before out of `handed` (`unserved` reads them the other way
         // round): a served waiter leaving is never seen as an unserved one.
         self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -411,6 +414,11 @@ impl<T> WaitList<T> {
         // taken above).
         if let Some(item) = entry.handed {
             on_left(item);
+        }
+        if rung_unlooked {
+            if let Some(elsewhere) = &elsewhere {
+                (elsewhere.pass_on)();
+            }
         }
         outcome
     }
