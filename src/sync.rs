@@ -336,7 +336,9 @@ mod imp {
     }
 }
 
-pub(crate) use imp::{Condvar, FreeQueue, Mutex, SnapshotCell, SnapshotGuard, SwapCell};
+pub(crate) use imp::{
+    Condvar, FreeQueue, Mutex, MutexGuard, SnapshotCell, SnapshotGuard, SwapCell,
+};
 
 /// A mutex that a panic may unwind through while it is held (the actor's behaviour, held
 /// across its handlers): in the real build it is [`Mutex`] (`parking_lot`'s does not poison).

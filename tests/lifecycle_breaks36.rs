@@ -5,10 +5,12 @@
 //! held ("Tried."). Four found: `map` gives back a worker that expired while it held it,
 //! and the next checkout leases it; `drain` called from the checkout check or from `map`'s
 //! callback waits its whole timeout for the workers its own thread holds; two actors calling
-//! each other inline hang when the first call comes before the actor's thread is up. Fixed:
-//! `map` retires what expired while it held it (and tells the reaper of the rest), and an
-//! actor's mark of the thread holding its behaviour is written only by that holder. Open,
-//! ignored until fixed (GUARANTEES.md says so): the two `drain` tests.
+//! each other inline hang when the first call comes before the actor's thread is up. All
+//! fixed: `map` retires what expired while it held it (and tells the reaper of the rest); an
+//! actor's mark of the thread holding its behaviour is written only by that holder; a
+//! thread that holds workers while it runs user code with them (a check, a return's hooks,
+//! `map`'s callback, a keepalive check, a worker's `Drop`) counts them (`HeldHere`), and a
+//! `drain` it calls from there does not wait for them.
 
 mod common;
 
@@ -106,7 +108,6 @@ type Drained = Arc<Mutex<Option<(Result<(), Error>, Duration)>>>;
 /// so does `drain` called from `reset`, `is_broken`, `is_alive`, a `keepalive` check on the
 /// reaper, or a start closure (its own start counts as on its way).
 #[test]
-#[ignore = "open (issue 17): drain waits for the workers its own thread holds in a callback; GUARANTEES.md"]
 fn drain_called_from_the_checkout_check_does_not_wait_for_the_worker_it_checks() {
     let slot: Arc<Mutex<Option<Pool<u32>>>> = Arc::new(Mutex::new(None));
     let outcome: Drained = Arc::new(Mutex::new(None));
@@ -153,7 +154,6 @@ fn drain_called_from_the_checkout_check_does_not_wait_for_the_worker_it_checks()
 /// and the workers `map` holds are closed when it gives them back. Happened: `drain` waits
 /// its whole 500 ms for the workers `map` holds on the same thread, and answers `Timeout`.
 #[test]
-#[ignore = "open (issue 17): drain waits for the workers its own thread holds in a callback; GUARANTEES.md"]
 fn drain_called_from_map_does_not_wait_for_the_workers_map_holds() {
     let pool = Pool::builder().size(2).build(|| Ok(0u32)).unwrap();
     let inner = pool.clone();
@@ -177,6 +177,89 @@ fn drain_called_from_map_does_not_wait_for_the_workers_map_holds() {
         "drain called from map's callback, with no lease out, answered {drained:?} after \
          {took:?}: it waited for the workers map holds on its own thread"
     );
+}
+
+/// Fixed with the two above (by the same reading they named): `drain` called from the
+/// `is_broken` hook of a lease's return, which holds the returning worker, returns `Ok` at
+/// once (no other lease out), and the worker is closed once the hook returns.
+#[test]
+fn drain_called_from_is_broken_on_return_does_not_wait_for_the_returning_worker() {
+    let slot: Arc<Mutex<Option<Pool<u32>>>> = Arc::new(Mutex::new(None));
+    let outcome: Drained = Arc::new(Mutex::new(None));
+    let (handle, answer) = (slot.clone(), outcome.clone());
+    let pool = Pool::builder()
+        .size(1)
+        .is_broken(move |_: &mut u32| {
+            if let Some(pool) = handle.lock().unwrap().take() {
+                let began = Instant::now();
+                let drained = pool.drain(Duration::from_millis(500));
+                *answer.lock().unwrap() = Some((drained, began.elapsed()));
+            }
+            false
+        })
+        .build(|| Ok(7u32))
+        .unwrap();
+    let lease = pool.checkout_owned().unwrap();
+    *slot.lock().unwrap() = Some(pool.clone());
+    assert!(
+        within(Duration::from_secs(5), move || drop(lease)).is_some(),
+        "the lease's return did not end within 5 s"
+    );
+    let (drained, took) = outcome
+        .lock()
+        .unwrap()
+        .take()
+        .expect("is_broken never drained");
+    assert!(
+        drained.is_ok(),
+        "drain called from is_broken answered {drained:?} after {took:?}"
+    );
+    assert_eq!(pool.stats().size, 0, "{:?}", pool.stats());
+}
+
+/// Fixed with the two above: a worker whose `Drop` calls `drain` on its own pool (it is
+/// closed by an `evict_all`, here) does not wait for itself: `drain` returns `Ok` at once
+/// and the pool ends empty.
+#[test]
+fn drain_called_from_a_workers_drop_does_not_wait_for_that_worker() {
+    struct Draining {
+        pool: Arc<Mutex<Option<Pool<Draining>>>>,
+        outcome: Drained,
+    }
+    impl Drop for Draining {
+        fn drop(&mut self) {
+            let pool = self.pool.lock().unwrap().take();
+            if let Some(pool) = pool {
+                let began = Instant::now();
+                let drained = pool.drain(Duration::from_millis(500));
+                *self.outcome.lock().unwrap() = Some((drained, began.elapsed()));
+            }
+        }
+    }
+    let slot: Arc<Mutex<Option<Pool<Draining>>>> = Arc::new(Mutex::new(None));
+    let outcome: Drained = Arc::new(Mutex::new(None));
+    let (handle, answer) = (slot.clone(), outcome.clone());
+    let pool = Pool::builder()
+        .size(1)
+        .build(move || {
+            Ok(Draining {
+                pool: handle.clone(),
+                outcome: answer.clone(),
+            })
+        })
+        .unwrap();
+    *slot.lock().unwrap() = Some(pool.clone());
+    let evicting = pool.clone();
+    assert!(
+        within(Duration::from_secs(5), move || evicting.evict_all()).is_some(),
+        "evict_all did not return within 5 s"
+    );
+    let (drained, took) = outcome.lock().unwrap().take().expect("no worker drained");
+    assert!(
+        drained.is_ok(),
+        "drain called from a worker's Drop answered {drained:?} after {took:?}"
+    );
+    assert!(pool.is_closed());
 }
 
 /// An actor that, on `Start`, waits a moment (long enough for its own thread to come up)

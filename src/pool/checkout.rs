@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::metrics::PoolMetrics;
 
 use super::builder::MIN_RECONNECT_DELAY;
+use super::held_here::HeldHere;
 use super::start::Held;
 use super::waitlist::{Elsewhere, WaitError};
 use super::{Entry, Retire, Shared};
@@ -479,6 +480,7 @@ impl<W: Send + 'static> Shared<W> {
     /// worker evicted, or one that may have expired.
     #[inline(never)]
     fn admit_with_hooks(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
+        let _held_here = HeldHere::new(self, 1);
         if self.is_dead(&entry) {
             self.retire(entry, Retire::Died);
             return None;

@@ -44,6 +44,7 @@ mod as_worker;
 mod builder;
 mod checkout;
 mod free;
+mod held_here;
 mod lease;
 mod listeners;
 mod manager;
@@ -70,6 +71,7 @@ use crate::reaper::Reaper;
 use crate::stripe::Stripe;
 use crate::sync::{deadline_after, seqcst_point, CachePadded, Mutex, Ordering};
 use free::HeldFree;
+use held_here::HeldHere;
 use manager::Uses;
 use metrics::LeaseClock;
 use shared::Shared;
@@ -556,6 +558,8 @@ impl<W: Send + 'static> Pool<W> {
             };
             held.entries.push(entry);
         }
+        // Held by this thread while `f` runs: a `drain` from `f` does not wait for them.
+        let _held_here = HeldHere::new(shared, held.entries.len());
         held.entries
             .iter_mut()
             .map(|entry| f(&mut entry.worker))
@@ -666,6 +670,10 @@ impl<W: Send + 'static> Pool<W> {
     /// running work finishes (a graceful shutdown: sqlx's `close().await`). Workers are
     /// dropped as they come back.
     ///
+    /// Called from user code that holds workers of this pool (a check, a return's hooks,
+    /// [`map`](Self::map)'s callback, a worker's `Drop`), it does not wait for those: they
+    /// are closed once that code returns.
+    ///
     /// # Errors
     /// [`Error::Timeout`] (with the pool's state) when leases were still out after
     /// `timeout`: the pool is closed all the same, and they are dropped as they end.
@@ -691,8 +699,11 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         let deadline = deadline_after(timeout);
         let mut pause = Duration::from_micros(50);
+        // Called from user code that holds workers of this pool: they are closed once it
+        // returns, which cannot happen while this waits.
+        let held_here = HeldHere::of(shared);
         // Every worker closed, its `Drop` ended (a graceful close of a connection).
-        while shared.counts.open() > 0
+        while shared.counts.open() > held_here
             || shared.counts.on_their_way() > 0
             || shared.counts.timed_starts_running() > 0
             || shared.closing.load(Ordering::SeqCst) > 0

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::free::HeldFree;
+use super::held_here::HeldHere;
 use super::start::Held;
 use super::upkeep::MIN_TICK;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
@@ -46,6 +47,7 @@ impl<W: Send + 'static> Shared<W> {
     /// go.
     #[inline]
     pub(super) fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
+        let _held_here = HeldHere::new(self, 1);
         if self.uses.is_broken {
             match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
                 Ok(false) => {}
@@ -345,7 +347,9 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
         // Out of service from here, though still counted until it is gone.
         let dropping = Held::take(&self.dropping, usize::MAX);
+        let held_here = HeldHere::new(self, 1);
         drop_worker(&self.name, entry);
+        drop(held_here);
         self.counts.release();
         drop(dropping);
     }
@@ -358,8 +362,6 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
-    /// afresh each time: a resize up that came in meanwhile stops the shrink.
     /// A balancer's waiter stopped listening here: what is free goes to the others, and
     /// what is free above the size may be closed.
     pub(super) fn listener_left(&self) {
@@ -384,6 +386,8 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
+    /// Closes free workers while more than the pool's size are open (a shrink). The size is read
+    /// afresh each time: a resize up that came in meanwhile stops the shrink.
     pub(super) fn shrink(&self) {
         let stripe = Stripe::current();
         loop {

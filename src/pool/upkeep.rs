@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::free::HeldFree;
+use super::held_here::HeldHere;
 use super::metrics::{PoolMetrics, SAMPLE_EVERY};
 use super::start::Held;
 use super::{Entry, Retire, Shared};
@@ -279,7 +280,9 @@ impl<W: Send + 'static> Shared<W> {
         if now.saturating_duration_since(entry.last_good()) < limit {
             return Ok(());
         }
+        let held_here = HeldHere::new(self, 1);
         contain::call(|| self.manager.check(&mut entry.worker))?;
+        drop(held_here);
         entry.checked_at = Some(Instant::now());
         Ok(())
     }

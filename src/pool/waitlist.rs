@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 struct Entry<T> {
     ticket: u64,
@@ -280,30 +280,9 @@ impl<T> WaitList<T> {
         mut elsewhere: Option<Elsewhere<'_>>,
         on_left: impl FnOnce(T),
     ) -> Result<T, WaitError> {
-        let mut line = self.line.lock();
-        if line.closed {
+        let Some((ticket, wake)) = self.register(elsewhere.as_ref()) else {
             return Err(WaitError::Closed);
-        }
-        let ticket = line.next_ticket;
-        line.next_ticket += 1;
-        let wake = elsewhere
-            .as_ref()
-            .map_or_else(|| Arc::new(Condvar::new()), |e| e.nudge.wake.clone());
-        line.entries.push_back(Entry {
-            ticket,
-            since: Instant::now(),
-            handed: None,
-            woken: false,
-            away: false,
-            wake: wake.clone(),
-        });
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        if let Some(elsewhere) = &elsewhere {
-            // Its first look is elsewhere too (again, if a check sent it back into line).
-            elsewhere.nudge.state.swap(RUNG, Ordering::SeqCst);
-        }
-        fence(Ordering::SeqCst);
-        drop(line);
+        };
         registered();
         let mut line = self.line.lock();
         let mut timed_out = false;
@@ -324,31 +303,12 @@ impl<T> WaitList<T> {
             if let Some(elsewhere) = &mut elsewhere {
                 // Read with the line locked: a nudge rung after this wakes the sleep below.
                 if elsewhere.nudge.start_looking() {
-                    // Looking (no longer rung), then the look: against a pool keeping a
-                    // worker free, then ringing listeners (`Listeners::nudge`), one of the
-                    // two sees the other.
-                    fence(Ordering::SeqCst);
-                    // Away while it looks (its look may run user code for a while): counted
-                    // as served, as in `look`, and a wake-up it had goes to another waiter.
-                    let entry = &mut line.entries[at];
-                    entry.away = true;
-                    self.away.fetch_add(1, Ordering::SeqCst);
-                    self.handed.fetch_add(1, Ordering::SeqCst);
-                    if std::mem::take(&mut entry.woken) {
-                        Self::dispatch(&mut line, queued());
-                    }
-                    drop(line);
-                    let found = (elsewhere.look)();
-                    line = self.line.lock();
-                    let at = Self::position(&line, ticket);
-                    line.entries[at].away = false;
-                    self.away.fetch_sub(1, Ordering::SeqCst);
+                    let (relocked, found) = self.look_elsewhere(line, ticket, elsewhere, &queued);
+                    line = relocked;
                     if found {
                         served = true;
-                        break (at, Err(WaitError::Elsewhere));
+                        break (Self::position(&line, ticket), Err(WaitError::Elsewhere));
                     }
-                    elsewhere.nudge.back();
-                    self.handed.fetch_sub(1, Ordering::SeqCst);
                     // Back: look in line again (the time may be up, the line closed).
                     continue;
                 }
@@ -421,6 +381,68 @@ impl<T> WaitList<T> {
             }
         }
         outcome
+    }
+
+    /// Puts a waiter in line (unless the line is closed): its ticket, and what wakes it.
+    fn register(&self, elsewhere: Option<&Elsewhere<'_>>) -> Option<(u64, Arc<Condvar>)> {
+        let mut line = self.line.lock();
+        if line.closed {
+            return None;
+        }
+        let ticket = line.next_ticket;
+        line.next_ticket += 1;
+        let wake = elsewhere.map_or_else(|| Arc::new(Condvar::new()), |e| e.nudge.wake.clone());
+        line.entries.push_back(Entry {
+            ticket,
+            since: Instant::now(),
+            handed: None,
+            woken: false,
+            away: false,
+            wake: wake.clone(),
+        });
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Some(elsewhere) = elsewhere {
+            // Its first look is elsewhere too (again, if a check sent it back into line).
+            elsewhere.nudge.state.swap(RUNG, Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        Some((ticket, wake))
+    }
+
+    /// A waiter's look elsewhere, its nudge just taken (`Nudge::start_looking`): away from
+    /// the line while it looks, with the line let go (the look may run user code for a
+    /// while); whether it found an item there. Counted as served meanwhile, as in `look`,
+    /// and a wake-up it had goes to another waiter. Back with nothing, it counts as unserved
+    /// again (and looks again if it was nudged meanwhile).
+    fn look_elsewhere<'g>(
+        &'g self,
+        mut line: MutexGuard<'g, Line<T>>,
+        ticket: u64,
+        elsewhere: &mut Elsewhere<'_>,
+        queued: &impl Fn() -> usize,
+    ) -> (MutexGuard<'g, Line<T>>, bool) {
+        // Looking (no longer rung), then the look: against a pool keeping a worker free,
+        // then ringing listeners (`Listeners::nudge`), one of the two sees the other.
+        fence(Ordering::SeqCst);
+        let at = Self::position(&line, ticket);
+        let entry = &mut line.entries[at];
+        entry.away = true;
+        self.away.fetch_add(1, Ordering::SeqCst);
+        self.handed.fetch_add(1, Ordering::SeqCst);
+        if std::mem::take(&mut entry.woken) {
+            Self::dispatch(&mut line, queued());
+        }
+        drop(line);
+        let found = (elsewhere.look)();
+        let mut line = self.line.lock();
+        let at = Self::position(&line, ticket);
+        line.entries[at].away = false;
+        self.away.fetch_sub(1, Ordering::SeqCst);
+        if !found {
+            elsewhere.nudge.back();
+            self.handed.fetch_sub(1, Ordering::SeqCst);
+        }
+        (line, found)
     }
 
     /// Where the waiter with `ticket` is in line.
