@@ -47,7 +47,9 @@ impl<W: Send + 'static> Shared<W> {
     /// go.
     #[inline]
     pub(super) fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
-        let _held_here = HeldHere::new(self, 1);
+        // Held here while its hooks (user code) run; no hook, no bookkeeping.
+        let _held_here = (self.uses.is_broken || self.uses.reset || self.uses.is_alive)
+            .then(|| HeldHere::new(self, 1));
         if self.uses.is_broken {
             match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
                 Ok(false) => {}
