@@ -12,15 +12,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why something failed, as the user's code reported it: a start closure's or supervisor's
 /// error, a panic's message, or a plain reason. Cheap to clone; `Display` and `source()` are
-/// those of the error inside.
+/// those of the error inside (its `Display` and `Debug` run contained: one that panics shows
+/// as such).
 ///
 /// ```
+/// use std::fmt;
 /// use cylinder::Cause;
 ///
 /// let cause = Cause::message("connection refused");
 /// assert_eq!(cause.to_string(), "connection refused");
 /// let io = Cause::new(std::io::Error::other("disk full"));
 /// assert_eq!(io.to_string(), "disk full");
+///
+/// #[derive(Debug)]
+/// struct Odd;
+/// impl fmt::Display for Odd {
+///     fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         panic!("no words")
+///     }
+/// }
+/// impl std::error::Error for Odd {}
+/// let odd = Cause::new(Odd).to_string();
+/// assert_eq!(odd, "(an error whose formatting panicked: panicked: no words)");
 /// ```
 #[derive(Clone)]
 pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
@@ -73,15 +86,41 @@ impl Cause {
     }
 }
 
+// The error's `Debug` and `Display` are user code, run by the crate's own log lines and
+// errors: formatted contained, into a string first (a panic half way writes nothing), so an
+// error whose formatting panics is shown as such rather than unwinding through the crate.
+
 impl fmt::Debug for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        let alternate = f.alternate();
+        write_contained(f, || {
+            if alternate {
+                format!("{:#?}", self.0)
+            } else {
+                format!("{:?}", self.0)
+            }
+        })
     }
 }
 
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        let alternate = f.alternate();
+        write_contained(f, || {
+            if alternate {
+                format!("{:#}", self.0)
+            } else {
+                self.0.to_string()
+            }
+        })
+    }
+}
+
+/// Writes what `show` formats, or, if it panics, says so with the panic's message.
+fn write_contained(f: &mut fmt::Formatter<'_>, show: impl FnOnce() -> String) -> fmt::Result {
+    match crate::contain::run(show) {
+        Ok(text) => f.pad(&text),
+        Err(panicked) => write!(f, "(an error whose formatting panicked: {panicked})"),
     }
 }
 

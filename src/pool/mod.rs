@@ -524,23 +524,39 @@ impl<W: Send + 'static> Pool<W> {
         }
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
-                // Evicted or expired meanwhile (`evict_all`, or the sweep at its expiry, while
-                // `f` ran): it goes now, once the rest are back.
+                // Evicted meanwhile (`evict_all` while `f` ran): it goes now, once the rest
+                // are back. Expired meanwhile (the sweep at its expiry found it held): each
+                // is looked at as a lease's return would, one at a time once the rest are
+                // back, so the last in service is kept while its replacement comes.
                 let now = self.shared.reads_idle_clock.then(Instant::now);
-                let mut retiring = Vec::new();
+                let mut evicted = Vec::new();
+                let mut expiring = Vec::new();
                 for mut entry in self.entries.drain(..) {
                     if self.shared.evicted(&entry) {
-                        retiring.push((entry, Retire::Evicted));
-                    } else if now.is_some_and(|now| self.shared.expired_on_return(&mut entry, now))
-                    {
-                        retiring.push((entry, Retire::Expired));
+                        evicted.push((entry, Retire::Evicted));
+                    } else if now.is_some_and(|now| entry.expires.is_some_and(|at| at <= now)) {
+                        expiring.push(entry);
                     } else {
+                        if let Some(now) = now {
+                            // Not expired: the reaper is told when it is.
+                            self.shared.expired_on_return(&mut entry, now);
+                        }
                         self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
                     }
                 }
                 self.shared
-                    .retire_held(retiring, &mut self.count, Vec::new(), None);
+                    .retire_held(evicted, &mut self.count, Vec::new(), None);
+                for mut entry in expiring {
+                    if self.shared.expired_on_return(&mut entry, Instant::now()) {
+                        let expired = [(entry, Retire::Expired)];
+                        self.shared
+                            .retire_held(expired, &mut self.count, Vec::new(), None);
+                    } else {
+                        self.count.leave_one();
+                        self.shared.put_back(entry, self.stripe);
+                    }
+                }
                 self.shared.sample_if_closed();
             }
         }
