@@ -1,6 +1,7 @@
 //! The one way the crate runs user code: start closures and managers, checks, `is_broken`,
-//! `reset`, `is_alive`, `queue_len`, supervisors, event callbacks, actor handlers, and the
-//! `Drop` of every user value (workers, errors, requests, replies, behaviours, panic payloads).
+//! `reset`, `is_alive`, `queue_len`, supervisors, event callbacks, actor handlers, the
+//! application's logger (`logged!`), and the `Drop` of every user value (workers, errors,
+//! requests, replies, behaviours, panic payloads).
 //!
 //! A panic in user code is caught here and turned into a [`Cause`]; the caught payload is
 //! itself a user value, so it is dropped here too, and a payload whose `Drop` panics again is
@@ -13,6 +14,16 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{BoxError, Cause};
+
+/// One of the crate's log lines. The application's logger is user code too (a logger that
+/// panics, e.g. writing to a closed stderr, must not unwind through the crate and lose a
+/// count): it runs contained, as the `metrics` recorder does.
+macro_rules! logged {
+    ($level:ident, $($arg:tt)*) => {{
+        let _ = $crate::contain::run(|| log::$level!($($arg)*));
+    }};
+}
+pub(crate) use logged;
 
 /// How many payloads in a row may panic in their own `Drop` before the next is forgotten
 /// instead: a payload whose drop always panics with another such payload must not loop.

@@ -86,7 +86,10 @@ pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 pub(crate) fn emit(hook: &Option<EventHook>, event: Event) {
     if let Some(hook) = hook {
         if crate::contain::run(|| hook(&event)).is_err() {
-            log::error!("cylinder: the on_event callback panicked on {event:?}");
+            crate::contain::logged!(
+                error,
+                "cylinder: the on_event callback panicked on {event:?}"
+            );
         }
     }
 }

@@ -111,11 +111,16 @@ impl Reaper {
         while let Some(asked) = signal.wait(retry) {
             // A round never panics by design (supervisor calls are contained); this keeps a
             // bug from silently ending upkeep for good.
-            retry = if let Ok(next) = catch_unwind(AssertUnwindSafe(|| round(asked))) {
-                next
-            } else {
-                log::error!("cylinder: reaper round panicked; retrying in 1s");
-                Some(Duration::from_secs(1))
+            retry = match catch_unwind(AssertUnwindSafe(|| round(asked))) {
+                Ok(next) => next,
+                Err(payload) => {
+                    crate::contain::dispose(payload);
+                    crate::contain::logged!(
+                        error,
+                        "cylinder: reaper round panicked; retrying in 1s"
+                    );
+                    Some(Duration::from_secs(1))
+                }
             };
         }
     }
@@ -151,9 +156,12 @@ pub(crate) fn join(thread: Option<Running>) {
         Err(crossbeam::channel::RecvTimeoutError::Disconnected) => {
             let _ = handle.join();
         }
-        _ => log::debug!(
-            "cylinder: the reaper thread is inside a callback; it ends when the callback returns"
-        ),
+        _ => {
+            crate::contain::logged!(
+                debug,
+                "cylinder: the reaper thread is inside a callback; it ends when the callback returns"
+            );
+        }
     }
 }
 

@@ -260,7 +260,8 @@ impl<W: Worker> WorkerSet<W> {
         }
         let total = snapshot.workers.len();
         let alive = snapshot.alive.fetch_sub(1, Ordering::AcqRel) - 1;
-        log::info!(
+        crate::contain::logged!(
+            info,
             "cylinder: {}: worker {index} died ({alive} of {total} alive)",
             self.name
         );
@@ -286,7 +287,8 @@ impl<W: Worker> WorkerSet<W> {
         }
         let total = snapshot.workers.len();
         let alive = snapshot.alive.fetch_add(1, Ordering::AcqRel) + 1;
-        log::info!(
+        crate::contain::logged!(
+            info,
             "cylinder: {}: worker {index} is back ({alive} of {total} alive)",
             self.name
         );
@@ -309,7 +311,11 @@ impl<W: Worker> WorkerSet<W> {
             !told
         };
         if first && contain::run(|| self.supervisor.retire(worker)).is_err() {
-            log::error!("cylinder: {}: the supervisor's retire panicked", self.name);
+            crate::contain::logged!(
+                error,
+                "cylinder: {}: the supervisor's retire panicked",
+                self.name
+            );
         }
     }
 
@@ -399,7 +405,7 @@ impl<W: Worker> WorkerSet<W> {
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
         if contain::dispose_each(dropped) > 0 {
-            log::error!("cylinder: {}: a worker's drop panicked", self.name);
+            crate::contain::logged!(error, "cylinder: {}: a worker's drop panicked", self.name);
         }
         for event in events {
             emit(&self.events, event);
@@ -495,7 +501,8 @@ impl<W: Worker> WorkerSet<W> {
         let old = self.current.load_full();
         self.current.store(Arc::new(Snapshot::new(members)));
         dropped.push(Box::new(old));
-        log::info!(
+        crate::contain::logged!(
+            info,
             "cylinder: {}: found {new} new of {total} total, connected",
             self.name
         );
@@ -512,7 +519,8 @@ impl<W: Worker> WorkerSet<W> {
     ) {
         let old = self.current.load_full();
         if old.is_connected() {
-            log::error!(
+            crate::contain::logged!(
+                error,
                 "cylinder: {}: disconnected ({cause}), retrying in {:?}",
                 self.name,
                 self.reconnect_delay
@@ -577,7 +585,8 @@ impl<W: Worker> WorkerSet<W> {
         if reload.is_ok() {
             None
         } else {
-            log::debug!(
+            crate::contain::logged!(
+                debug,
                 "cylinder: {}: still disconnected, retrying in {:?}",
                 self.name,
                 self.reconnect_delay

@@ -264,7 +264,8 @@ impl<W: Worker> Factory<W> {
         let Some(first) = errors.first().cloned() else {
             return Ok(live);
         };
-        log::warn!(
+        crate::contain::logged!(
+            warn,
             "cylinder: {} of {size} workers could not start: {first}",
             size - live.len(),
         );

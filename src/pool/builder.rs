@@ -834,7 +834,8 @@ impl<W: Send + 'static> PoolBuilder<W> {
             }
         }
         if self.idle_timeout.is_some() && min_idle == size && self.max_overflow == 0 {
-            log::debug!(
+            crate::contain::logged!(
+                debug,
                 "cylinder: {}: idle_timeout has no effect while min_idle equals size",
                 self.name
             );

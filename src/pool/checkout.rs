@@ -152,7 +152,7 @@ impl<W: Send + 'static> Shared<W> {
             if self.counts.on_their_way() > 0 {
                 self.down_if_a_start_failed()?;
             }
-        } else if nothing_open && self.counts.on_their_way() > 0 {
+        } else if nothing_open && self.counts.on_their_way() > HeldHere::of(self) {
             // Nothing open yet and starts on their way, none failed (a lazy pool just built,
             // or replacements): no worker is busy, so this waits for the first to come, as a
             // start on this thread would, rather than open one more. If it went to another
@@ -560,7 +560,11 @@ impl<W: Send + 'static> Shared<W> {
     /// Drops a worker that was never counted in (a start given up or failed), contained.
     pub(crate) fn dispose(&self, worker: W) {
         if contain::dispose(worker) {
-            log::error!("cylinder: {}: dropping a new worker panicked", self.name);
+            crate::contain::logged!(
+                error,
+                "cylinder: {}: dropping a new worker panicked",
+                self.name
+            );
         }
     }
 }

@@ -92,7 +92,10 @@ impl PoolMetrics {
         match crate::contain::run(|| Self::register(pool)) {
             Ok(metrics) => metrics,
             Err(cause) => {
-                log::error!("cylinder: {pool}: the metrics recorder panicked: {cause}");
+                crate::contain::logged!(
+                    error,
+                    "cylinder: {pool}: the metrics recorder panicked: {cause}"
+                );
                 Self::off()
             }
         }
@@ -212,7 +215,7 @@ impl PoolMetrics {
 #[cfg(feature = "metrics")]
 fn record(record: impl FnOnce()) {
     if crate::contain::run(record).is_err() {
-        log::error!("cylinder: the metrics recorder panicked");
+        crate::contain::logged!(error, "cylinder: the metrics recorder panicked");
     }
 }
 

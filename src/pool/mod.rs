@@ -715,14 +715,16 @@ impl<W: Send + 'static> Pool<W> {
         let shared = &*self.handle.shared;
         let deadline = deadline_after(timeout);
         let mut pause = Duration::from_micros(50);
-        // Called from user code that holds workers of this pool: they are closed once it
-        // returns, which cannot happen while this waits.
+        // Called from user code that holds workers (or runs a start) of this pool: they are
+        // closed once it returns, which cannot happen while this waits.
         let held_here = HeldHere::of(shared);
-        // Every worker closed, its `Drop` ended (a graceful close of a connection).
-        while shared.counts.open() > held_here
-            || shared.counts.on_their_way() > 0
-            || shared.counts.timed_starts_running() > 0
-            || shared.closing.load(Ordering::SeqCst) > 0
+        // Every worker closed, its `Drop` ended (a graceful close of a connection), every
+        // start ended.
+        while shared.counts.open()
+            + shared.counts.on_their_way()
+            + shared.counts.timed_starts_running()
+            + shared.closing.load(Ordering::SeqCst)
+            > held_here
         {
             let now = Instant::now();
             if deadline.is_some_and(|at| now >= at) {
@@ -843,7 +845,7 @@ impl<W: Send + 'static> std::fmt::Debug for Pool<W> {
 fn drop_worker<W>(pool: &str, entry: Box<Entry<W>>) {
     let id = entry.id;
     if contain::dispose(entry) {
-        log::error!("cylinder: {pool}: dropping worker {id} panicked");
+        crate::contain::logged!(error, "cylinder: {pool}: dropping worker {id} panicked");
     }
 }
 

@@ -200,7 +200,8 @@ impl<W: Send + 'static> Shared<W> {
     /// The free queue is sized for every worker the pool may open: this cannot happen, but
     /// if it did the worker is closed rather than lost silently.
     pub(super) fn overfull(&self, entry: Box<Entry<W>>) {
-        log::error!(
+        crate::contain::logged!(
+            error,
             "cylinder: {}: more free workers than the pool has room for; closing one",
             self.name
         );
@@ -295,12 +296,14 @@ impl<W: Send + 'static> Shared<W> {
             Retire::Evicted => (Event::WorkerEvicted, None),
         };
         match &cause {
-            Some(cause) => log::warn!(
+            Some(cause) => crate::contain::logged!(
+                warn,
                 "cylinder: {}: worker {} dropped ({event:?}): {cause}",
                 self.name,
                 entry.id
             ),
-            None => log::debug!(
+            None => crate::contain::logged!(
+                debug,
                 "cylinder: {}: worker {} dropped ({event:?})",
                 self.name,
                 entry.id

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::held_here::HeldHere;
 use super::metrics::{LeaseClock, PoolMetrics};
 use super::{Entry, Shared};
 use crate::contain;
@@ -509,7 +510,8 @@ impl<W: Send + 'static> Shared<W> {
                     me.run_starter();
                 });
             if let Err(err) = spawned {
-                log::error!(
+                crate::contain::logged!(
+                    error,
                     "cylinder: {}: no thread for a start ({err}); starting on this one",
                     self.name
                 );
@@ -649,6 +651,9 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Cause::message("the pool was closed"));
         }
+        // This thread runs the start (its user code): a `try_checkout` or `drain` called
+        // from that code does not wait for it.
+        let _held_here = HeldHere::new(self, 1);
         let mut worker = contain::call(|| self.manager.start())?;
         let customized = match &self.on_start {
             Some(hook) => contain::call(|| hook(&mut worker)),
@@ -697,6 +702,8 @@ impl<W: Send + 'static> Shared<W> {
             .spawn(move || {
                 stripe::opt_out();
                 let _timed = Held::adopt(&me.counts.timed_starts);
+                // This thread is the timed start a `drain` from its user code would wait for.
+                let _held_here = HeldHere::new(&*me, 1);
                 let opened = me.open_now();
                 // A worker that came too late (or after close) is dropped here, contained.
                 match sender.send(opened) {
@@ -794,7 +801,12 @@ impl<W: Send + 'static> Shared<W> {
             // `replace` during it claimed one start each), not at the backoff's end.
             self.signal.request();
         }
-        log::debug!("cylinder: {}: worker {} started", self.name, entry.id);
+        crate::contain::logged!(
+            debug,
+            "cylinder: {}: worker {} started",
+            self.name,
+            entry.id
+        );
         let event = if nth < self.first_fill as u64 {
             Event::WorkerStarted
         } else {
@@ -809,7 +821,8 @@ impl<W: Send + 'static> Shared<W> {
     #[must_use]
     fn start_failed(&self, cause: Cause, claim: Claim<'_>) -> Event {
         self.counts.cancel_pending();
-        log::warn!(
+        crate::contain::logged!(
+            warn,
             "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
             self.name,
             self.reconnect_delay

@@ -220,7 +220,7 @@ impl<W: Send + 'static> Shared<W> {
         for (entry, closing) in idle_closing {
             held.leave_one();
             self.closed_above(entry, closing);
-            log::debug!("cylinder: {}: closed an idle worker", self.name);
+            crate::contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
             closed_idle.push(Event::WorkerIdleClosed);
         }
         self.retire_held(retiring, &mut held, closed_idle, replacing);

@@ -55,7 +55,8 @@ impl LeaseWatch {
             }
         }
         for (held, taken_at) in slow {
-            log::warn!(
+            crate::contain::logged!(
+                warn,
                 "cylinder: {pool}: a lease taken at {taken_at} has been held for {held:?} \
                  (warn_after is {:?})",
                 self.limit
