@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use common::{eventually, within};
+use common::{assert_a_failed_reset_is_replaced, eventually, within};
 use cylinder::{BoxError, Error, Pool};
 
 /// A logger that formats every record, as real loggers do, and throws the text away.
@@ -99,20 +99,7 @@ fn a_reset_error_whose_display_panics_loses_no_count_and_does_not_reach_the_clie
         .reset(|_: &mut u32| -> Result<(), BoxError> { Err(Box::new(LoudError)) })
         .build(|| Ok(7u32))
         .unwrap();
-    let lease = pool.checkout().unwrap();
-    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(lease)));
-    let settled = eventually(Duration::from_secs(3), || {
-        let stats = pool.stats();
-        stats.size == 1 && stats.free == 1 && stats.starting == 0
-    });
-    let stats = pool.stats();
-    let next = pool.checkout().map(|lease| *lease);
-    assert!(
-        dropped.is_ok() && settled && next.is_ok(),
-        "drop(lease) panicked into the client: {}; settled: {settled}, stats {stats:?}; next \
-         checkout {next:?}",
-        dropped.is_err()
-    );
+    assert_a_failed_reset_is_replaced(&pool);
 }
 
 /// Found. A start that fails with an error whose `Display` panics, with a logger enabled:

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use common::{assert_a_failed_reset_is_replaced, eventually};
 use cylinder::{BoxError, Error, Pool};
 
 /// A logger whose output is gone: it panics as `eprintln!` does on a closed pipe, for the
@@ -96,20 +96,7 @@ fn a_logger_that_panics_on_a_reset_failure_loses_no_count_and_does_not_reach_the
         .reset(|_: &mut u32| -> Result<(), BoxError> { Err("rollback failed".into()) })
         .build(|| Ok(7u32))
         .unwrap();
-    let lease = pool.checkout().unwrap();
-    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(lease)));
-    let settled = eventually(Duration::from_secs(3), || {
-        let stats = pool.stats();
-        stats.size == 1 && stats.free == 1 && stats.starting == 0
-    });
-    let stats = pool.stats();
-    let next = pool.checkout().map(|lease| *lease);
-    assert!(
-        dropped.is_ok() && settled && next.is_ok(),
-        "drop(lease) panicked into the client: {}; settled: {settled}, stats {stats:?}; next \
-         checkout {next:?}",
-        dropped.is_err()
-    );
+    assert_a_failed_reset_is_replaced(&pool);
 }
 
 /// Found. The same logger under `build_unchecked` with a start that fails (the server is

@@ -291,3 +291,23 @@ pub fn hold_all<W: Send + 'static>(
         .map(|p| Some(p.checkout_owned().unwrap()))
         .collect()
 }
+
+/// Drops a lease of `pool` (one worker, whose `reset` fails): the drop must return (no panic
+/// into the client), the worker be replaced (free 1 of size 1) within 3 s, and the next
+/// checkout work.
+pub fn assert_a_failed_reset_is_replaced(pool: &cylinder::Pool<u32>) {
+    let lease = pool.checkout().unwrap();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(lease)));
+    let settled = eventually(Duration::from_secs(3), || {
+        let stats = pool.stats();
+        stats.size == 1 && stats.free == 1 && stats.starting == 0
+    });
+    let stats = pool.stats();
+    let next = pool.checkout().map(|lease| *lease);
+    assert!(
+        dropped.is_ok() && settled && next.is_ok(),
+        "drop(lease) panicked into the client: {}; settled: {settled}, stats {stats:?}; next \
+         checkout {next:?}",
+        dropped.is_err()
+    );
+}
