@@ -480,7 +480,7 @@ impl<W: Send + 'static> Shared<W> {
     /// worker evicted, or one that may have expired.
     #[inline(never)]
     fn admit_with_hooks(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Option<Box<Entry<W>>> {
-        let _held_here = HeldHere::new(self, 1);
+        let _held_here = HeldHere::worker(self, entry.id);
         if self.is_dead(&entry) {
             self.retire(entry, Retire::Died);
             return None;

@@ -521,6 +521,9 @@ impl<W: Send + 'static> Pool<W> {
             entries: Vec<Box<Entry<W>>>,
             count: HeldFree<'a>,
             stripe: Stripe,
+            /// Each held by this thread until it is back or counted out: a `drain` from `f`,
+            /// or from a `Drop` as they go, does not wait for them.
+            here: HeldHere,
         }
         impl<W: Send + 'static> Drop for Held<'_, W> {
             fn drop(&mut self) {
@@ -541,13 +544,20 @@ impl<W: Send + 'static> Pool<W> {
                             // Not expired: the reaper is told when it is.
                             self.shared.expired_on_return(&mut entry, now);
                         }
+                        let id = entry.id;
                         self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
+                        self.here.release(id);
                     }
                 }
+                let gone: Vec<u64> = evicted.iter().map(|(entry, _)| entry.id).collect();
                 self.shared
                     .retire_held(evicted, &mut self.count, Vec::new(), None);
+                for id in gone {
+                    self.here.release(id);
+                }
                 for mut entry in expiring {
+                    let id = entry.id;
                     if self.shared.expired_on_return(&mut entry, Instant::now()) {
                         let expired = [(entry, Retire::Expired)];
                         self.shared
@@ -556,6 +566,7 @@ impl<W: Send + 'static> Pool<W> {
                         self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
                     }
+                    self.here.release(id);
                 }
                 self.shared.sample_if_closed();
             }
@@ -565,6 +576,7 @@ impl<W: Send + 'static> Pool<W> {
             entries: Vec::new(),
             count: HeldFree::new(&shared.held_free),
             stripe,
+            here: HeldHere::workers(shared, []),
         };
         for _ in 0..shared.free.len() {
             held.count.take_one();
@@ -574,8 +586,7 @@ impl<W: Send + 'static> Pool<W> {
             };
             held.entries.push(entry);
         }
-        // Held by this thread while `f` runs: a `drain` from `f` does not wait for them.
-        let _held_here = HeldHere::new(shared, held.entries.len());
+        held.here = HeldHere::workers(shared, held.entries.iter().map(|entry| entry.id));
         held.entries
             .iter_mut()
             .map(|entry| f(&mut entry.worker))
@@ -633,8 +644,10 @@ impl<W: Send + 'static> Pool<W> {
         if !cfg!(loom) && added > 0 {
             let limit = shared.start_timeout.unwrap_or(shared.checkout_timeout);
             let deadline = deadline_after(limit);
+            // A start this thread runs (`resize` from `on_start`) is not waited for.
+            let held_here = HeldHere::of(shared);
             while shared.starts_ended().wrapping_sub(ended_before) < added
-                && shared.counts.on_their_way() > 0
+                && shared.counts.on_their_way() > held_here
                 && !shared.closed.load(Ordering::Acquire)
                 && deadline.map_or(true, |at| Instant::now() < at)
             {

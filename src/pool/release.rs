@@ -49,7 +49,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
         // Held here while its hooks (user code) run; no hook, no bookkeeping.
         let _held_here = (self.uses.is_broken || self.uses.reset || self.uses.is_alive)
-            .then(|| HeldHere::new(self, 1));
+            .then(|| HeldHere::worker(self, entry.id));
         if self.uses.is_broken {
             match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
                 Ok(false) => {}
@@ -235,7 +235,9 @@ impl<W: Send + 'static> Shared<W> {
     /// restarts one if a waiter or `min_idle` needs it.
     pub(super) fn closed_above(&self, entry: Box<Entry<W>>, closing: Held<'_>) {
         {
+            let held_here = HeldHere::worker(self, entry.id);
             drop_worker(&self.name, entry);
+            drop(held_here);
             drop(closing);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
             // against a waiter's registration and fence, then its claim (`start_for_line`):
@@ -273,9 +275,14 @@ impl<W: Send + 'static> Shared<W> {
         mut reported: Vec<Event>,
         replacing: Option<Held<'_>>,
     ) {
+        // Those not yet retired are this thread's while each goes (its `Drop` may drain).
+        let retiring: Vec<_> = retiring.into_iter().collect();
+        let mut held_here = HeldHere::workers(self, retiring.iter().map(|(entry, _)| entry.id));
         for (entry, why) in retiring {
+            let id = entry.id;
             held.leave_one();
             reported.push(self.retire_unreported(entry, why));
+            held_here.release(id);
         }
         drop(replacing);
         for event in reported {
@@ -352,7 +359,7 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
         // Out of service from here, though still counted until it is gone.
         let dropping = Held::take(&self.dropping, usize::MAX);
-        let held_here = HeldHere::new(self, 1);
+        let held_here = HeldHere::worker(self, entry.id);
         drop_worker(&self.name, entry);
         drop(held_here);
         self.counts.release();

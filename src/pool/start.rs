@@ -451,7 +451,11 @@ impl<W: Send + 'static> Shared<W> {
                 if self.waiters.unserved() > 0 {
                     self.refill();
                 }
+                // Reported with the worker still in this caller's hand (an event callback
+                // that drains does not wait for it).
+                let held_here = HeldHere::worker(self, entry.id);
                 self.emit(event);
+                drop(held_here);
                 if self.closed.load(Ordering::Acquire) {
                     self.close_worker(entry);
                     self.sample_if_closed();
@@ -653,7 +657,7 @@ impl<W: Send + 'static> Shared<W> {
         }
         // This thread runs the start (its user code): a `try_checkout` or `drain` called
         // from that code does not wait for it.
-        let _held_here = HeldHere::new(self, 1);
+        let _held_here = HeldHere::start(self);
         let mut worker = contain::call(|| self.manager.start())?;
         let customized = match &self.on_start {
             Some(hook) => contain::call(|| hook(&mut worker)),
@@ -702,8 +706,6 @@ impl<W: Send + 'static> Shared<W> {
             .spawn(move || {
                 stripe::opt_out();
                 let _timed = Held::adopt(&me.counts.timed_starts);
-                // This thread is the timed start a `drain` from its user code would wait for.
-                let _held_here = HeldHere::new(&*me, 1);
                 let opened = me.open_now();
                 // A worker that came too late (or after close) is dropped here, contained.
                 match sender.send(opened) {

@@ -241,6 +241,8 @@ impl<W: Send + 'static> Shared<W> {
                 held.leave_one();
                 break;
             };
+            // Held by this thread while its hooks (user code) run.
+            let held_here = HeldHere::worker(self, entry.id);
             // `evicted` is asked again after the check: an `evict_all` may come during it.
             #[allow(clippy::same_functions_in_if_condition)]
             let verdict = if self.is_dead(&entry) {
@@ -259,6 +261,7 @@ impl<W: Send + 'static> Shared<W> {
                     && self.expired_and_not_kept(&mut entry, Instant::now()))
                 .then_some(Retire::Expired)
             };
+            drop(held_here);
             match verdict {
                 // Shelved, behind the ones not looked at yet.
                 None => self.put_back(entry, Stripe::shared()),
@@ -280,7 +283,7 @@ impl<W: Send + 'static> Shared<W> {
         if now.saturating_duration_since(entry.last_good()) < limit {
             return Ok(());
         }
-        let held_here = HeldHere::new(self, 1);
+        let held_here = HeldHere::worker(self, entry.id);
         contain::call(|| self.manager.check(&mut entry.worker))?;
         drop(held_here);
         entry.checked_at = Some(Instant::now());
