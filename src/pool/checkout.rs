@@ -152,7 +152,7 @@ impl<W: Send + 'static> Shared<W> {
             if self.counts.on_their_way() > 0 {
                 self.down_if_a_start_failed()?;
             }
-        } else if nothing_open && self.counts.on_their_way() > HeldHere::of(self) {
+        } else if nothing_open && self.counts.on_their_way() > HeldHere::on_their_way(self) {
             // Nothing open yet and starts on their way, none failed (a lazy pool just built,
             // or replacements): no worker is busy, so this waits for the first to come, as a
             // start on this thread would, rather than open one more. If it went to another
@@ -513,10 +513,11 @@ impl<W: Send + 'static> Shared<W> {
                 self.retire(entry, Retire::Expired);
                 return None;
             }
-            if self.closed.load(Ordering::Acquire) {
-                self.close_worker(entry);
-                return None;
-            }
+        }
+        // User code ran (`is_alive`, the check): it may have closed the pool.
+        if self.closed.load(Ordering::Acquire) {
+            self.close_worker(entry);
+            return None;
         }
         Some(self.lease_out(entry, stripe))
     }

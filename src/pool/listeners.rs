@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use super::waitlist::Nudge;
 use super::Shared;
-use crate::sync::{fence, AtomicUsize, Mutex, Ordering};
+use crate::sync::{fence, AtomicUsize, CachePadded, Mutex, Ordering};
 
 pub(crate) struct Listeners<W: Send + 'static> {
-    /// How many listen: read without the lock at every worker kept free.
-    count: AtomicUsize,
+    /// How many listen: read without the lock at every worker kept free, so on a cache line
+    /// of its own (no write of the lease's path may invalidate it).
+    count: CachePadded<AtomicUsize>,
     list: Mutex<Vec<Listener<W>>>,
 }
 
@@ -27,7 +28,7 @@ struct Listener<W: Send + 'static> {
 impl<W: Send + 'static> Default for Listeners<W> {
     fn default() -> Self {
         Listeners {
-            count: AtomicUsize::new(0),
+            count: CachePadded::new(AtomicUsize::new(0)),
             list: Mutex::new(Vec::new()),
         }
     }

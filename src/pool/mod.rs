@@ -544,10 +544,11 @@ impl<W: Send + 'static> Pool<W> {
                             // Not expired: the reaper is told when it is.
                             self.shared.expired_on_return(&mut entry, now);
                         }
-                        let id = entry.id;
+                        // Back in service, no longer this thread's (a `Drop` that `put_back`'s
+                        // shrink runs may drain).
+                        self.here.release(entry.id);
                         self.count.leave_one();
                         self.shared.put_back(entry, self.stripe);
-                        self.here.release(id);
                     }
                 }
                 let gone: Vec<u64> = evicted.iter().map(|(entry, _)| entry.id).collect();
@@ -562,11 +563,12 @@ impl<W: Send + 'static> Pool<W> {
                         let expired = [(entry, Retire::Expired)];
                         self.shared
                             .retire_held(expired, &mut self.count, Vec::new(), None);
+                        self.here.release(id);
                     } else {
                         self.count.leave_one();
+                        self.here.release(id);
                         self.shared.put_back(entry, self.stripe);
                     }
-                    self.here.release(id);
                 }
                 self.shared.sample_if_closed();
             }
@@ -645,7 +647,7 @@ impl<W: Send + 'static> Pool<W> {
             let limit = shared.start_timeout.unwrap_or(shared.checkout_timeout);
             let deadline = deadline_after(limit);
             // A start this thread runs (`resize` from `on_start`) is not waited for.
-            let held_here = HeldHere::of(shared);
+            let held_here = HeldHere::on_their_way(shared);
             while shared.starts_ended().wrapping_sub(ended_before) < added
                 && shared.counts.on_their_way() > held_here
                 && !shared.closed.load(Ordering::Acquire)

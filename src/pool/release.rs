@@ -103,23 +103,37 @@ impl<W: Send + 'static> Shared<W> {
     /// shrink), it goes to a waiter if one waits (here, even one away looking in another
     /// pool, or a balancer's elsewhere that listens) and is otherwise closed (poolboy's
     /// rule).
-    #[inline]
+    #[inline(always)]
     pub(super) fn put_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
-        let entry = if self.above_size(self.size.load(Ordering::Relaxed)) {
-            match self.waiters.hand(entry) {
-                Ok(()) => return,
-                // Kept free for a balancer's waiter: away from this line (it looks here when
-                // back), or in another pool's line (nudged); closed once there is none
-                // (`shrink_unless_kept`).
-                Err(entry) if self.keeps_above_size() => entry,
-                Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
-                    Some(entry) => entry,
-                    None => return,
-                },
-            }
-        } else {
-            entry
+        if self.above_size(self.size.load(Ordering::Relaxed)) {
+            return self.put_back_above_size(entry, stripe);
+        }
+        self.keep_in_service(entry, stripe);
+    }
+
+    /// `put_back` while more workers are open than `size`: out of the fast path, so that a
+    /// plain return stays inlined into the lease's drop.
+    #[cold]
+    #[inline(never)]
+    fn put_back_above_size(&self, entry: Box<Entry<W>>, stripe: Stripe) {
+        let entry = match self.waiters.hand(entry) {
+            Ok(()) => return,
+            // Kept free for a balancer's waiter: away from this line (it looks here when
+            // back), or in another pool's line (nudged); closed once there is none
+            // (`shrink_unless_kept`).
+            Err(entry) if self.keeps_above_size() => entry,
+            Err(entry) => match self.close_above(entry, self.size.load(Ordering::Relaxed)) {
+                Some(entry) => entry,
+                None => return,
+            },
         };
+        self.keep_in_service(entry, stripe);
+    }
+
+    /// `put_back` once the worker stays: to a waiter or the free list, then the looks that
+    /// keep a return racing `close`, a shrink or `evict_all` from leaving it in service.
+    #[inline(always)]
+    fn keep_in_service(&self, entry: Box<Entry<W>>, stripe: Stripe) {
         let generation = entry.generation;
         self.give_back(entry, stripe);
         // A return racing `close` must not leave a worker in a closed pool.
@@ -159,7 +173,7 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Gives a worker to a waiter if there is one, else keeps it free. Touches the waiters'
     /// lock only when someone waits.
-    #[inline]
+    #[inline(always)]
     pub(super) fn give_back(&self, entry: Box<Entry<W>>, stripe: Stripe) {
         if self.waiters.has_waiters() {
             self.waiters
@@ -367,6 +381,7 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Drops every free worker (after close).
+    #[cold]
     pub(super) fn drain(&self) {
         let stripe = Stripe::current();
         while let Some(entry) = self.free.take(stripe) {
@@ -400,6 +415,7 @@ impl<W: Send + 'static> Shared<W> {
 
     /// Closes free workers while more than the pool's size are open (a shrink). The size is read
     /// afresh each time: a resize up that came in meanwhile stops the shrink.
+    #[cold]
     pub(super) fn shrink(&self) {
         let stripe = Stripe::current();
         loop {

@@ -17,7 +17,7 @@ use crate::contain;
 use crate::error::Cause;
 use crate::event::Event;
 use crate::stripe::{self, Stripe};
-use crate::sync::{seqcst_point, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{seqcst_point, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// How many starts run at once, at most.
 pub(crate) const PARALLEL_STARTS: usize = 8;
@@ -42,6 +42,8 @@ pub(crate) struct Counts {
     /// Threads running a start under `start_timeout`, given up on or not: a start that hangs
     /// cannot be stopped, so their number is bounded instead.
     timed_starts: AtomicUsize,
+    /// Of those, the ones whose start thread still awaits them (see `Awaited`).
+    timed_starts_awaited: AtomicUsize,
     /// Failed starts so far: a waiter that joined the line after the last one waits for the
     /// next before it gives up (see `Shared::acquire`).
     pub(crate) failed_starts: AtomicU64,
@@ -177,8 +179,17 @@ impl Counts {
         split(self.total_and_starting.load(Ordering::SeqCst))
     }
 
+    /// Timed starts whose thread still runs and that no longer count as `starting` (given
+    /// up after `start_timeout`, or delivered while their thread winds down): a start
+    /// awaited within its time counts once, as `starting`, so that a `drain` from its own
+    /// user code (one mark, `HeldHere::start`) does not wait for it. Never short: a start
+    /// stops being awaited (`Awaited`) before its thread stops counting, and the awaited
+    /// are read first.
     pub(crate) fn timed_starts_running(&self) -> usize {
-        self.timed_starts.load(Ordering::SeqCst)
+        let awaited = self.timed_starts_awaited.load(Ordering::SeqCst);
+        self.timed_starts
+            .load(Ordering::SeqCst)
+            .saturating_sub(awaited)
     }
 
     #[inline]
@@ -641,7 +652,12 @@ impl<W: Send + 'static> Shared<W> {
         let began = PoolMetrics::ON.then(Instant::now);
         let opened = match self.start_timeout {
             Some(limit) if !cfg!(loom) => self.open_within(limit),
-            _ => self.open_now(),
+            _ => {
+                // This thread runs the start (its user code): a `try_checkout`, `resize` or
+                // `drain` called from that code does not wait for it.
+                let _held_here = HeldHere::start(self);
+                self.open_now()
+            }
         };
         if let Some(began) = began {
             self.metrics.started(began.elapsed());
@@ -655,9 +671,6 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Cause::message("the pool was closed"));
         }
-        // This thread runs the start (its user code): a `try_checkout` or `drain` called
-        // from that code does not wait for it.
-        let _held_here = HeldHere::start(self);
         let mut worker = contain::call(|| self.manager.start())?;
         let customized = match &self.on_start {
             Some(hook) => contain::call(|| hook(&mut worker)),
@@ -700,12 +713,18 @@ impl<W: Send + 'static> Shared<W> {
         };
         // The thread takes the unit over: it is given back when that thread ends.
         std::mem::forget(timed);
+        let awaited = Awaited::begin(&self.counts);
         let (sender, receiver) = crossbeam::channel::bounded(1);
+        let their_awaited = awaited.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cylinder-start-{}", self.name))
             .spawn(move || {
                 stripe::opt_out();
                 let _timed = Held::adopt(&me.counts.timed_starts);
+                // Ends before `_timed` (declared after it): never counted short.
+                let _awaited = AwaitedGuard(their_awaited, &me.counts);
+                // The start's user code, and a late worker's `Drop`, run on this thread.
+                let _held_here = HeldHere::start(&*me);
                 let opened = me.open_now();
                 // A worker that came too late (or after close) is dropped here, contained.
                 match sender.send(opened) {
@@ -717,10 +736,15 @@ impl<W: Send + 'static> Shared<W> {
                 }
             });
         if let Err(err) = spawned {
+            awaited.end(&self.counts);
             drop(Held::adopt(&self.counts.timed_starts));
             return Err(Cause::new(err));
         }
-        let outcome = match receiver.recv_timeout(limit) {
+        let answer = receiver.recv_timeout(limit);
+        // Given up (or served): from here the start counts by its claim, and its thread by
+        // `timed_starts` until it ends.
+        awaited.end(&self.counts);
+        let outcome = match answer {
             Ok(opened) => opened,
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => Err(Cause::message(format!(
                 "the start did not finish within {limit:?}"
@@ -730,8 +754,10 @@ impl<W: Send + 'static> Shared<W> {
             }
         };
         // A worker sent just after the timeout sits in the channel: it goes with the
-        // receiver, contained.
+        // receiver, contained (its `Drop` runs while this thread holds the start's claim).
+        let held_here = HeldHere::start(self);
         contain::dispose(receiver);
+        drop(held_here);
         outcome
     }
 
@@ -743,6 +769,9 @@ impl<W: Send + 'static> Shared<W> {
     fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Event {
         let (entry, event) = self.joined(opened);
         let delivering = claim.joined();
+        // Counted open and on its way at once: a `Drop` below (closed, or evicted on
+        // arrival) that drains does not wait for either.
+        let mut held_here = HeldHere::delivery(self, entry.id);
         let mut evicted = None;
         if self.closed.load(Ordering::Acquire) {
             self.close_worker(entry);
@@ -753,10 +782,13 @@ impl<W: Send + 'static> Shared<W> {
             evicted = Some(self.retire_unreported(entry, super::Retire::Evicted));
         } else {
             // Shelved, not parked for this thread (a `build` or `resize` runs starts on the
-            // caller's thread too): a new worker is for whoever comes next.
+            // caller's thread too): a new worker is for whoever comes next. In service, no
+            // longer this thread's (a `Drop` that `put_back`'s shrink runs may drain).
+            held_here.release(entry.id);
             self.put_back(entry, Stripe::shared());
         }
         drop(delivering);
+        drop(held_here);
         // A waiter that came while this start still counted as on its way to the line (it
         // was handed to another, or kept free) claimed none: claim one for it now. The
         // `SeqCst` count above, then the look for waiters, against the waiter's registration,
@@ -869,4 +901,32 @@ fn jittered(lifetime: Duration) -> Duration {
     #[allow(clippy::cast_precision_loss)] // 53 bits of randomness are plenty
     let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
     lifetime.saturating_sub(lifetime.mul_f64(0.025 * fraction))
+}
+
+/// Whether a timed start's start thread still awaits it (`Counts::timed_starts_awaited`):
+/// whichever of the two threads is done with it first (the start thread once it stops
+/// waiting, the timed thread as it ends) counts it out, once.
+#[derive(Clone)]
+struct Awaited(std::sync::Arc<AtomicBool>);
+
+impl Awaited {
+    fn begin(counts: &Counts) -> Awaited {
+        counts.timed_starts_awaited.fetch_add(1, Ordering::SeqCst);
+        Awaited(std::sync::Arc::new(AtomicBool::new(true)))
+    }
+
+    fn end(&self, counts: &Counts) {
+        if self.0.swap(false, Ordering::SeqCst) {
+            counts.timed_starts_awaited.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The timed thread's side of `Awaited`: ends it on every exit, unwinding included.
+struct AwaitedGuard<'a>(Awaited, &'a Counts);
+
+impl Drop for AwaitedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.end(self.1);
+    }
 }

@@ -188,6 +188,15 @@ impl<W: Send + 'static> Shared<W> {
                             self.start_replacement_ahead(entry) || self.replacement_for(entry)
                         })))
         };
+        // All of them this thread's until each is back or gone (a `Drop` below may drain).
+        let mut held_here = HeldHere::workers(
+            self,
+            keeping
+                .iter()
+                .chain(retiring.iter().map(|(entry, _)| entry))
+                .chain(idle_closing.iter().map(|(entry, _)| entry))
+                .map(|entry| entry.id),
+        );
         let mut replacing = None;
         if alone && coming() {
             let youngest = retiring
@@ -212,18 +221,24 @@ impl<W: Send + 'static> Shared<W> {
         keeping.sort_by_key(|entry| entry.idle_since.unwrap_or(entry.born));
         let earliest_expiry = keeping.iter().filter_map(|entry| entry.expires).min();
         for entry in keeping {
+            // Back in service, no longer this thread's (a `Drop` that `put_back`'s shrink
+            // runs may drain).
+            held_here.release(entry.id);
             self.put_back(entry, stripe);
             held.leave_one();
         }
         drop(sorting);
         let mut closed_idle = Vec::new();
         for (entry, closing) in idle_closing {
+            let id = entry.id;
             held.leave_one();
             self.closed_above(entry, closing);
+            held_here.release(id);
             crate::contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
             closed_idle.push(Event::WorkerIdleClosed);
         }
         self.retire_held(retiring, &mut held, closed_idle, replacing);
+        drop(held_here);
         drop(held);
         if self.uses.is_alive || self.keepalive.is_some() {
             self.look_at_each(now);
