@@ -176,6 +176,9 @@ pub(crate) struct Uses {
     pub(crate) is_broken: bool,
     pub(crate) reset: bool,
     pub(crate) is_alive: bool,
+    /// Whether a return runs any hook (`is_broken`, `reset`, `is_alive`): one look on the
+    /// lease's path.
+    pub(crate) on_return: bool,
 }
 
 impl Uses {
@@ -184,14 +187,21 @@ impl Uses {
         is_broken: true,
         reset: true,
         is_alive: true,
+        on_return: true,
     };
 
     pub(crate) fn of<W>(hooks: &Hooks<W>) -> Uses {
+        let (is_broken, reset, is_alive) = (
+            hooks.is_broken.is_some(),
+            hooks.reset.is_some(),
+            hooks.is_alive.is_some(),
+        );
         Uses {
             check: hooks.check.is_some(),
-            is_broken: hooks.is_broken.is_some(),
-            reset: hooks.reset.is_some(),
-            is_alive: hooks.is_alive.is_some(),
+            is_broken,
+            reset,
+            is_alive,
+            on_return: is_broken || reset || is_alive,
         }
     }
 }

@@ -47,23 +47,10 @@ impl<W: Send + 'static> Shared<W> {
     /// go.
     #[inline]
     pub(super) fn unfit(&self, entry: &mut Entry<W>) -> Option<Retire> {
-        // Held here while its hooks (user code) run; no hook, no bookkeeping.
-        let _held_here = (self.uses.is_broken || self.uses.reset || self.uses.is_alive)
-            .then(|| HeldHere::worker(self, entry.id));
-        if self.uses.is_broken {
-            match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
-                Ok(false) => {}
-                Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
-                Err(cause) => return Some(Retire::Broken(cause)),
+        if self.uses.on_return {
+            if let Some(why) = self.unfit_by_hooks(entry) {
+                return Some(why);
             }
-        }
-        if self.uses.reset {
-            if let Err(cause) = contain::call(|| self.manager.reset(&mut entry.worker)) {
-                return Some(Retire::Broken(cause));
-            }
-        }
-        if self.is_dead(entry) {
-            return Some(Retire::Died);
         }
         if self.evicted(entry) {
             return Some(Retire::Evicted);
@@ -76,6 +63,26 @@ impl<W: Send + 'static> Shared<W> {
             entry.idle_since = Some(now);
         }
         None
+    }
+
+    /// The return hooks (`is_broken`, `reset`, `is_alive`): user code, out of the lease's
+    /// path, run with the worker held here.
+    #[inline(never)]
+    fn unfit_by_hooks(&self, entry: &mut Entry<W>) -> Option<Retire> {
+        let _held_here = HeldHere::worker(self, entry.id);
+        if self.uses.is_broken {
+            match contain::run(|| self.manager.is_broken(&mut entry.worker)) {
+                Ok(false) => {}
+                Ok(true) => return Some(Retire::Broken(Cause::message("found broken on return"))),
+                Err(cause) => return Some(Retire::Broken(cause)),
+            }
+        }
+        if self.uses.reset {
+            if let Err(cause) = contain::call(|| self.manager.reset(&mut entry.worker)) {
+                return Some(Retire::Broken(cause));
+            }
+        }
+        self.is_dead(entry).then_some(Retire::Died)
     }
 
     /// Whether a worker coming back into service (from a lease, or from `map`) is past its
