@@ -5,7 +5,8 @@
 //! release, discard, take, hold, client panic, a checkout inside a `Drop` during an unrelated
 //! panic, `map`, `resize`, waiting for the reaper, `close`, and `SetFault` ops that change
 //! what the user callbacks do: the start closure, `test_on_checkout`, `is_broken`, `reset`,
-//! `on_event`, and the workers' `Drop`). The client threads live for the whole case and keep
+//! `on_event`, and the workers' `Drop`, each of which may also call back into the pool:
+//! `stats()`, `Debug`, a `try_checkout`). The client threads live for the whole case and keep
 //! the leases they hold from step to step.
 //!
 //! A tracker shared with the workers and callbacks sees every worker created, leased and
@@ -105,6 +106,10 @@ enum Fault {
     Reset(ResetFault),
     Event(EventFault),
     WorkerDropPanics(bool),
+    /// The checkout check, `is_broken`, `reset` and the workers' `Drop` call back into the
+    /// pool (`stats()`, `Debug`, a `try_checkout` released at once), as `on_event`'s
+    /// `TryCheckout` does.
+    Reenter(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +245,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         ]
         .prop_map(Fault::Event),
         1 => any::<bool>().prop_map(Fault::WorkerDropPanics),
+        1 => any::<bool>().prop_map(Fault::Reenter),
     ]
 }
 
@@ -400,6 +406,7 @@ fn without_avoided(mut case: Case) -> Case {
         Fault::Event(EventFault::TryCheckout) if avoided("reenter") => {
             *fault = Fault::Event(EventFault::Stats)
         }
+        Fault::Reenter(true) if avoided("reenter") => *fault = Fault::Reenter(false),
         _ => {}
     };
     if avoided("nul") {
@@ -443,6 +450,7 @@ struct Env {
     reset: AtomicU8,
     event: AtomicU8,
     drop_panics: AtomicBool,
+    reenter: AtomicBool,
     fail_next: AtomicUsize,
     /// A fault that may make workers unavailable was set since the last quiet point.
     dirty: AtomicBool,
@@ -517,6 +525,7 @@ impl Env {
             reset: AtomicU8::new(0),
             event: AtomicU8::new(0),
             drop_panics: AtomicBool::new(false),
+            reenter: AtomicBool::new(false),
             fail_next: AtomicUsize::new(config.fail_first),
             dirty: AtomicBool::new(config.fail_first > 0),
             slow: Duration::from_millis(config.slow_ms),
@@ -579,6 +588,7 @@ impl Env {
             Fault::Reset(f) => self.reset.store(code(&RESETS, f), SeqCst),
             Fault::Event(f) => self.event.store(code(&EVENTS, f), SeqCst),
             Fault::WorkerDropPanics(on) => self.drop_panics.store(on, SeqCst),
+            Fault::Reenter(on) => self.reenter.store(on, SeqCst),
         }
         if !self.plan_clean() {
             self.dirty.store(true, SeqCst);
@@ -606,7 +616,12 @@ impl Env {
             && self.check_fault() == CheckFault::Pass
             && self.broken_fault() == BrokenFault::No
             && self.reset_fault() == ResetFault::Ok
-            && self.event_fault() != EventFault::TryCheckout
+            && !self.reenters()
+    }
+
+    /// Some callback takes a worker (a `try_checkout` from user code).
+    fn reenters(&self) -> bool {
+        self.event_fault() == EventFault::TryCheckout || self.reenter.load(SeqCst)
     }
 
     fn doa_alive(&self) -> usize {
@@ -720,6 +735,7 @@ impl Drop for W {
             Some(_) => {}
         }
         self.env.dropped.fetch_add(1, SeqCst);
+        maybe_call_back(&self.env);
         if (self.drop_panics || self.env.drop_panics.load(SeqCst)) && !thread::panicking() {
             panic!("worker drop on purpose");
         }
@@ -817,26 +833,44 @@ fn on_event(env: &Arc<Env>) {
                 let _ = pool.stats();
             }
         }
-        EventFault::TryCheckout => {
-            // Paused at quiet points: a callback that checks out on every event, with every
-            // lease found broken, keeps the pool restarting workers for ever.
-            if env.paused.load(SeqCst) || (thread::panicking() && avoided("unwind")) {
-                return;
-            }
-            // The pool's own Overload event would call back again, without end.
-            if IN_CALLBACK.with(|inside| inside.replace(true)) {
-                return;
-            }
-            if let Some(pool) = env.pool() {
-                if let Ok(lease) = pool.try_checkout() {
-                    env.callback_checkouts.fetch_add(1, SeqCst);
-                    env.acquire(lease.id, "on_event's try_checkout");
-                    env.release(lease.id);
-                    drop(lease);
-                }
-            }
-            IN_CALLBACK.with(|inside| inside.set(false));
+        EventFault::TryCheckout => call_back(env),
+    }
+}
+
+/// A callback calling back into its own pool: `stats()`, `Debug`, and a `try_checkout`
+/// whose lease is released at once.
+fn call_back(env: &Arc<Env>) {
+    // Paused at quiet points: a callback that checks out on every event, with every lease
+    // found broken, keeps the pool restarting workers for ever.
+    if env.paused.load(SeqCst) || (thread::panicking() && avoided("unwind")) {
+        return;
+    }
+    // The checkout's own check, or the pool's Overload event, would call back again,
+    // without end.
+    if IN_CALLBACK
+        .try_with(|inside| inside.replace(true))
+        .unwrap_or(true)
+    {
+        return;
+    }
+    if let Some(pool) = env.pool() {
+        let _ = pool.stats();
+        let _ = format!("{pool:?}");
+        if let Ok(lease) = pool.try_checkout() {
+            env.callback_checkouts.fetch_add(1, SeqCst);
+            env.acquire(lease.id, "a callback's try_checkout");
+            env.release(lease.id);
+            drop(lease);
         }
+    }
+    let _ = IN_CALLBACK.try_with(|inside| inside.set(false));
+}
+
+/// `call_back` from the check, `is_broken`, `reset` or a worker's `Drop`, while the plan
+/// says so.
+fn maybe_call_back(env: &Arc<Env>) {
+    if env.reenter.load(SeqCst) {
+        call_back(env);
     }
 }
 
@@ -867,6 +901,7 @@ fn build(env: &Arc<Env>, config: &Config) -> Result<Pool<W>, Error> {
         builder = builder.check_after_idle(Duration::ZERO);
         builder = builder.test_on_checkout(move |w: &mut W| -> Result<(), BoxError> {
             env.touch(w.id, "test_on_checkout");
+            maybe_call_back(&env);
             let doa = lock(&env.workers).get(&w.id).is_some_and(|s| s.doa);
             let fault = env.check_fault();
             if doa || fault != CheckFault::Pass {
@@ -889,6 +924,7 @@ fn build(env: &Arc<Env>, config: &Config) -> Result<Pool<W>, Error> {
         let env = env.clone();
         builder = builder.is_broken(move |w: &mut W| {
             env.touch(w.id, "is_broken");
+            maybe_call_back(&env);
             match env.broken_fault() {
                 BrokenFault::No => false,
                 BrokenFault::Yes => true,
@@ -900,6 +936,7 @@ fn build(env: &Arc<Env>, config: &Config) -> Result<Pool<W>, Error> {
         let env = env.clone();
         builder = builder.reset(move |w: &mut W| -> Result<(), BoxError> {
             env.touch(w.id, "reset");
+            maybe_call_back(&env);
             match env.reset_fault() {
                 ResetFault::Ok => Ok(()),
                 ResetFault::Err => Err("reset failed on purpose".into()),
@@ -972,6 +1009,7 @@ fn fault_keeps_clean(fault: Fault, config: &Config) -> bool {
         Fault::Reset(reset) => reset == ResetFault::Ok,
         Fault::Event(event) => event != EventFault::TryCheckout,
         Fault::WorkerDropPanics(_) => true,
+        Fault::Reenter(on) => !on,
     }
 }
 
@@ -1542,7 +1580,7 @@ impl<'p> Client<'_, 'p> {
             && env.starts_clean()
             && !env.dirty.load(SeqCst)
             && env.doa_alive() == 0
-            && env.event_fault() != EventFault::TryCheckout
+            && !env.reenters()
             && !began_closed;
         let before = self.pool.stats();
         let old_min_idle = self
@@ -1882,11 +1920,13 @@ fn run_case(case: &Case) -> Result<(), String> {
                 .flatten()
                 .any(|op| matches!(op, Op::Close | Op::Drain)),
         };
-        let reenters = env.event_fault() == EventFault::TryCheckout
-            || step
-                .iter()
-                .flatten()
-                .any(|op| *op == Op::SetFault(Fault::Event(EventFault::TryCheckout)));
+        let reenters = env.reenters()
+            || step.iter().flatten().any(|op| {
+                matches!(
+                    op,
+                    Op::SetFault(Fault::Event(EventFault::TryCheckout) | Fault::Reenter(true))
+                )
+            });
         model.evicted |= step.iter().flatten().any(|op| *op == Op::EvictAll);
         let exact_discards = !model.evicted
             && env.broken_fault() == BrokenFault::No
