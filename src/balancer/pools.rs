@@ -312,6 +312,8 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         let count = snapshot.workers.len();
         let mut causes = Causes(vec![None; count]);
         let mut busy = Vec::new();
+        // Live pools passed over for having more waiters than `max_queue_len`.
+        let mut full = false;
         // `Some` once the time ran out in a pool's line, with that pool's cause (its last
         // failed start) if it had one.
         let mut timed_out: Option<Option<Cause>> = None;
@@ -329,8 +331,15 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         for step in usize::from(all_down)..count {
             let index = (first + step) % count;
             let pool = &snapshot.workers[index];
-            if step > 0 && !self.may_serve(&snapshot, index) {
-                continue;
+            if step > 0 {
+                match self.may_serve(&snapshot, index) {
+                    Serve::Yes => {}
+                    Serve::Dead => continue,
+                    Serve::Full => {
+                        full = true;
+                        continue;
+                    }
+                }
             }
             match pool.checkout_free_owned(Location::caller()) {
                 Ok(lease) => return Ok(self.served(&snapshot, index, lease)),
@@ -344,10 +353,18 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // None free: wait in the first busy one's line within the time left, taking a
         // worker that another pool keeps free meanwhile; one whose server goes down
         // meanwhile fails over to the next.
+        let mut waited = false;
         for index in busy {
             if timed_out.is_some() {
                 break;
             }
+            // The time ran out in the line before (its pool went down at the last moment):
+            // no other line is joined only to count a timeout there too.
+            if waited && deadline.is_some_and(|at| Instant::now() >= at) {
+                timed_out = Some(None);
+                break;
+            }
+            waited = true;
             match self.wait_on(&snapshot, index, deadline, &mut causes) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
@@ -363,6 +380,11 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         }
         if snapshot.workers.iter().all(|pool| pool.is_closed()) {
             return Err(Error::Closed);
+        }
+        // The pools waited in went down or closed, and the live ones left have too many
+        // waiters: busy, not down.
+        if full {
+            return Err(Error::Overload);
         }
         let causes = snapshot
             .workers
@@ -420,6 +442,13 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             Ok(Some(lease)) => Some(Ok(self.served(snapshot, index, lease))),
             Ok(None) => found.map(Ok),
             Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
+            // The time ran out in this line while nothing was open there and its starts
+            // failed: a timeout (counted there), with that pool's cause.
+            Err(Error::Disconnected { cause, .. })
+                if deadline.is_some_and(|at| Instant::now() >= at) =>
+            {
+                Some(Err(Some(cause)))
+            }
             Err(Error::Disconnected { cause, .. }) => {
                 causes.note(index, cause);
                 None
@@ -433,15 +462,15 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
 
     /// Whether pool `index` is worth a look: alive (else marked dead), and within the
     /// balancer's `max_queue_len`, as `get` would have it.
-    fn may_serve(&self, snapshot: &Snapshot<Pool<W>>, index: usize) -> bool {
+    fn may_serve(&self, snapshot: &Snapshot<Pool<W>>, index: usize) -> Serve {
         let pool = &snapshot.workers[index];
         if !pool.is_alive() {
             self.shared.set.mark_dead(snapshot, index);
-            return false;
+            return Serve::Dead;
         }
         match (self.shared.max_queue_len, pool.queue_len()) {
-            (Some(limit), Some(len)) => len <= limit,
-            _ => true,
+            (Some(limit), Some(len)) if len > limit => Serve::Full,
+            _ => Serve::Yes,
         }
     }
 
@@ -457,6 +486,15 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         }
         lease
     }
+}
+
+/// Whether a pool may serve a balancer checkout (`may_serve`).
+enum Serve {
+    Yes,
+    /// Down (marked dead).
+    Dead,
+    /// Alive, with more waiters than `max_queue_len`.
+    Full,
 }
 
 /// The causes a balancer checkout collected, pool by pool. A start error's `Drop` is user

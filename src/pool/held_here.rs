@@ -111,6 +111,14 @@ impl HeldHere {
         }
     }
 
+    /// Worker `id` of `pool` is counted out: no guard of this thread holds it any more (an
+    /// outer guard, e.g. a checkout's or a sweep's, may still list it while events are
+    /// reported, and must not count it against another client's lease).
+    pub(crate) fn gone<T>(pool: &T, id: u64) {
+        let pool = pool as *const T as usize;
+        let _ = HELD.try_with(|held| held.borrow_mut().retain(|&entry| entry != (pool, id)));
+    }
+
     fn forget(pool: usize, unit: u64) {
         let _ = HELD.try_with(|held| {
             let mut held = held.borrow_mut();

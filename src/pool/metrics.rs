@@ -89,16 +89,10 @@ impl PoolMetrics {
     /// The pool's handles, registered with the installed recorder (user code, contained: a
     /// recorder that panics leaves the pool without metrics, not without a pool).
     pub(crate) fn new(pool: &str) -> Self {
-        match crate::contain::run(|| Self::register(pool)) {
-            Ok(metrics) => metrics,
-            Err(cause) => {
-                crate::contain::logged!(
-                    error,
-                    "cylinder: {pool}: the metrics recorder panicked: {cause}"
-                );
-                Self::off()
-            }
-        }
+        Self::register(pool).unwrap_or_else(|| {
+            crate::contain::logged!(error, "cylinder: {pool}: the metrics recorder panicked");
+            Self::off()
+        })
     }
 
     /// Handles that record nothing.
@@ -117,8 +111,42 @@ impl PoolMetrics {
         }
     }
 
-    fn register(pool: &str) -> Self {
-        use metrics::{counter, gauge, histogram, Unit};
+    /// Each handle made contained, one at a time: if one panics, those made before it are
+    /// dropped one at a time too (`Drop`), never during that panic's unwinding.
+    fn register(pool: &str) -> Option<Self> {
+        use metrics::{counter, gauge, histogram};
+        made(Self::describe)?;
+        let pool = pool.to_string();
+        let state = |state: &'static str| {
+            made(|| gauge!("cylinder_pool_workers", "pool" => pool.clone(), "state" => state))
+        };
+        let mut metrics = Self::off();
+        metrics.checkout_wait =
+            made(|| histogram!("cylinder_pool_checkout_wait_seconds", "pool" => pool.clone()))?;
+        metrics.start = made(|| histogram!("cylinder_pool_start_seconds", "pool" => pool.clone()))?;
+        metrics.lease = made(|| histogram!("cylinder_pool_lease_seconds", "pool" => pool.clone()))?;
+        for (closed, reason) in metrics.closed.iter_mut().zip(REASONS) {
+            *closed = made(|| {
+                counter!(
+                    "cylinder_pool_workers_closed_total",
+                    "pool" => pool.clone(),
+                    "reason" => reason
+                )
+            })?;
+        }
+        metrics.timeouts =
+            made(|| counter!("cylinder_pool_timeouts_total", "pool" => pool.clone()))?;
+        metrics.start_failures =
+            made(|| counter!("cylinder_pool_start_failures_total", "pool" => pool.clone()))?;
+        metrics.idle = state("idle")?;
+        metrics.leased = state("leased")?;
+        metrics.starting = state("starting")?;
+        metrics.waiting = made(|| gauge!("cylinder_pool_waiting", "pool" => pool.clone()))?;
+        Some(metrics)
+    }
+
+    fn describe() {
+        use metrics::Unit;
         metrics::describe_histogram!(
             "cylinder_pool_checkout_wait_seconds",
             Unit::Seconds,
@@ -138,26 +166,6 @@ impl PoolMetrics {
             "cylinder_pool_workers_closed_total",
             "Workers closed, by reason"
         );
-        let pool = pool.to_string();
-        let state = |state: &'static str| gauge!("cylinder_pool_workers", "pool" => pool.clone(), "state" => state);
-        PoolMetrics {
-            checkout_wait: histogram!("cylinder_pool_checkout_wait_seconds", "pool" => pool.clone()),
-            start: histogram!("cylinder_pool_start_seconds", "pool" => pool.clone()),
-            lease: histogram!("cylinder_pool_lease_seconds", "pool" => pool.clone()),
-            closed: REASONS.map(|reason| {
-                counter!(
-                    "cylinder_pool_workers_closed_total",
-                    "pool" => pool.clone(),
-                    "reason" => reason
-                )
-            }),
-            timeouts: counter!("cylinder_pool_timeouts_total", "pool" => pool.clone()),
-            start_failures: counter!("cylinder_pool_start_failures_total", "pool" => pool.clone()),
-            idle: state("idle"),
-            leased: state("leased"),
-            starting: state("starting"),
-            waiting: gauge!("cylinder_pool_waiting", "pool" => pool.clone()),
-        }
     }
 
     /// Whether the reaper should sample the gauges.
@@ -207,6 +215,40 @@ impl PoolMetrics {
         gauge(&self.leased, stats.leased);
         gauge(&self.starting, stats.starting);
         gauge(&self.waiting, stats.waiters);
+    }
+}
+
+/// One of the recorder's handles (or its descriptions), made contained.
+#[cfg(feature = "metrics")]
+fn made<T>(make: impl FnOnce() -> T) -> Option<T> {
+    crate::contain::run(make).ok()
+}
+
+/// The recorder's handles are user values: each is dropped contained, one at a time (as one,
+/// a second panicking `Drop` during the first one's unwinding would abort the process).
+#[cfg(feature = "metrics")]
+impl Drop for PoolMetrics {
+    fn drop(&mut self) {
+        use crate::contain::dispose;
+        use metrics::{Counter, Gauge, Histogram};
+        for histogram in [&mut self.checkout_wait, &mut self.start, &mut self.lease] {
+            dispose(std::mem::replace(histogram, Histogram::noop()));
+        }
+        for counter in self
+            .closed
+            .iter_mut()
+            .chain([&mut self.timeouts, &mut self.start_failures])
+        {
+            dispose(std::mem::replace(counter, Counter::noop()));
+        }
+        for gauge in [
+            &mut self.idle,
+            &mut self.leased,
+            &mut self.starting,
+            &mut self.waiting,
+        ] {
+            dispose(std::mem::replace(gauge, Gauge::noop()));
+        }
     }
 }
 

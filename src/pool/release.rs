@@ -256,10 +256,12 @@ impl<W: Send + 'static> Shared<W> {
     /// restarts one if a waiter or `min_idle` needs it.
     pub(super) fn closed_above(&self, entry: Box<Entry<W>>, closing: Held<'_>) {
         {
-            let held_here = HeldHere::worker(self, entry.id);
+            let id = entry.id;
+            let held_here = HeldHere::worker(self, id);
             drop_worker(&self.name, entry);
             drop(held_here);
             drop(closing);
+            HeldHere::gone(self, id);
             // The release's `SeqCst` read-modify-write, then the `SeqCst` look for waiters,
             // against a waiter's registration and fence, then its claim (`start_for_line`):
             // one of the two sees the other (`seqcst_point` gives loom that order).
@@ -380,10 +382,12 @@ impl<W: Send + 'static> Shared<W> {
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
         // Out of service from here, though still counted until it is gone.
         let dropping = Held::take(&self.dropping, usize::MAX);
-        let held_here = HeldHere::worker(self, entry.id);
+        let id = entry.id;
+        let held_here = HeldHere::worker(self, id);
         drop_worker(&self.name, entry);
         drop(held_here);
         self.counts.release();
+        HeldHere::gone(self, id);
         drop(dropping);
     }
 

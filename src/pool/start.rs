@@ -558,11 +558,16 @@ impl<W: Send + 'static> Shared<W> {
             counts: &self.counts,
             left: AtomicUsize::new(claimed),
         };
+        // Each thread reports its starts' events once no claim is left for it to take: a
+        // callback that blocks or drains must not hold back a claim only these threads
+        // can run (a waiter counts it as on its way and claims none of its own).
         let run_own = || {
+            let mut events = Vec::new();
             while let Some(claim) = own.take() {
-                if let Some(event) = self.run_claim(claim) {
-                    self.emit(event);
-                }
+                events.extend(self.run_claim(claim));
+            }
+            for event in events {
+                self.emit(event);
             }
         };
         if cfg!(loom) {
@@ -854,6 +859,9 @@ impl<W: Send + 'static> Shared<W> {
     /// reaper makes it).
     #[must_use]
     fn start_failed(&self, cause: Cause, claim: Claim<'_>) -> Event {
+        // This thread holds the claim while user code runs (the error's `Display` in the
+        // log line, the `Drop` of the cause it replaces): a `drain` there does not wait for it.
+        let held_here = HeldHere::start(self);
         self.counts.cancel_pending();
         crate::contain::logged!(
             warn,
@@ -865,6 +873,7 @@ impl<W: Send + 'static> Shared<W> {
         // a start on its way nor the failure (a `try_checkout` would open one more start).
         self.note_failure(cause);
         drop(claim);
+        drop(held_here);
         // The reaper is asked again: a round that ran before the claim was given back (and
         // after a success elsewhere healed the failure) counted it as on its way.
         self.signal.request();
