@@ -221,3 +221,49 @@ fn a_balancer_wait_timing_out_in_a_line_whose_pool_lost_its_last_worker_counts_o
          counted timeouts {timeouts:?}"
     );
 }
+
+/// A request whose `Drop` panics (once it is armed).
+struct Bomb(bool);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.0 && !std::thread::panicking() {
+            panic!("request drop on purpose");
+        }
+    }
+}
+
+struct Sink;
+
+impl cylinder::Behaviour for Sink {
+    type Request = Bomb;
+    type Reply = ();
+    fn handle_call(&mut self, mut request: Bomb) {
+        request.0 = false;
+    }
+}
+
+/// Reported by pass 44 as a possible issue, confirmed: a request the actor refuses (it has
+/// stopped, or the call comes from its own handler) was dropped on the caller's thread
+/// outside containment, so a request whose `Drop` panics panicked out of `call`, `cast` and
+/// `call_timeout` instead of their `WorkerDied`. Every `Drop` of a user value is contained.
+#[test]
+fn a_request_whose_drop_panics_refused_by_a_stopped_actor_answers_worker_died() {
+    let actor = cylinder::Actor::spawn(Sink).unwrap();
+    actor.stop();
+    assert!(common::eventually(Duration::from_secs(2), || !actor.is_alive()));
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (
+            actor.call(Bomb(true)),
+            actor.call_timeout(Bomb(true), Duration::from_millis(50)),
+            actor.cast(Bomb(true)),
+        )
+    }));
+    let (call, call_timeout, cast) = called.expect("a refused request's Drop panicked out");
+    assert!(matches!(call, Err(Error::WorkerDied)), "{call:?}");
+    assert!(
+        matches!(call_timeout, Err(Error::WorkerDied)),
+        "{call_timeout:?}"
+    );
+    assert!(matches!(cast, Err(Error::WorkerDied)), "{cast:?}");
+}

@@ -381,7 +381,8 @@ impl<B: Behaviour> Actor<B> {
             return Err(request);
         }
         let Some(behaviour) = held.as_mut().filter(|_| self.is_alive()) else {
-            return Ok(Err(Error::WorkerDied));
+            drop(held);
+            return Ok(Err(refused(request, Error::WorkerDied)));
         };
         let handling = Handling::enter(&self.shared);
         let held_by = HeldBy::mark(&self.shared);
@@ -431,7 +432,9 @@ impl<B: Behaviour> Actor<B> {
     /// assert_eq!(double.call(21).unwrap(), 42);
     /// ```
     pub fn call(&self, request: B::Request) -> Result<B::Reply, Error> {
-        self.not_from_itself()?;
+        if let Err(err) = self.not_from_itself() {
+            return Err(refused(request, err));
+        }
         match self.call_here(request) {
             Ok(answered) => answered,
             Err(request) => self.round_trip(request, None),
@@ -466,7 +469,9 @@ impl<B: Behaviour> Actor<B> {
     /// assert_eq!(sleepy.call_timeout(0, Duration::from_secs(5)).unwrap(), 0);
     /// ```
     pub fn call_timeout(&self, request: B::Request, timeout: Duration) -> Result<B::Reply, Error> {
-        self.not_from_itself()?;
+        if let Err(err) = self.not_from_itself() {
+            return Err(refused(request, err));
+        }
         self.round_trip(request, Some(timeout))
     }
 
@@ -495,7 +500,7 @@ impl<B: Behaviour> Actor<B> {
         timeout: Option<Duration>,
     ) -> Result<B::Reply, Error> {
         if !self.is_alive() {
-            return Err(Error::WorkerDied);
+            return Err(refused(request, Error::WorkerDied));
         }
         let slot = ReplySlot::<B::Reply>::mine();
         let seq = slot.begin();
@@ -513,8 +518,7 @@ impl<B: Behaviour> Actor<B> {
             Err(envelope) => {
                 // The slot first: a request whose drop panics must not leave it awaiting.
                 slot.abandon();
-                drop(envelope);
-                Err(Error::WorkerDied)
+                Err(refused(envelope, Error::WorkerDied))
             }
         }
     }
@@ -543,13 +547,13 @@ impl<B: Behaviour> Actor<B> {
     /// ```
     pub fn cast(&self, request: B::Request) -> Result<(), Error> {
         if !self.is_alive() {
-            return Err(Error::WorkerDied);
+            return Err(refused(request, Error::WorkerDied));
         }
         self.shared
             .mailbox
             .post(Envelope::Cast(request), &self.thread)
             .map(|_| ())
-            .map_err(|_| Error::WorkerDied)
+            .map_err(|envelope| refused(envelope, Error::WorkerDied))
     }
 
     /// How many messages wait in the mailbox.
@@ -680,4 +684,11 @@ impl<B: Behaviour> std::fmt::Debug for Actor<B> {
             )
             .finish()
     }
+}
+
+/// A request (or its envelope) the actor will not handle goes back to no one: it is the
+/// caller's value, but its `Drop` is user code, dropped contained as every other.
+fn refused<T>(request: T, err: Error) -> Error {
+    contain::dispose(request);
+    err
 }
