@@ -354,7 +354,7 @@ impl<B: Behaviour> Actor<B> {
         inbox.alive.store(false, Ordering::Release);
         inbox.close();
         if run.is_err() {
-            crate::contain::logged!(
+            contain::logged!(
                 error,
                 "cylinder: worker thread {:?} panicked; it is dead and will be replaced",
                 thread::current().id()
@@ -397,7 +397,7 @@ impl<B: Behaviour> Actor<B> {
                 drop(held);
                 self.shared.mailbox.close();
                 self.thread.unpark();
-                crate::contain::logged!(
+                contain::logged!(
                     error,
                     "cylinder: a handler of worker thread {:?} panicked on the calling thread; \
                      the worker is dead and will be replaced",

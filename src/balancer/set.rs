@@ -260,7 +260,7 @@ impl<W: Worker> WorkerSet<W> {
         }
         let total = snapshot.workers.len();
         let alive = snapshot.alive.fetch_sub(1, Ordering::AcqRel) - 1;
-        crate::contain::logged!(
+        contain::logged!(
             info,
             "cylinder: {}: worker {index} died ({alive} of {total} alive)",
             self.name
@@ -287,7 +287,7 @@ impl<W: Worker> WorkerSet<W> {
         }
         let total = snapshot.workers.len();
         let alive = snapshot.alive.fetch_add(1, Ordering::AcqRel) + 1;
-        crate::contain::logged!(
+        contain::logged!(
             info,
             "cylinder: {}: worker {index} is back ({alive} of {total} alive)",
             self.name
@@ -311,7 +311,7 @@ impl<W: Worker> WorkerSet<W> {
             !told
         };
         if first && contain::run(|| self.supervisor.retire(worker)).is_err() {
-            crate::contain::logged!(
+            contain::logged!(
                 error,
                 "cylinder: {}: the supervisor's retire panicked",
                 self.name
@@ -405,7 +405,7 @@ impl<W: Worker> WorkerSet<W> {
         // Departed workers and the replaced snapshot may hold the last reference to a worker,
         // whose `Drop` is user code: they go now, with no lock held, and so do the events.
         if contain::dispose_each(dropped) > 0 {
-            crate::contain::logged!(error, "cylinder: {}: a worker's drop panicked", self.name);
+            contain::logged!(error, "cylinder: {}: a worker's drop panicked", self.name);
         }
         for event in events {
             emit(&self.events, event);
@@ -501,7 +501,7 @@ impl<W: Worker> WorkerSet<W> {
         let old = self.current.load_full();
         self.current.store(Arc::new(Snapshot::new(members)));
         dropped.push(Box::new(old));
-        crate::contain::logged!(
+        contain::logged!(
             info,
             "cylinder: {}: found {new} new of {total} total, connected",
             self.name
@@ -519,7 +519,7 @@ impl<W: Worker> WorkerSet<W> {
     ) {
         let old = self.current.load_full();
         if old.is_connected() {
-            crate::contain::logged!(
+            contain::logged!(
                 error,
                 "cylinder: {}: disconnected ({cause}), retrying in {:?}",
                 self.name,
@@ -585,7 +585,7 @@ impl<W: Worker> WorkerSet<W> {
         if reload.is_ok() {
             None
         } else {
-            crate::contain::logged!(
+            contain::logged!(
                 debug,
                 "cylinder: {}: still disconnected, retrying in {:?}",
                 self.name,

@@ -561,7 +561,7 @@ impl<W: Send + 'static> Shared<W> {
     /// Drops a worker that was never counted in (a start given up or failed), contained.
     pub(crate) fn dispose(&self, worker: W) {
         if contain::dispose(worker) {
-            crate::contain::logged!(
+            contain::logged!(
                 error,
                 "cylinder: {}: dropping a new worker panicked",
                 self.name

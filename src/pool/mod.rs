@@ -860,7 +860,7 @@ impl<W: Send + 'static> std::fmt::Debug for Pool<W> {
 fn drop_worker<W>(pool: &str, entry: Box<Entry<W>>) {
     let id = entry.id;
     if contain::dispose(entry) {
-        crate::contain::logged!(error, "cylinder: {pool}: dropping worker {id} panicked");
+        contain::logged!(error, "cylinder: {pool}: dropping worker {id} panicked");
     }
 }
 

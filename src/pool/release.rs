@@ -221,7 +221,7 @@ impl<W: Send + 'static> Shared<W> {
     /// The free queue is sized for every worker the pool may open: this cannot happen, but
     /// if it did the worker is closed rather than lost silently.
     pub(super) fn overfull(&self, entry: Box<Entry<W>>) {
-        crate::contain::logged!(
+        contain::logged!(
             error,
             "cylinder: {}: more free workers than the pool has room for; closing one",
             self.name
@@ -326,13 +326,13 @@ impl<W: Send + 'static> Shared<W> {
             Retire::Evicted => (Event::WorkerEvicted, None),
         };
         match &cause {
-            Some(cause) => crate::contain::logged!(
+            Some(cause) => contain::logged!(
                 warn,
                 "cylinder: {}: worker {} dropped ({event:?}): {cause}",
                 self.name,
                 entry.id
             ),
-            None => crate::contain::logged!(
+            None => contain::logged!(
                 debug,
                 "cylinder: {}: worker {} dropped ({event:?})",
                 self.name,

@@ -525,7 +525,7 @@ impl<W: Send + 'static> Shared<W> {
                     me.run_starter();
                 });
             if let Err(err) = spawned {
-                crate::contain::logged!(
+                contain::logged!(
                     error,
                     "cylinder: {}: no thread for a start ({err}); starting on this one",
                     self.name
@@ -840,7 +840,7 @@ impl<W: Send + 'static> Shared<W> {
             // `replace` during it claimed one start each), not at the backoff's end.
             self.signal.request();
         }
-        crate::contain::logged!(
+        contain::logged!(
             debug,
             "cylinder: {}: worker {} started",
             self.name,
@@ -863,7 +863,7 @@ impl<W: Send + 'static> Shared<W> {
         // log line, the `Drop` of the cause it replaces): a `drain` there does not wait for it.
         let held_here = HeldHere::start(self);
         self.counts.cancel_pending();
-        crate::contain::logged!(
+        contain::logged!(
             warn,
             "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
             self.name,

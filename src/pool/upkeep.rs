@@ -234,7 +234,7 @@ impl<W: Send + 'static> Shared<W> {
             held.leave_one();
             self.closed_above(entry, closing);
             held_here.release(id);
-            crate::contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
+            contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
             closed_idle.push(Event::WorkerIdleClosed);
         }
         self.retire_held(retiring, &mut held, closed_idle, replacing);
