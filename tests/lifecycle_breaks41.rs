@@ -26,51 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, within};
-use cylinder::{Error, Event, Lease, Pool};
-
-/// What a `drain` called from a callback answered, and how long it took.
-type Drained = Arc<Mutex<Option<(Result<(), Error>, Duration)>>>;
-
-/// The pool a callback drains, taken (once) by the first callback that fires armed.
-type Slot<W> = Arc<Mutex<Option<Pool<W>>>>;
-
-/// Drains the pool in `slot` (if still there, once) with `limit`, recording the answer.
-fn drain_once<W: Send + 'static>(slot: &Slot<W>, outcome: &Drained, limit: Duration) {
-    let pool = slot.lock().unwrap().take();
-    if let Some(pool) = pool {
-        let began = Instant::now();
-        let drained = pool.drain(limit);
-        *outcome.lock().unwrap() = Some((drained, began.elapsed()));
-    }
-}
-
-/// A worker whose `Drop` drains its own pool (once: the first one dropped with the slot
-/// filled).
-struct Draining {
-    slot: Slot<Draining>,
-    outcome: Drained,
-}
-
-impl Drop for Draining {
-    fn drop(&mut self) {
-        drain_once(&self.slot, &self.outcome, Duration::from_millis(800));
-    }
-}
-
-/// A start closure of `Draining` workers sharing `slot` and `outcome`.
-fn draining(
-    slot: &Slot<Draining>,
-    outcome: &Drained,
-) -> impl Fn() -> Result<Draining, cylinder::BoxError> + Send + Sync + 'static {
-    let (slot, outcome) = (slot.clone(), outcome.clone());
-    move || {
-        Ok(Draining {
-            slot: slot.clone(),
-            outcome: outcome.clone(),
-        })
-    }
-}
+use common::{drain_once, draining, eventually, within, Drained, Draining, Slot};
+use cylinder::{Event, Lease, Pool};
 
 /// Found. A pool of two idle workers, no lease out, nothing starting; `evict_all` retires
 /// both, and the first one's `Drop` calls `drain(800 ms)` on its own pool. Expected (as for

@@ -5,26 +5,10 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::eventually;
-use cylinder::{Error, Pool};
-
-/// What a `drain` called from a callback answered, and how long it took.
-type Drained = Arc<Mutex<Option<(Result<(), Error>, Duration)>>>;
-
-/// The pool a callback drains, taken (once) by the first callback that fires armed.
-type Slot<W> = Arc<Mutex<Option<Pool<W>>>>;
-
-/// Drains the pool in `slot` (if still there, once) with `limit`, recording the answer.
-fn drain_once<W: Send + 'static>(slot: &Slot<W>, outcome: &Drained, limit: Duration) {
-    let pool = slot.lock().unwrap().take();
-    if let Some(pool) = pool {
-        let began = Instant::now();
-        let drained = pool.drain(limit);
-        *outcome.lock().unwrap() = Some((drained, began.elapsed()));
-    }
-}
+use common::{drain_once, draining, eventually, Drained, Draining, Slot};
+use cylinder::Pool;
 
 /// Found. A pool of one with a `start_timeout` of 3 s (so starts run on a timed thread of
 /// their own, `open_within` in src/pool/start.rs). The worker is discarded; its
@@ -68,19 +52,6 @@ fn drain_from_a_start_closure_under_start_timeout_does_not_wait_for_that_start()
     );
 }
 
-/// A worker whose `Drop` drains its own pool (once: the first one dropped with the slot
-/// filled).
-struct Draining {
-    slot: Slot<Draining>,
-    outcome: Drained,
-}
-
-impl Drop for Draining {
-    fn drop(&mut self) {
-        drain_once(&self.slot, &self.outcome, Duration::from_millis(800));
-    }
-}
-
 /// Found. A lazy pool (`size(3).min_idle(1)`, `idle_timeout` 200 ms): three clients hold a
 /// lease each at once (the pool opens two on demand), then all give them back; no lease is
 /// out. The reaper's sweep finds two idle past `idle_timeout` above `min_idle` and closes
@@ -95,17 +66,12 @@ impl Drop for Draining {
 fn drain_from_the_drop_of_one_of_two_workers_closed_idle_by_one_sweep_does_not_wait() {
     let slot: Slot<Draining> = Arc::new(Mutex::new(None));
     let outcome: Drained = Arc::new(Mutex::new(None));
-    let (s, o) = (slot.clone(), outcome.clone());
+    let start = draining(&slot, &outcome);
     let pool = Pool::builder()
         .size(3)
         .min_idle(1)
         .idle_timeout(Duration::from_millis(200))
-        .build(move || {
-            Ok(Draining {
-                slot: s.clone(),
-                outcome: o.clone(),
-            })
-        })
+        .build(start)
         .unwrap();
     let leases: Vec<_> = (0..3).map(|_| pool.checkout().unwrap()).collect();
     assert_eq!(pool.stats().size, 3);
@@ -171,41 +137,9 @@ fn a_checkout_whose_is_alive_drains_the_pool_leases_nothing_out_of_the_closed_po
 /// twice and the record subtracts it once.
 #[test]
 fn drain_from_the_drop_of_a_new_worker_evicted_on_arrival_does_not_wait_for_its_delivery() {
-    let slot: Slot<Draining> = Arc::new(Mutex::new(None));
-    let outcome: Drained = Arc::new(Mutex::new(None));
-    let (s, o) = (slot.clone(), outcome.clone());
-    let slow = Arc::new(AtomicBool::new(false));
-    let started_slow = Arc::new(AtomicBool::new(false));
-    let (slow2, began) = (slow.clone(), started_slow.clone());
-    let pool = Pool::builder()
-        .size(1)
-        .build(move || {
-            if slow2.swap(false, Ordering::SeqCst) {
-                began.store(true, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Ok(Draining {
-                slot: s.clone(),
-                outcome: o.clone(),
-            })
-        })
-        .unwrap();
-    slow.store(true, Ordering::SeqCst);
-    cylinder::Lease::discard(pool.checkout().unwrap());
-    assert!(eventually(Duration::from_secs(5), || started_slow
-        .load(Ordering::SeqCst)));
-    *slot.lock().unwrap() = Some(pool.clone());
+    let (pool, outcome) = with_a_slow_replacement(Pool::builder().size(1));
     pool.evict_all();
-    assert!(
-        eventually(Duration::from_secs(5), || outcome.lock().unwrap().is_some()),
-        "the evicted new worker was never dropped within 5 s"
-    );
-    let (drained, took) = outcome.lock().unwrap().take().unwrap();
-    assert!(
-        drained.is_ok() && took < Duration::from_millis(400),
-        "drain from the Drop of a new worker evicted on arrival (no lease out) answered \
-         {drained:?} after {took:?}"
-    );
+    assert_drained_at_once(&outcome, "a new worker evicted on arrival");
 }
 
 /// Found. A pool of one with a `start_timeout` of 100 ms (and a long `reconnect_delay`, so
@@ -221,42 +155,13 @@ fn drain_from_the_drop_of_a_new_worker_evicted_on_arrival_does_not_wait_for_its_
 /// mark went with `open_now`).
 #[test]
 fn drain_from_the_drop_of_a_worker_that_came_after_start_timeout_does_not_wait_for_itself() {
-    let slot: Slot<Draining> = Arc::new(Mutex::new(None));
-    let outcome: Drained = Arc::new(Mutex::new(None));
-    let (s, o) = (slot.clone(), outcome.clone());
-    let slow = Arc::new(AtomicBool::new(false));
-    let started_slow = Arc::new(AtomicBool::new(false));
-    let (slow2, began) = (slow.clone(), started_slow.clone());
-    let pool = Pool::builder()
-        .size(1)
-        .start_timeout(Duration::from_millis(100))
-        .reconnect_delay(Duration::from_secs(10))
-        .build(move || {
-            if slow2.swap(false, Ordering::SeqCst) {
-                began.store(true, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Ok(Draining {
-                slot: s.clone(),
-                outcome: o.clone(),
-            })
-        })
-        .unwrap();
-    slow.store(true, Ordering::SeqCst);
-    cylinder::Lease::discard(pool.checkout().unwrap());
-    assert!(eventually(Duration::from_secs(5), || started_slow
-        .load(Ordering::SeqCst)));
-    *slot.lock().unwrap() = Some(pool.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || outcome.lock().unwrap().is_some()),
-        "the late worker was never dropped within 5 s"
+    let (_pool, outcome) = with_a_slow_replacement(
+        Pool::builder()
+            .size(1)
+            .start_timeout(Duration::from_millis(100))
+            .reconnect_delay(Duration::from_secs(10)),
     );
-    let (drained, took) = outcome.lock().unwrap().take().unwrap();
-    assert!(
-        drained.is_ok() && took < Duration::from_millis(400),
-        "drain from the Drop of a worker that came after start_timeout (no lease out) \
-         answered {drained:?} after {took:?}"
-    );
+    assert_drained_at_once(&outcome, "a worker that came after start_timeout");
 }
 
 /// Found while fixing the above (by reading `deliver`). A pool of one; its worker is
@@ -266,41 +171,9 @@ fn drain_from_the_drop_of_a_worker_that_came_after_start_timeout_does_not_wait_f
 /// way). Happened before the fix: the one worker counted open and delivering, held once.
 #[test]
 fn drain_from_the_drop_of_a_new_worker_arriving_in_a_closed_pool_does_not_wait_for_it() {
-    let slot: Slot<Draining> = Arc::new(Mutex::new(None));
-    let outcome: Drained = Arc::new(Mutex::new(None));
-    let (s, o) = (slot.clone(), outcome.clone());
-    let slow = Arc::new(AtomicBool::new(false));
-    let started_slow = Arc::new(AtomicBool::new(false));
-    let (slow2, began) = (slow.clone(), started_slow.clone());
-    let pool = Pool::builder()
-        .size(1)
-        .build(move || {
-            if slow2.swap(false, Ordering::SeqCst) {
-                began.store(true, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Ok(Draining {
-                slot: s.clone(),
-                outcome: o.clone(),
-            })
-        })
-        .unwrap();
-    slow.store(true, Ordering::SeqCst);
-    cylinder::Lease::discard(pool.checkout().unwrap());
-    assert!(eventually(Duration::from_secs(5), || started_slow
-        .load(Ordering::SeqCst)));
-    *slot.lock().unwrap() = Some(pool.clone());
+    let (pool, outcome) = with_a_slow_replacement(Pool::builder().size(1));
     pool.close();
-    assert!(
-        eventually(Duration::from_secs(5), || outcome.lock().unwrap().is_some()),
-        "the new worker was never dropped within 5 s"
-    );
-    let (drained, took) = outcome.lock().unwrap().take().unwrap();
-    assert!(
-        drained.is_ok() && took < Duration::from_millis(400),
-        "drain from the Drop of a new worker arriving in a closed pool answered {drained:?} \
-         after {took:?}"
-    );
+    assert_drained_at_once(&outcome, "a new worker arriving in a closed pool");
 }
 
 /// Suspected by pass 42, not reproduced: `resize` from user code compared the starts on
@@ -342,5 +215,45 @@ fn resize_from_a_check_waits_for_the_workers_it_adds() {
     assert!(
         resized.is_ok() && stats.starting == 0 && stats.size == 2,
         "resize(2) from a check answered {resized:?} with the pool at {stats:?}"
+    );
+}
+
+/// A pool of one `Draining` worker from `builder`: its worker is discarded and the
+/// replacement's start takes 300 ms; returned once that start has begun, the pool in its
+/// workers' slot (the next one dropped drains it), with where the drain's answer goes.
+fn with_a_slow_replacement(builder: cylinder::PoolBuilder<Draining>) -> (Pool<Draining>, Drained) {
+    let slot: Slot<Draining> = Arc::new(Mutex::new(None));
+    let outcome: Drained = Arc::new(Mutex::new(None));
+    let start = draining(&slot, &outcome);
+    let slow = Arc::new(AtomicBool::new(false));
+    let began = Arc::new(AtomicBool::new(false));
+    let (slow_now, beginning) = (slow.clone(), began.clone());
+    let pool = builder
+        .build(move || {
+            if slow_now.swap(false, Ordering::SeqCst) {
+                beginning.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            start()
+        })
+        .unwrap();
+    slow.store(true, Ordering::SeqCst);
+    cylinder::Lease::discard(pool.checkout().unwrap());
+    assert!(eventually(Duration::from_secs(5), || began.load(Ordering::SeqCst)));
+    *slot.lock().unwrap() = Some(pool.clone());
+    (pool, outcome)
+}
+
+/// The drain from `what`'s `Drop` (no lease out, nothing else starting) answered `Ok` at
+/// once.
+fn assert_drained_at_once(outcome: &Drained, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || outcome.lock().unwrap().is_some()),
+        "{what} was never dropped within 5 s"
+    );
+    let (drained, took) = outcome.lock().unwrap().take().unwrap();
+    assert!(
+        drained.is_ok() && took < Duration::from_millis(400),
+        "drain from the Drop of {what} (no lease out) answered {drained:?} after {took:?}"
     );
 }

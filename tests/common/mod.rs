@@ -311,3 +311,46 @@ pub fn assert_a_failed_reset_is_replaced(pool: &cylinder::Pool<u32>) {
         dropped.is_err()
     );
 }
+
+/// What a `drain` called from a callback answered, and how long it took.
+pub type Drained = Arc<Mutex<Option<(Result<(), cylinder::Error>, Duration)>>>;
+
+/// The pool a callback drains, taken (once) by the first callback that fires armed.
+pub type Slot<W> = Arc<Mutex<Option<cylinder::Pool<W>>>>;
+
+/// Drains the pool in `slot` (if still there, once) with `limit`, recording the answer.
+pub fn drain_once<W: Send + 'static>(slot: &Slot<W>, outcome: &Drained, limit: Duration) {
+    let pool = slot.lock().unwrap().take();
+    if let Some(pool) = pool {
+        let began = Instant::now();
+        let drained = pool.drain(limit);
+        *outcome.lock().unwrap() = Some((drained, began.elapsed()));
+    }
+}
+
+/// A worker whose `Drop` drains its own pool within 800 ms (once: the first one dropped
+/// with the slot filled).
+pub struct Draining {
+    pub slot: Slot<Draining>,
+    pub outcome: Drained,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        drain_once(&self.slot, &self.outcome, Duration::from_millis(800));
+    }
+}
+
+/// A start closure of `Draining` workers sharing `slot` and `outcome`.
+pub fn draining(
+    slot: &Slot<Draining>,
+    outcome: &Drained,
+) -> impl Fn() -> Result<Draining, BoxError> + Send + Sync + 'static {
+    let (slot, outcome) = (slot.clone(), outcome.clone());
+    move || {
+        Ok(Draining {
+            slot: slot.clone(),
+            outcome: outcome.clone(),
+        })
+    }
+}
