@@ -145,6 +145,15 @@ impl<W: Worker> BalancerBuilder<W> {
     /// assert_eq!(err.source().unwrap().to_string(), "no route to host");
     /// ```
     pub fn build_with(self, supervisor: impl Supervisor<W>) -> Result<Balancer<W>, Error> {
+        if let Err(err) = self.validate() {
+            // The supervisor (and what it captured) is user code to drop.
+            crate::contain::dispose(supervisor);
+            return Err(err);
+        }
+        Balancer::start(self, Box::new(supervisor))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
         crate::error::valid_name(&self.name)?;
         if !(0.0..=1.0).contains(&self.min_alive_ratio) {
             return Err(Error::invalid(
@@ -152,8 +161,15 @@ impl<W: Worker> BalancerBuilder<W> {
                 format!("must be within 0.0..=1.0, got {}", self.min_alive_ratio),
             ));
         }
-        positive("reconnect_delay", self.reconnect_delay)?;
-        Balancer::start(self, Box::new(supervisor))
+        positive("reconnect_delay", self.reconnect_delay).map(|_| ())
+    }
+}
+
+/// The event callback of a builder that is dropped (unused, or by a `build` that fails) is
+/// user code to drop, contained.
+impl<W> Drop for BalancerBuilder<W> {
+    fn drop(&mut self) {
+        crate::contain::dispose(self.events.take());
     }
 }
 

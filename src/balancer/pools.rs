@@ -320,7 +320,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // Every pool down: wait for the next attempt of the one next in rotation (paced by
         // its `reconnect_delay`), then look once at the others.
         if all_down {
-            match self.wait_on(&snapshot, first, deadline, &mut causes) {
+            match self.wait_on(&snapshot, first, deadline, &mut causes, Joined::Down) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -365,7 +365,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
                 break;
             }
             waited = true;
-            match self.wait_on(&snapshot, index, deadline, &mut causes) {
+            match self.wait_on(&snapshot, index, deadline, &mut causes, Joined::Busy) {
                 Some(Ok(lease)) => return Ok(lease),
                 Some(Err(cause)) => timed_out = Some(cause),
                 None => {}
@@ -411,6 +411,7 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         index: usize,
         deadline: Option<Instant>,
         causes: &mut Causes,
+        joined: Joined,
     ) -> Option<Result<OwnedLease<W>, Option<Cause>>> {
         let count = snapshot.workers.len();
         // In rotation order after this one; a closed pool never comes back.
@@ -442,10 +443,11 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
             Ok(Some(lease)) => Some(Ok(self.served(snapshot, index, lease))),
             Ok(None) => found.map(Ok),
             Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
-            // The time ran out in this line while nothing was open there and its starts
-            // failed: a timeout (counted there), with that pool's cause.
+            // A busy line whose pool lost its last worker while its starts failed, and the
+            // time ran out: a timeout (counted there), with that pool's cause. (A line
+            // joined because every pool was down is still down: the others are looked at.)
             Err(Error::Disconnected { cause, .. })
-                if deadline.is_some_and(|at| Instant::now() >= at) =>
+                if joined == Joined::Busy && deadline.is_some_and(|at| Instant::now() >= at) =>
             {
                 Some(Err(Some(cause)))
             }
@@ -486,6 +488,15 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         }
         lease
     }
+}
+
+/// Why a balancer checkout waits in a pool's line (`wait_on`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Joined {
+    /// Every pool was down: it waits for this one's next start attempt.
+    Down,
+    /// The pool was alive, every worker leased.
+    Busy,
 }
 
 /// Whether a pool may serve a balancer checkout (`may_serve`).

@@ -110,6 +110,19 @@ pub struct PoolBuilder<W> {
     pub(crate) on_start: Option<super::manager::CheckFn<W>>,
 }
 
+/// The callbacks set on a builder that is dropped (unused, or by a `build` that fails) are
+/// user code to drop, one at a time, contained.
+impl<W> Drop for PoolBuilder<W> {
+    fn drop(&mut self) {
+        crate::contain::dispose(self.events.take());
+        crate::contain::dispose(self.check.take());
+        crate::contain::dispose(self.is_broken.take());
+        crate::contain::dispose(self.reset.take());
+        crate::contain::dispose(self.is_alive.take());
+        crate::contain::dispose(self.on_start.take());
+    }
+}
+
 impl<W> Default for PoolBuilder<W> {
     fn default() -> Self {
         PoolBuilder {

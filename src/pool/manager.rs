@@ -144,6 +144,19 @@ pub(crate) struct Hooks<W> {
     pub(crate) is_alive: Option<AliveFn<W>>,
 }
 
+/// Each closure is user code to drop (with what it captured), one at a time: dropped as
+/// one, a second panicking `Drop` during the first one's unwinding would abort the process.
+impl<W> Drop for Hooks<W> {
+    fn drop(&mut self) {
+        let start: StartFn<W> = Box::new(|| Err("the pool is gone".into()));
+        crate::contain::dispose(std::mem::replace(&mut self.start, start));
+        crate::contain::dispose(self.check.take());
+        crate::contain::dispose(self.is_broken.take());
+        crate::contain::dispose(self.reset.take());
+        crate::contain::dispose(self.is_alive.take());
+    }
+}
+
 impl<W: Send + 'static> Manager for Hooks<W> {
     type Worker = W;
 

@@ -290,14 +290,23 @@ impl<W: Send + 'static> Pool<W> {
         mut uses: Uses,
         checked: bool,
     ) -> Result<Self, Error> {
-        let (size, min_idle) = options.validate()?;
-        let has_check = uses.check;
-        if options.keepalive.is_some() && !has_check {
-            return Err(Error::invalid(
-                "keepalive",
-                "needs a check to run: set test_on_checkout, or build_with a Manager",
-            ));
-        }
+        let checked_options = options.validate().and_then(|sizes| {
+            if options.keepalive.is_some() && !uses.check {
+                return Err(Error::invalid(
+                    "keepalive",
+                    "needs a check to run: set test_on_checkout, or build_with a Manager",
+                ));
+            }
+            Ok(sizes)
+        });
+        let (size, min_idle) = match checked_options {
+            Ok(sizes) => sizes,
+            Err(err) => {
+                // The manager (or start closure and hooks) is user code to drop.
+                contain::dispose(manager);
+                return Err(err);
+            }
+        };
         uses.check &= options.check_on_checkout;
         let shared = Shared::new(&mut options, manager, uses, size, min_idle);
         let upkeep = shared.clone();
