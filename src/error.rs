@@ -86,6 +86,29 @@ impl Cause {
     }
 }
 
+/// The error is user code to drop: the last clone of a cause goes contained, wherever it
+/// goes (a clone the crate made for a log line or an error can outlive the one it keeps).
+impl Drop for Cause {
+    fn drop(&mut self) {
+        static GONE: std::sync::OnceLock<Arc<dyn std::error::Error + Send + Sync + 'static>> =
+            std::sync::OnceLock::new();
+        let gone = GONE.get_or_init(|| Arc::new(Gone)).clone();
+        crate::contain::dispose(std::mem::replace(&mut self.0, gone));
+    }
+}
+
+/// What a cause holds while it is dropped.
+#[derive(Debug)]
+struct Gone;
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(dropped)")
+    }
+}
+
+impl std::error::Error for Gone {}
+
 // The error's `Debug` and `Display` are user code, run by the crate's own log lines and
 // errors: formatted contained, into a string first (a panic half way writes nothing), so an
 // error whose formatting panics is shown as such rather than unwinding through the crate.

@@ -325,20 +325,8 @@ impl<W: Send + 'static> Shared<W> {
             Retire::Expired => (Event::WorkerExpired, None),
             Retire::Evicted => (Event::WorkerEvicted, None),
         };
-        match &cause {
-            Some(cause) => contain::logged!(
-                warn,
-                "cylinder: {}: worker {} dropped ({event:?}): {cause}",
-                self.name,
-                entry.id
-            ),
-            None => contain::logged!(
-                debug,
-                "cylinder: {}: worker {} dropped ({event:?})",
-                self.name,
-                entry.id
-            ),
-        }
+        // Logged last: the logger is user code too, and must not hold back the replacement.
+        let shown = cause.clone();
         // Closed first (its `Drop` ends before a replacement may start, so no more than the
         // pool's limit are ever alive at once), then its replacement claimed, then the event:
         // a callback that blocks must not hold back the replacement.
@@ -354,6 +342,18 @@ impl<W: Send + 'static> Shared<W> {
                 self.keep_cause(cause);
             }
             self.replace();
+        }
+        match shown {
+            Some(cause) => contain::logged!(
+                warn,
+                "cylinder: {}: worker {id} dropped ({event:?}): {cause}",
+                self.name
+            ),
+            None => contain::logged!(
+                debug,
+                "cylinder: {}: worker {id} dropped ({event:?})",
+                self.name
+            ),
         }
         event
     }

@@ -465,6 +465,7 @@ impl<W: Send + 'static> Shared<W> {
                 // Reported with the worker still in this caller's hand (an event callback
                 // that drains does not wait for it).
                 let held_here = HeldHere::worker(self, entry.id);
+                self.log_started(entry.id);
                 self.emit(event);
                 drop(held_here);
                 if self.closed.load(Ordering::Acquire) {
@@ -773,6 +774,7 @@ impl<W: Send + 'static> Shared<W> {
     /// reports.
     fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Event {
         let (entry, event) = self.joined(opened);
+        let id = entry.id;
         let delivering = claim.joined();
         // Counted open and on its way at once: a `Drop` below (closed, or evicted on
         // arrival) that drains does not wait for either.
@@ -803,6 +805,7 @@ impl<W: Send + 'static> Shared<W> {
             self.refill();
         }
         self.wake_those_waiting_for_a_start();
+        self.log_started(id);
         if let Some(evicted) = evicted {
             self.emit(evicted);
         }
@@ -815,6 +818,12 @@ impl<W: Send + 'static> Shared<W> {
         if self.waiting_for_a_start.load(Ordering::SeqCst) > 0 {
             self.waiters.wake_all();
         }
+    }
+
+    /// The log line of a new worker, once it is in the pool (or in its caller's hand): the
+    /// logger is user code, and must not hold back the worker it reports.
+    fn log_started(&self, id: u64) {
+        contain::logged!(debug, "cylinder: {}: worker {id} started", self.name);
     }
 
     /// Gives a started worker its entry, with the event to report.
@@ -840,12 +849,6 @@ impl<W: Send + 'static> Shared<W> {
             // `replace` during it claimed one start each), not at the backoff's end.
             self.signal.request();
         }
-        contain::logged!(
-            debug,
-            "cylinder: {}: worker {} started",
-            self.name,
-            entry.id
-        );
         let event = if nth < self.first_fill as u64 {
             Event::WorkerStarted
         } else {
@@ -859,16 +862,13 @@ impl<W: Send + 'static> Shared<W> {
     /// reaper makes it).
     #[must_use]
     fn start_failed(&self, cause: Cause, claim: Claim<'_>) -> Event {
-        // This thread holds the claim while user code runs (the error's `Display` in the
-        // log line, the `Drop` of the cause it replaces): a `drain` there does not wait for it.
+        // This thread holds the claim while user code runs (the `Drop` of the cause this one
+        // replaces): a `drain` there does not wait for it.
         let held_here = HeldHere::start(self);
         self.counts.cancel_pending();
-        contain::logged!(
-            warn,
-            "cylinder: {}: a worker could not start: {cause}; retrying in {:?}",
-            self.name,
-            self.reconnect_delay
-        );
+        // Logged once the failure is recorded and the claim given back: the logger is user
+        // code, and a waiter must not wait on it for the cause.
+        let shown = cause.clone();
         // Recorded while its claim still counts as on its way: no client ever sees neither
         // a start on its way nor the failure (a `try_checkout` would open one more start).
         self.note_failure(cause);
@@ -882,6 +882,12 @@ impl<W: Send + 'static> Shared<W> {
             self.waiters.wake_all();
         }
         self.wake_those_waiting_for_a_start();
+        contain::logged!(
+            warn,
+            "cylinder: {}: a worker could not start: {shown}; retrying in {:?}",
+            self.name,
+            self.reconnect_delay
+        );
         Event::StartFailed
     }
 
