@@ -17,13 +17,133 @@ use crate::error::{BoxError, Cause};
 
 /// One of the crate's log lines. The application's logger is user code too (a logger that
 /// panics, e.g. writing to a closed stderr, must not unwind through the crate and lose a
-/// count): it runs contained, as the `metrics` recorder does.
+/// count): it runs contained, as the `metrics` recorder does. Within a [`LogsLater`] scope
+/// the line is formatted now and written when the scope ends.
 macro_rules! logged {
     ($level:ident, $($arg:tt)*) => {{
-        let _ = $crate::contain::run(|| log::$level!($($arg)*));
+        if $crate::contain::level!($level) <= log::max_level() {
+            $crate::contain::write_log(
+                $crate::contain::level!($level),
+                module_path!(),
+                format_args!($($arg)*),
+            );
+        }
     }};
 }
 pub(crate) use logged;
+
+/// The `log::Level` of a `logged!` line.
+macro_rules! level {
+    (error) => {
+        log::Level::Error
+    };
+    (warn) => {
+        log::Level::Warn
+    };
+    (info) => {
+        log::Level::Info
+    };
+    (debug) => {
+        log::Level::Debug
+    };
+    (trace) => {
+        log::Level::Trace
+    };
+}
+pub(crate) use level;
+
+/// A log line held back: its level, its target (the module that wrote it), its text.
+type LaterLine = (log::Level, &'static str, String);
+
+crate::sync::per_thread! {
+    /// The log lines held back by this thread's [`LogsLater`] scope, if one is open.
+    static LATER: std::cell::RefCell<Option<Vec<LaterLine>>> = std::cell::RefCell::new(None);
+}
+
+/// Writes a log line through the application's logger, contained; or keeps it for the end
+/// of this thread's [`LogsLater`] scope. (The line's arguments are the crate's own, and a
+/// user error among them formats contained: see `Cause`.)
+pub(crate) fn write_log(level: log::Level, target: &'static str, line: std::fmt::Arguments<'_>) {
+    let kept = LATER
+        .try_with(|later| match later.borrow_mut().as_mut() {
+            Some(lines) => {
+                lines.push((level, target, line.to_string()));
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
+    if !kept {
+        let _ = run(|| log::log!(target: target, level, "{line}"));
+    }
+}
+
+/// Holds back this thread's log lines until it drops (unwinding included): the logger is
+/// user code, and may block or call back into the pool, so a batch that holds workers or
+/// claims of its own (a sweep's closes, `resize`'s own starts) writes its lines once it
+/// holds nothing. Nested scopes write with the outermost.
+pub(crate) struct LogsLater {
+    outermost: bool,
+}
+
+impl LogsLater {
+    pub(crate) fn begin() -> LogsLater {
+        let outermost = LATER
+            .try_with(|later| {
+                let mut later = later.borrow_mut();
+                let outermost = later.is_none();
+                if outermost {
+                    *later = Some(Vec::new());
+                }
+                outermost
+            })
+            .unwrap_or(false);
+        LogsLater { outermost }
+    }
+}
+
+impl Drop for LogsLater {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let lines = LATER
+            .try_with(|later| later.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        for (level, target, line) in lines {
+            let _ = run(|| log::log!(target: target, level, "{line}"));
+        }
+    }
+}
+
+/// A user value dropped contained, on its own: for several captured together (one closure
+/// holding two), whose `Drop`s would otherwise run in one unwinding.
+pub(crate) struct Contained<T>(Option<T>);
+
+impl<T> Contained<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Contained(Some(value))
+    }
+}
+
+impl<T> std::ops::Deref for Contained<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // Only `Drop` takes the value out.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a contained value is taken only when dropped"))
+    }
+}
+
+impl<T> Drop for Contained<T> {
+    fn drop(&mut self) {
+        dispose(self.0.take());
+    }
+}
 
 /// How many payloads in a row may panic in their own `Drop` before the next is forgotten
 /// instead: a payload whose drop always panics with another such payload must not loop.

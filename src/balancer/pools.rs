@@ -353,7 +353,8 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // None free: wait in the first busy one's line within the time left, taking a
         // worker that another pool keeps free meanwhile; one whose server goes down
         // meanwhile fails over to the next.
-        let mut waited = false;
+        // The wait for the next attempt, when every pool was down, was a line waited in too.
+        let mut waited = all_down;
         for index in busy {
             if timed_out.is_some() {
                 break;

@@ -256,6 +256,11 @@ impl<W: Worker> WorkerSet<W> {
     /// reloaded for: it stays in the set until [`revive`](Self::revive).
     pub(crate) fn mark_dead(&self, snapshot: &Snapshot<W>, index: usize) {
         if snapshot.dead[index].swap(true, Ordering::AcqRel) {
+            // Dead already, and kept as one that comes back by itself: it may have stopped
+            // for good since (a pool closed while its server was down).
+            if snapshot.members[index].comes_back && !self.comes_back(snapshot, index) {
+                self.out_for_good(snapshot, index, snapshot.alive.load(Ordering::Acquire));
+            }
             return;
         }
         let total = snapshot.workers.len();
@@ -266,12 +271,21 @@ impl<W: Worker> WorkerSet<W> {
             self.name
         );
         emit(&self.events, Event::WorkerDied);
-        if snapshot.members[index].comes_back
-            && (self.fixed
-                || contain::run(|| snapshot.workers[index].comes_back()).unwrap_or(false))
-        {
+        if snapshot.members[index].comes_back && self.comes_back(snapshot, index) {
             return;
         }
+        self.out_for_good(snapshot, index, alive);
+    }
+
+    /// Whether member `index` still comes back by itself (always, in a set fixed at build).
+    fn comes_back(&self, snapshot: &Snapshot<W>, index: usize) -> bool {
+        self.fixed || contain::run(|| snapshot.workers[index].comes_back()).unwrap_or(false)
+    }
+
+    /// Member `index` is out of service for good: the supervisor is told (once), and asked
+    /// again when too few are left alive.
+    fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
+        let total = snapshot.workers.len();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);

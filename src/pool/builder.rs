@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::manager::{CheckOutcome, Hooks, Manager, Uses};
 use super::{Pool, QueueMode};
+use crate::contain::Contained;
 use crate::error::{positive, BoxError, Error};
 use crate::event::{Event, EventHook};
 
@@ -773,39 +774,44 @@ impl<W: Send + 'static> PoolBuilder<W> {
         {
             return (self, Box::new(manager), Uses::ALL);
         }
+        // Each closure below holds a share of the manager and the builder's own hook: two
+        // user values, each dropped on its own, contained (`Contained`).
         let manager = std::sync::Arc::new(manager);
+        let share = || Contained::new(manager.clone());
         let hooks = Hooks {
             start: {
-                let manager = manager.clone();
+                let manager = share();
                 Box::new(move || manager.start())
             },
             check: {
-                let (manager, own) = (manager.clone(), self.check.take());
+                let (manager, own) = (share(), Contained::new(self.check.take()));
                 Some(Box::new(move |worker: &mut W| {
                     manager.check(worker)?;
                     own.as_ref().map_or(Ok(()), |check| check(worker))
                 }))
             },
             is_broken: {
-                let (manager, own) = (manager.clone(), self.is_broken.take());
+                let (manager, own) = (share(), Contained::new(self.is_broken.take()));
                 Some(Box::new(move |worker: &mut W| {
                     manager.is_broken(worker) || own.as_ref().is_some_and(|test| test(worker))
                 }))
             },
             reset: {
-                let (manager, own) = (manager.clone(), self.reset.take());
+                let (manager, own) = (share(), Contained::new(self.reset.take()));
                 Some(Box::new(move |worker: &mut W| {
                     manager.reset(worker)?;
                     own.as_ref().map_or(Ok(()), |reset| reset(worker))
                 }))
             },
             is_alive: {
-                let own = self.is_alive.take();
+                let (manager, own) = (share(), Contained::new(self.is_alive.take()));
                 Some(Box::new(move |worker: &W| {
                     manager.is_alive(worker) && own.as_ref().map_or(true, |test| test(worker))
                 }))
             },
         };
+        // The last share is one of the closures' (dropped contained).
+        drop(manager);
         (self, Box::new(hooks), Uses::ALL)
     }
 

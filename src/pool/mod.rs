@@ -65,7 +65,7 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::contain;
+use crate::contain::{self, LogsLater};
 use crate::error::{Cause, Error};
 use crate::reaper::Reaper;
 use crate::stripe::Stripe;
@@ -541,6 +541,10 @@ impl<W: Send + 'static> Pool<W> {
                 // is looked at as a lease's return would, one at a time once the rest are
                 // back, so the last in service is kept while its replacement comes.
                 let now = self.shared.reads_idle_clock.then(Instant::now);
+                // Events and log lines once every worker is back or gone: a callback that
+                // blocks must not hold back one still in this hand.
+                let logs = LogsLater::begin();
+                let mut reported = Vec::new();
                 let mut evicted = Vec::new();
                 let mut expiring = Vec::new();
                 for mut entry in self.entries.drain(..) {
@@ -561,8 +565,9 @@ impl<W: Send + 'static> Pool<W> {
                     }
                 }
                 let gone: Vec<u64> = evicted.iter().map(|(entry, _)| entry.id).collect();
-                self.shared
-                    .retire_held(evicted, &mut self.count, Vec::new(), None);
+                reported = self
+                    .shared
+                    .retire_held(evicted, &mut self.count, reported, None);
                 for id in gone {
                     self.here.release(id);
                 }
@@ -570,14 +575,19 @@ impl<W: Send + 'static> Pool<W> {
                     let id = entry.id;
                     if self.shared.expired_on_return(&mut entry, Instant::now()) {
                         let expired = [(entry, Retire::Expired)];
-                        self.shared
-                            .retire_held(expired, &mut self.count, Vec::new(), None);
+                        reported =
+                            self.shared
+                                .retire_held(expired, &mut self.count, reported, None);
                         self.here.release(id);
                     } else {
                         self.count.leave_one();
                         self.here.release(id);
                         self.shared.put_back(entry, self.stripe);
                     }
+                }
+                drop(logs);
+                for event in reported {
+                    self.shared.emit(event);
                 }
                 self.shared.sample_if_closed();
             }

@@ -8,7 +8,7 @@ use super::held_here::HeldHere;
 use super::start::Held;
 use super::upkeep::MIN_TICK;
 use super::{drop_worker, Entry, OnClientPanic, Retire, Return, Shared};
-use crate::contain;
+use crate::contain::{self, LogsLater};
 use crate::error::Cause;
 use crate::event::Event;
 use crate::stripe::Stripe;
@@ -255,6 +255,8 @@ impl<W: Send + 'static> Shared<W> {
     /// Closes a worker already counted out by [`release_above`](Self::release_above), and
     /// restarts one if a waiter or `min_idle` needs it.
     pub(super) fn closed_above(&self, entry: Box<Entry<W>>, closing: Held<'_>) {
+        // Its log line (a `Drop` that panicked) once it no longer holds its place.
+        let _logs = LogsLater::begin();
         {
             let id = entry.id;
             let held_here = HeldHere::worker(self, id);
@@ -286,18 +288,21 @@ impl<W: Send + 'static> Shared<W> {
         self.emit(event);
     }
 
-    /// Retires workers the caller took off the free list (counted in `held`), reporting
-    /// their events (after `reported`, those of workers closed before) only once every one is
-    /// closed: a callback may wait for them (`drain`), and only this thread can close them.
-    /// `replacing` (a sweep's, see `sweep_replacing`) is given back once every replacement is
-    /// claimed, before the events.
+    /// Retires workers the caller took off the free list (counted in `held`), and returns
+    /// their events (after `reported`, those of workers closed before) for the caller to
+    /// report once it holds nothing more: a callback may wait for them (`drain`), or block,
+    /// and only this thread can close them. Their log lines are written once every one is
+    /// closed. `replacing` (a sweep's, see `sweep_replacing`) is given back once every
+    /// replacement is claimed.
+    #[must_use]
     pub(super) fn retire_held(
         &self,
         retiring: impl IntoIterator<Item = (Box<Entry<W>>, Retire)>,
         held: &mut HeldFree<'_>,
         mut reported: Vec<Event>,
         replacing: Option<Held<'_>>,
-    ) {
+    ) -> Vec<Event> {
+        let logs = LogsLater::begin();
         // Those not yet retired are this thread's while each goes (its `Drop` may drain).
         let retiring: Vec<_> = retiring.into_iter().collect();
         let mut held_here = HeldHere::workers(self, retiring.iter().map(|(entry, _)| entry.id));
@@ -308,13 +313,14 @@ impl<W: Send + 'static> Shared<W> {
             held_here.release(id);
         }
         drop(replacing);
-        for event in reported {
-            self.emit(event);
-        }
+        drop(logs);
+        reported
     }
 
     /// Retires a worker as [`retire`](Self::retire) does, and returns the event to report.
     pub(super) fn retire_unreported(&self, entry: Box<Entry<W>>, why: Retire) -> Event {
+        // Its log lines (a `Drop` that panicked, "dropped") once it is replaced.
+        let _logs = LogsLater::begin();
         let dead_on_arrival = !entry.leased_before && entry.born.elapsed() < self.reconnect_delay;
         let id = entry.id;
         let (event, cause) = match why {
@@ -380,6 +386,8 @@ impl<W: Send + 'static> Shared<W> {
     /// Its `Drop` ends before it is counted out: until then the pool has no room for a
     /// replacement (never more alive than the limit), and `drain` waits for it.
     pub(super) fn close_worker(&self, entry: Box<Entry<W>>) {
+        // Its log line (a `Drop` that panicked) once it no longer holds its place.
+        let logs = LogsLater::begin();
         // Out of service from here, though still counted until it is gone.
         let dropping = Held::take(&self.dropping, usize::MAX);
         let id = entry.id;
@@ -389,6 +397,7 @@ impl<W: Send + 'static> Shared<W> {
         self.counts.release();
         HeldHere::gone(self, id);
         drop(dropping);
+        drop(logs);
     }
 
     /// Drops every free worker (after close).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::held_here::HeldHere;
 use super::metrics::{LeaseClock, PoolMetrics};
 use super::{Entry, Shared};
-use crate::contain;
+use crate::contain::{self, LogsLater};
 use crate::error::Cause;
 use crate::event::Event;
 use crate::stripe::{self, Stripe};
@@ -442,6 +442,8 @@ impl<W: Send + 'static> Shared<W> {
         if self.closed.load(Ordering::Acquire) || self.backoff_left(Instant::now()).is_some() {
             return None;
         }
+        // Its log lines once the worker is open or the failure recorded.
+        let logs = LogsLater::begin();
         // Counted as the caller's own from before its claim (a return meanwhile does not
         // close its worker as above the size for it) until the worker is open.
         let own = Held::take(&self.callers_starts, usize::MAX);
@@ -465,6 +467,7 @@ impl<W: Send + 'static> Shared<W> {
                 // Reported with the worker still in this caller's hand (an event callback
                 // that drains does not wait for it).
                 let held_here = HeldHere::worker(self, entry.id);
+                drop(logs);
                 self.log_started(entry.id);
                 self.emit(event);
                 drop(held_here);
@@ -487,6 +490,7 @@ impl<W: Send + 'static> Shared<W> {
                     let failed = self.start_failed(cause, claim);
                     // Given back with the claim, before user code (the event) runs.
                     drop(own);
+                    drop(logs);
                     self.emit(failed);
                 }
                 None
@@ -563,10 +567,12 @@ impl<W: Send + 'static> Shared<W> {
         // callback that blocks or drains must not hold back a claim only these threads
         // can run (a waiter counts it as on its way and claims none of its own).
         let run_own = || {
+            let logs = LogsLater::begin();
             let mut events = Vec::new();
             while let Some(claim) = own.take() {
                 events.extend(self.run_claim(claim));
             }
+            drop(logs);
             for event in events {
                 self.emit(event);
             }
@@ -627,6 +633,9 @@ impl<W: Send + 'static> Shared<W> {
     /// given back.
     #[must_use]
     fn run_claim(&self, claim: Claim<'_>) -> Option<Event> {
+        // Its log lines once the worker is in the pool or the failure recorded (a new
+        // worker's `Drop` that panicked is logged while the claim is held).
+        let _logs = LogsLater::begin();
         if self.closed.load(Ordering::SeqCst) {
             drop(claim);
             return None;

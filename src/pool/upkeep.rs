@@ -8,7 +8,7 @@ use super::held_here::HeldHere;
 use super::metrics::{PoolMetrics, SAMPLE_EVERY};
 use super::start::Held;
 use super::{Entry, Retire, Shared};
-use crate::contain;
+use crate::contain::{self, LogsLater};
 use crate::error::Cause;
 use crate::event::Event;
 use crate::stripe::Stripe;
@@ -228,22 +228,40 @@ impl<W: Send + 'static> Shared<W> {
             held.leave_one();
         }
         drop(sorting);
-        let mut closed_idle = Vec::new();
-        for (entry, closing) in idle_closing {
-            let id = entry.id;
-            held.leave_one();
-            self.closed_above(entry, closing);
-            held_here.release(id);
-            contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
-            closed_idle.push(Event::WorkerIdleClosed);
+        // The lines of the workers closed below once every one is closed and replaced.
+        let logs = LogsLater::begin();
+        let closed_idle = self.close_idle(idle_closing, &mut held, &mut held_here);
+        let reported = self.retire_held(retiring, &mut held, closed_idle, replacing);
+        drop(logs);
+        for event in reported {
+            self.emit(event);
         }
-        self.retire_held(retiring, &mut held, closed_idle, replacing);
         drop(held_here);
         drop(held);
         if self.uses.is_alive || self.keepalive.is_some() {
             self.look_at_each(now);
         }
         earliest_expiry
+    }
+
+    /// Closes the workers a sweep found idle past `idle_timeout` (counted out already, held
+    /// in `held` and `held_here` until each is gone); returns their events.
+    fn close_idle(
+        &self,
+        idle_closing: Vec<(Box<Entry<W>>, Held<'_>)>,
+        held: &mut HeldFree<'_>,
+        held_here: &mut HeldHere,
+    ) -> Vec<Event> {
+        let mut closed = Vec::new();
+        for (entry, closing) in idle_closing {
+            let id = entry.id;
+            held.leave_one();
+            self.closed_above(entry, closing);
+            held_here.release(id);
+            contain::logged!(debug, "cylinder: {}: closed an idle worker", self.name);
+            closed.push(Event::WorkerIdleClosed);
+        }
+        closed
     }
 
     /// The sweep's second pass: each shelved worker taken alone, asked `is_alive` and given
