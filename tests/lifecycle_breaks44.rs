@@ -15,23 +15,6 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 use cylinder::{Balancer, Error, Pool};
 
-/// Runs `name` (this binary's test of that name) in a child process with `CHILD` set, and
-/// says whether it exited normally: a scenario that aborts the process must fail its test,
-/// not take every other test of the binary down with it.
-#[allow(dead_code)]
-fn in_a_child(name: &str) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("CYLINDER_BREAK44_CHILD", "1")
-        .output()
-        .unwrap()
-}
-
-#[allow(dead_code)]
-fn is_child() -> bool {
-    std::env::var_os("CYLINDER_BREAK44_CHILD").is_some()
-}
-
 /// GUARANTEES.md: "so does every `Drop` of a user value (workers, errors, panic payloads,
 /// requests), one at a time", and a "metrics recorder that panics is contained like any
 /// callback". The recorder's handles (`Counter`, `Gauge`, `Histogram` around the
@@ -81,26 +64,16 @@ fn dropping_a_pool_whose_metrics_handles_panic_when_dropped_does_not_abort() {
             Histogram::from_arc(Arc::new(Bomb))
         }
     }
-    if is_child() {
+    if common::is_child() {
         common::quiet_panics();
         let pool = metrics::with_local_recorder(&Bombs, || {
             Pool::builder().size(1).build(|| Ok(0u32)).unwrap()
         });
         drop(pool.checkout().unwrap());
-        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(pool)));
-        assert!(
-            dropped.is_ok(),
-            "dropping the pool panicked into the caller"
-        );
+        common::assert_drops_quietly(pool);
         return;
     }
-    let out = in_a_child(NAME);
-    assert!(
-        out.status.success(),
-        "the child dropping the pool did not exit normally ({:?}); stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_exits_normally_in_a_child(NAME);
 }
 
 /// A balancer of two pools of one worker, `max_queue_len(0)`; both workers held by the

@@ -58,30 +58,6 @@ fn every_pool_down_with_a_timeout_shorter_than_the_reconnect_delay_answers_pools
     }
 }
 
-/// Runs `name` (this binary's test of that name) in a child process with the child flag
-/// set: a scenario that aborts the process must fail its test, not take every other test of
-/// the binary down with it.
-fn in_a_child(name: &str) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("CYLINDER_BREAK46_CHILD", "1")
-        .output()
-        .unwrap()
-}
-
-fn is_child() -> bool {
-    std::env::var_os("CYLINDER_BREAK46_CHILD").is_some()
-}
-
-/// A value captured by a user closure whose `Drop` panics.
-struct DropBomb;
-
-impl Drop for DropBomb {
-    fn drop(&mut self) {
-        panic!("a captured value that panics on purpose when dropped");
-    }
-}
-
 /// A pool built with a start closure and a `test_on_checkout` check, each capturing a value
 /// whose `Drop` panics. GUARANTEES.md: "so does every `Drop` of a user value (workers,
 /// errors, panic payloads, requests), one at a time. A panic there is contained". The
@@ -94,9 +70,9 @@ fn dropping_a_pool_whose_start_and_check_closures_capture_values_whose_drop_pani
 {
     const NAME: &str =
         "dropping_a_pool_whose_start_and_check_closures_capture_values_whose_drop_panics_does_not_abort";
-    if is_child() {
+    if common::is_child() {
         common::quiet_panics();
-        let (start_bomb, check_bomb) = (DropBomb, DropBomb);
+        let (start_bomb, check_bomb) = (common::DropBomb, common::DropBomb);
         let pool = Pool::builder()
             .size(1)
             .test_on_checkout(move |_: &mut u32| {
@@ -109,20 +85,10 @@ fn dropping_a_pool_whose_start_and_check_closures_capture_values_whose_drop_pani
             })
             .unwrap();
         drop(pool.checkout().unwrap());
-        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(pool)));
-        assert!(
-            dropped.is_ok(),
-            "dropping the pool panicked into the caller"
-        );
+        common::assert_drops_quietly(pool);
         return;
     }
-    let out = in_a_child(NAME);
-    assert!(
-        out.status.success(),
-        "the child dropping the pool did not exit normally ({:?}); stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_exits_normally_in_a_child(NAME);
 }
 
 /// A pool builder with a bad option (a name with a NUL byte) and a start closure capturing a
@@ -133,7 +99,7 @@ fn dropping_a_pool_whose_start_and_check_closures_capture_values_whose_drop_pani
 #[test]
 fn a_bad_option_with_a_start_closure_whose_capture_panics_when_dropped_answers_invalid_config() {
     common::quiet_panics();
-    let bomb = DropBomb;
+    let bomb = common::DropBomb;
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         Pool::builder()
             .name("server\0one")
@@ -159,7 +125,7 @@ fn a_bad_option_with_a_start_closure_whose_capture_panics_when_dropped_answers_i
 fn a_bad_balancer_option_with_a_supervisor_whose_capture_panics_when_dropped_answers_invalid_config(
 ) {
     common::quiet_panics();
-    let bomb = DropBomb;
+    let bomb = common::DropBomb;
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         Balancer::<common::Probe>::builder()
             .min_alive_ratio(2.0)

@@ -257,31 +257,8 @@ fn an_event_callback_blocked_on_one_worker_expired_in_map_does_not_hold_back_the
     );
 }
 
-/// Runs `name` (this binary's test of that name) in a child process with the child flag
-/// set: a scenario that aborts the process must fail its test, not take the others down.
-fn in_a_child(name: &str) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("CYLINDER_BREAK47_CHILD", "1")
-        .output()
-        .unwrap()
-}
-
-fn is_child() -> bool {
-    std::env::var_os("CYLINDER_BREAK47_CHILD").is_some()
-}
-
-/// A value whose `Drop` panics.
-struct DropBomb;
-
-impl Drop for DropBomb {
-    fn drop(&mut self) {
-        panic!("a value that panics on purpose when dropped");
-    }
-}
-
 /// A manager (a driver's, say) whose `Drop` panics.
-struct BombManager(#[allow(dead_code)] DropBomb);
+struct BombManager(#[allow(dead_code)] common::DropBomb);
 
 impl cylinder::Manager for BombManager {
     type Worker = u32;
@@ -307,32 +284,22 @@ fn dropping_a_pool_built_with_a_manager_and_an_is_alive_hook_whose_drops_both_pa
 {
     const NAME: &str =
         "dropping_a_pool_built_with_a_manager_and_an_is_alive_hook_whose_drops_both_panic_does_not_abort";
-    if is_child() {
+    if common::is_child() {
         common::quiet_panics();
-        let bomb = DropBomb;
+        let bomb = common::DropBomb;
         let pool = Pool::builder()
             .size(1)
             .is_alive(move |_: &u32| {
                 let _ = &bomb;
                 true
             })
-            .build_with(BombManager(DropBomb))
+            .build_with(BombManager(common::DropBomb))
             .unwrap();
         drop(pool.checkout().unwrap());
-        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(pool)));
-        assert!(
-            dropped.is_ok(),
-            "dropping the pool panicked into the caller"
-        );
+        common::assert_drops_quietly(pool);
         return;
     }
-    let out = in_a_child(NAME);
-    assert!(
-        out.status.success(),
-        "the child dropping the pool did not exit normally ({:?}); stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_exits_normally_in_a_child(NAME);
 }
 
 /// Found (pass 45's logger fix, not reaching a batch). `retire_held` (src/pool/release.rs)

@@ -354,3 +354,40 @@ pub fn draining(
         })
     }
 }
+
+/// Whether this process is a child that `assert_exits_normally_in_a_child` runs.
+pub fn is_child() -> bool {
+    std::env::var_os("CYLINDER_TEST_CHILD").is_some()
+}
+
+/// Runs this binary's test `name` alone in a child process (where `is_child` is true) and
+/// asserts that it exited normally: a process abort (two panics in one unwinding) shows
+/// here as a failure, not as the death of the whole test binary.
+pub fn assert_exits_normally_in_a_child(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("CYLINDER_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the child running {name} did not exit normally ({:?}); stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops `value` and asserts that nothing panicked into the caller.
+pub fn assert_drops_quietly<T>(value: T) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value)));
+    assert!(dropped.is_ok(), "dropping it panicked into the caller");
+}
+
+/// A value whose `Drop` panics (captured by a user closure, a manager, a recorder's handle).
+pub struct DropBomb;
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        panic!("a value that panics on purpose when dropped");
+    }
+}
