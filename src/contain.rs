@@ -64,18 +64,29 @@ crate::sync::per_thread! {
 /// of this thread's [`LogsLater`] scope. (The line's arguments are the crate's own, and a
 /// user error among them formats contained: see `Cause`.)
 pub(crate) fn write_log(level: log::Level, target: &'static str, line: std::fmt::Arguments<'_>) {
-    let kept = LATER
-        .try_with(|later| match later.borrow_mut().as_mut() {
-            Some(lines) => {
-                lines.push((level, target, line.to_string()));
-                true
-            }
-            None => false,
-        })
+    let held_back = LATER
+        .try_with(|later| later.borrow().is_some())
         .unwrap_or(false);
-    if !kept {
-        let _ = run(|| log::log!(target: target, level, "{line}"));
+    if held_back {
+        // Formatted with no borrow held: a user error's `Display` may call into the crate
+        // (which may log, or open a scope of its own).
+        if let Ok(text) = run(|| line.to_string()) {
+            let kept = LATER
+                .try_with(|later| match later.borrow_mut().as_mut() {
+                    Some(lines) => {
+                        lines.push((level, target, text));
+                        None
+                    }
+                    None => Some(text),
+                })
+                .unwrap_or(None);
+            if let Some(text) = kept {
+                let _ = run(|| log::log!(target: target, level, "{text}"));
+            }
+        }
+        return;
     }
+    let _ = run(|| log::log!(target: target, level, "{line}"));
 }
 
 /// Holds back this thread's log lines until it drops (unwinding included): the logger is

@@ -37,6 +37,8 @@ struct Reentering;
 type LogHook = Box<dyn Fn() + Send + Sync>;
 static LOG_HOOKS: std::sync::Mutex<Vec<(String, Arc<LogHook>)>> = std::sync::Mutex::new(Vec::new());
 static LOGGER: Reentering = Reentering;
+/// Every record written so far (tests wait on them).
+static WRITTEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 static INSTALL: std::sync::Once = std::sync::Once::new();
 
 impl log::Log for Reentering {
@@ -45,6 +47,7 @@ impl log::Log for Reentering {
     }
     fn log(&self, record: &log::Record) {
         let text = record.args().to_string();
+        WRITTEN.lock().unwrap().push(text.clone());
         let hook = {
             let mut hooks = LOG_HOOKS.lock().unwrap();
             let at = hooks
@@ -65,6 +68,16 @@ fn logging() {
         log::set_logger(&LOGGER).unwrap();
         log::set_max_level(log::LevelFilter::Trace);
     });
+}
+
+/// How many records written so far contain every `|`-separated part of `wanted`.
+fn written(wanted: &str) -> usize {
+    WRITTEN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|text| wanted.split('|').all(|part| text.contains(part)))
+        .count()
 }
 
 /// Arms `hook` for the next record containing `wanted`.
@@ -250,12 +263,13 @@ fn try_checkout_from_the_logger_on_a_workers_started_line_does_not_wait_for_that
     let answered: Answered = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (handle, answers) = (pool.clone(), answered.clone());
     Lease::discard(pool.checkout().unwrap());
-    // Armed after the discard's own lines; the replacement's start may already be logged
-    // by then, so wait for the pool to settle and discard again.
+    // Armed after the discard's own lines and its replacement's "started" line (written
+    // once the start thread holds nothing of the pool), then discarded again.
     assert!(common::eventually(Duration::from_secs(2), || pool
         .stats()
         .free
-        == 1));
+        == 1
+        && written("b45-fresh-try: worker|started") == 2));
     on_log("b45-fresh-try: worker|started", move || {
         let began = Instant::now();
         let got = handle.try_checkout().map(|lease| *lease);
@@ -274,8 +288,16 @@ fn try_checkout_from_the_logger_on_a_workers_started_line_does_not_wait_for_that
             .map_err(|err: Error| err.to_string())
     });
     let took = began.elapsed();
+    // The line is written once the start thread holds nothing: maybe after the client got
+    // the worker.
+    assert!(
+        common::eventually(Duration::from_secs(5), || !answered
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the logger's hook did not run"
+    );
     let answers = answered.lock().unwrap().clone();
-    assert!(!answers.is_empty(), "the logger's hook did not run");
     let (got, waited) = &answers[0];
     assert!(
         matches!(next, Some(Ok(_)))

@@ -600,25 +600,29 @@ impl<W: Send + 'static> Shared<W> {
     /// by one and run them. Before it ends, it looks once more for a claim made while it was
     /// leaving (the claimer may have seen every start thread busy).
     ///
-    /// The event of each start is reported with the thread's place among the start threads
-    /// given back: a callback that blocks holds back no other start.
+    /// The events and log lines of each start are reported with the thread's place among
+    /// the start threads given back: a callback (or logger) that blocks holds back no other
+    /// start.
     fn run_starter(&self) {
         let mut enlisted = Held::adopt(&self.counts.starters);
         loop {
             while let Some(claim) = self.counts.take_pending() {
-                if let Some(event) = self.run_claim(claim) {
-                    drop(enlisted);
-                    // A claim made while every start thread was busy gets a thread of its
-                    // own before this one runs user code.
-                    if self.counts.pending.load(Ordering::SeqCst) > 0 {
-                        self.launch();
-                    }
-                    self.emit(event);
-                    if !self.counts.enlist() {
-                        return;
-                    }
-                    enlisted = Held::adopt(&self.counts.starters);
+                let logs = LogsLater::begin();
+                let events = self.run_claim(claim);
+                drop(enlisted);
+                // A claim made while every start thread was busy gets a thread of its own
+                // before this one runs user code (the logger, the events).
+                if self.counts.pending.load(Ordering::SeqCst) > 0 {
+                    self.launch();
                 }
+                drop(logs);
+                for event in events {
+                    self.emit(event);
+                }
+                if !self.counts.enlist() {
+                    return;
+                }
+                enlisted = Held::adopt(&self.counts.starters);
             }
             drop(enlisted);
             if self.counts.pending.load(Ordering::SeqCst) == 0 || !self.counts.enlist() {
@@ -629,33 +633,31 @@ impl<W: Send + 'static> Shared<W> {
     }
 
     /// Runs one claimed start and delivers its worker, or records its failure; returns the
-    /// event for the caller to report. Nothing starts once the pool is closed: the claim is
-    /// given back.
+    /// events for the caller to report. Nothing starts once the pool is closed: the claim is
+    /// given back. Callers hold its log lines back (`LogsLater`) until they hold nothing
+    /// (a new worker's `Drop` that panicked is logged while the claim is held).
     #[must_use]
-    fn run_claim(&self, claim: Claim<'_>) -> Option<Event> {
-        // Its log lines once the worker is in the pool or the failure recorded (a new
-        // worker's `Drop` that panicked is logged while the claim is held).
-        let _logs = LogsLater::begin();
+    fn run_claim(&self, claim: Claim<'_>) -> Vec<Event> {
         if self.closed.load(Ordering::SeqCst) {
             drop(claim);
-            return None;
+            return Vec::new();
         }
-        let event = match self.open_worker() {
-            Ok(opened) => Some(self.deliver(opened, claim)),
+        let events = match self.open_worker() {
+            Ok(opened) => self.deliver(opened, claim),
             Err(cause) => {
                 // A start cut short by close is no failure to back off from; its error is
                 // user code to drop.
                 if self.closed.load(Ordering::SeqCst) {
                     drop(claim);
                     contain::dispose(cause);
-                    None
+                    Vec::new()
                 } else {
-                    Some(self.start_failed(cause, claim))
+                    vec![self.start_failed(cause, claim)]
                 }
             }
         };
         self.sample_if_closed();
-        event
+        events
     }
 
     /// Opens a worker with the start closure or manager, within `start_timeout` if one is
@@ -781,7 +783,7 @@ impl<W: Send + 'static> Shared<W> {
     /// so the line never sees it as neither. The event is reported once the worker is in the
     /// pool: a callback that checks out (or blocks) must not hold back the very worker it
     /// reports.
-    fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Event {
+    fn deliver(&self, opened: (W, u64), claim: Claim<'_>) -> Vec<Event> {
         let (entry, event) = self.joined(opened);
         let id = entry.id;
         let delivering = claim.joined();
@@ -815,10 +817,8 @@ impl<W: Send + 'static> Shared<W> {
         }
         self.wake_those_waiting_for_a_start();
         self.log_started(id);
-        if let Some(evicted) = evicted {
-            self.emit(evicted);
-        }
-        event
+        // Reported by the caller, with the thread's claims and place given back.
+        evicted.into_iter().chain([event]).collect()
     }
 
     /// A `try_checkout` waiting for a start on its way leaves once none is: each start that
