@@ -222,7 +222,9 @@ fn an_event_callback_blocked_on_a_resize_start_evicted_on_arrival_does_not_hold_
     let evicted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let blocked = Arc::new(AtomicUsize::new(0));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (their_evicted, r, b) = (evicted.clone(), release.clone(), blocked.clone());
+    let their_armed = armed.clone();
     let pool = Pool::builder()
         .size(1)
         .name("b49-evicted-on-arrival")
@@ -231,15 +233,17 @@ fn an_event_callback_blocked_on_a_resize_start_evicted_on_arrival_does_not_hold_
             if matches!(event, cylinder::Event::WorkerEvicted) {
                 b.fetch_add(1, Ordering::SeqCst);
                 let began = std::time::Instant::now();
-                while !r.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(10) {
+                while !r.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(60) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
         })
         .build(move || {
-            // Starts that begin before the eviction end after it.
+            // The resize's starts that begin before the eviction end after it.
             let began = std::time::Instant::now();
-            while !their_evicted.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(5)
+            while their_armed.load(Ordering::SeqCst)
+                && !their_evicted.load(Ordering::SeqCst)
+                && began.elapsed() < Duration::from_secs(60)
             {
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -247,13 +251,15 @@ fn an_event_callback_blocked_on_a_resize_start_evicted_on_arrival_does_not_hold_
         })
         .unwrap();
     let first = pool.checkout().unwrap();
+    armed.store(true, Ordering::SeqCst);
     let grower = pool.clone();
     let resizer = std::thread::spawn(move || grower.resize(10));
     // The eight start threads are under way (nothing else starts meanwhile).
-    let under_way = eventually(Duration::from_secs(5), || pool.stats().starting >= 8);
+    // (Generous bounds: a loaded 2-core machine runs nine threads here.)
+    let under_way = eventually(Duration::from_secs(30), || pool.stats().starting >= 8);
     pool.evict_all();
     evicted.store(true, Ordering::SeqCst);
-    let eight = eventually(Duration::from_secs(5), || {
+    let eight = eventually(Duration::from_secs(30), || {
         blocked.load(Ordering::SeqCst) >= 8
     });
     let mut held = vec![first];

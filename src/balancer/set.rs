@@ -265,16 +265,17 @@ impl<W: Worker> WorkerSet<W> {
         }
         let total = snapshot.workers.len();
         let alive = snapshot.alive.fetch_sub(1, Ordering::AcqRel) - 1;
+        // Retired and the reload asked first, then the line and the event (user code): a
+        // callback that blocks must not hold back the replacements.
+        if !(snapshot.members[index].comes_back && self.comes_back(snapshot, index)) {
+            self.out_for_good(snapshot, index, alive);
+        }
         contain::logged!(
             info,
             "cylinder: {}: worker {index} died ({alive} of {total} alive)",
             self.name
         );
         emit(&self.events, Event::WorkerDied);
-        if snapshot.members[index].comes_back && self.comes_back(snapshot, index) {
-            return;
-        }
-        self.out_for_good(snapshot, index, alive);
     }
 
     /// Whether member `index` still comes back by itself (always, in a set fixed at build).

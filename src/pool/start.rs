@@ -737,6 +737,9 @@ impl<W: Send + 'static> Shared<W> {
             .name(format!("cylinder-start-{}", self.name))
             .spawn(move || {
                 stripe::opt_out();
+                // Its log lines (a refused or late worker's `Drop` that panicked) once it
+                // holds nothing: declared first, so dropped last.
+                let _logs = LogsLater::begin();
                 let _timed = Held::adopt(&me.counts.timed_starts);
                 // Ends before `_timed` (declared after it): never counted short.
                 let _awaited = AwaitedGuard(their_awaited, &me.counts);
