@@ -11,7 +11,7 @@
 //!   before `note_failure`). A logger that calls back (`drain`, `try_checkout`) waits for
 //!   what its own thread holds; a logger that blocks holds back other clients.
 //!
-//! The tests of this file share one process-wide logger (`Reentering`): it does nothing
+//! The tests of this file share one process-wide logger (`common::logger`): it does nothing
 //! unless a test armed a hook for a record naming its own pool (`on_log`), and then runs that
 //! hook once.
 
@@ -22,71 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::logger::{logging, on_log, written};
 use cylinder::{Error, Lease, Pool};
 
 /// What a callback's call back into its pool answered, and how long it took.
 type Answered = Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
-
-/// The application's logger (one per process): for a record that names a pool armed in
-/// `LOG_HOOKS`, runs that pool's hook once (the hook disarms itself first), as a logger
-/// that looks at the pool it logs for would.
-struct Reentering;
-
-/// (texts a record must contain, `|`-separated; the hook), one per test; a hook runs at
-/// most once.
-type LogHook = Box<dyn Fn() + Send + Sync>;
-static LOG_HOOKS: std::sync::Mutex<Vec<(String, Arc<LogHook>)>> = std::sync::Mutex::new(Vec::new());
-static LOGGER: Reentering = Reentering;
-/// Every record written so far (tests wait on them).
-static WRITTEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-static INSTALL: std::sync::Once = std::sync::Once::new();
-
-impl log::Log for Reentering {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        WRITTEN.lock().unwrap().push(text.clone());
-        let hook = {
-            let mut hooks = LOG_HOOKS.lock().unwrap();
-            let at = hooks
-                .iter()
-                .position(|(wanted, _)| wanted.split('|').all(|part| text.contains(part)));
-            at.map(|at| hooks.swap_remove(at).1)
-        };
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Installs the logger (once per process).
-fn logging() {
-    INSTALL.call_once(|| {
-        log::set_logger(&LOGGER).unwrap();
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
-/// How many records written so far contain every `|`-separated part of `wanted`.
-fn written(wanted: &str) -> usize {
-    WRITTEN
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|text| wanted.split('|').all(|part| text.contains(part)))
-        .count()
-}
-
-/// Arms `hook` for the next record containing `wanted`.
-fn on_log(wanted: &str, hook: impl Fn() + Send + Sync + 'static) {
-    LOG_HOOKS
-        .lock()
-        .unwrap()
-        .push((wanted.to_string(), Arc::new(Box::new(hook))));
-}
 
 /// A user error whose `Drop` panics (a driver error that asserts in its destructor).
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! The forty-seventh pass: the pool's lifecycle and the user code it calls (the logger
 //! above all). Each test's doc comment says what it found.
 //!
-//! The tests of this file share one process-wide logger (`Reentering`): it does nothing
+//! The tests of this file share one process-wide logger (`common::logger`): it does nothing
 //! unless a test armed a hook for a record naming its own pool (`on_log`), and then runs that
 //! hook (once, or every time for a `sticky` hook).
 
@@ -12,67 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::eventually;
+use common::logger::{disarm, logging, on_each_log, on_log};
 use cylinder::{Error, Pool};
 
 /// What each `drain` called from a callback answered, and how long it took.
 type Answers = Arc<Mutex<Vec<(Result<(), Error>, Duration)>>>;
-
-struct Reentering;
-
-type LogHook = Box<dyn Fn() + Send + Sync>;
-/// (texts a record must contain, `|`-separated; sticky; the hook).
-static LOG_HOOKS: Mutex<Vec<(String, bool, Arc<LogHook>)>> = Mutex::new(Vec::new());
-static LOGGER: Reentering = Reentering;
-static INSTALL: std::sync::Once = std::sync::Once::new();
-
-impl log::Log for Reentering {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        let hook = {
-            let mut hooks = LOG_HOOKS.lock().unwrap();
-            let at = hooks
-                .iter()
-                .position(|(wanted, _, _)| wanted.split('|').all(|part| text.contains(part)));
-            at.map(|at| {
-                if hooks[at].1 {
-                    hooks[at].2.clone()
-                } else {
-                    hooks.swap_remove(at).2
-                }
-            })
-        };
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn logging() {
-    INSTALL.call_once(|| {
-        log::set_logger(&LOGGER).unwrap();
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
-/// Arms `hook` for the next record containing `wanted` (every such record if `sticky`).
-fn on_log(wanted: &str, sticky: bool, hook: impl Fn() + Send + Sync + 'static) {
-    LOG_HOOKS
-        .lock()
-        .unwrap()
-        .push((wanted.to_string(), sticky, Arc::new(Box::new(hook))));
-}
-
-/// Disarms every hook naming `pool`.
-fn disarm(pool: &str) {
-    LOG_HOOKS
-        .lock()
-        .unwrap()
-        .retain(|(wanted, _, _)| !wanted.starts_with(pool));
-}
 
 /// Found (pass 43's finding, through the logger instead of `on_event`). A pool of one,
 /// grown with `resize(10)` from a thread: `fill_now` (src/pool/start.rs) claims the nine
@@ -104,7 +48,7 @@ fn a_logger_blocked_on_the_started_lines_of_a_resize_does_not_hold_back_its_last
         .unwrap();
     let first = pool.checkout().unwrap();
     let (r, b) = (release.clone(), blocked.clone());
-    on_log(&format!("{name}: worker|started"), true, move || {
+    on_each_log(&format!("{name}: worker|started"), move || {
         b.fetch_add(1, Ordering::SeqCst);
         let began = Instant::now();
         while !r.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(10) {
@@ -169,7 +113,7 @@ fn drain_from_the_logger_on_the_started_lines_of_a_resize_does_not_wait_for_its_
         .unwrap();
     *slot.lock().unwrap() = Some(pool.clone());
     let (handle, out) = (slot.clone(), answers.clone());
-    on_log(&format!("{name}: worker|started"), true, move || {
+    on_each_log(&format!("{name}: worker|started"), move || {
         let pool = handle.lock().unwrap().clone();
         if let Some(pool) = pool {
             let began = Instant::now();
@@ -331,7 +275,6 @@ fn a_logger_blocked_on_one_evicted_workers_line_does_not_hold_back_the_others_re
     let l = in_logger.clone();
     on_log(
         &format!("{name}: worker|dropped (WorkerEvicted)"),
-        false,
         move || {
             l.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(1500));
@@ -401,7 +344,7 @@ fn a_logger_blocked_on_a_workers_panicking_drop_line_does_not_hold_back_its_repl
         let _ = tx.send((began.elapsed(), got));
     });
     assert!(eventually(Duration::from_secs(2), || pool.stats().waiters == 1));
-    on_log(&format!("{name}: dropping worker"), false, || {
+    on_log(&format!("{name}: dropping worker"), || {
         std::thread::sleep(Duration::from_millis(1500));
     });
     armed.store(true, Ordering::SeqCst);
@@ -460,13 +403,9 @@ fn a_logger_blocked_on_a_dead_arrivals_panicking_drop_line_does_not_turn_disconn
         let _ = tx.send((began.elapsed(), got));
     });
     assert!(eventually(Duration::from_secs(2), || pool.stats().waiters == 1));
-    on_log(
-        &format!("{name}: dropping a new worker panicked"),
-        false,
-        || {
-            std::thread::sleep(Duration::from_secs(3));
-        },
-    );
+    on_log(&format!("{name}: dropping a new worker panicked"), || {
+        std::thread::sleep(Duration::from_secs(3));
+    });
     down.store(true, Ordering::SeqCst);
     let discarder = std::thread::spawn(move || {
         // The worker A held is dropped here (its Drop panics too, contained).

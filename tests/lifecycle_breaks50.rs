@@ -1,7 +1,7 @@
 //! The fiftieth pass: the pool's lifecycle and the user code it calls. Each test's doc
 //! comment says what it found.
 //!
-//! The tests of this file share one process-wide logger (`Hooked`): it does nothing unless a
+//! The tests of this file share one process-wide logger (`common::logger`): it does nothing unless a
 //! test armed a hook for a record containing given texts (`on_log`), and then runs that hook.
 
 mod common;
@@ -10,62 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::logger::{disarm, logging, on_each_log};
 use cylinder::Pool;
-
-struct Hooked;
-
-type LogHook = Box<dyn Fn() + Send + Sync>;
-/// (texts a record must contain, `|`-separated; sticky; the hook).
-static LOG_HOOKS: Mutex<Vec<(String, bool, Arc<LogHook>)>> = Mutex::new(Vec::new());
-static LOGGER: Hooked = Hooked;
-static INSTALL: std::sync::Once = std::sync::Once::new();
-
-impl log::Log for Hooked {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        let hook = {
-            let mut hooks = LOG_HOOKS.lock().unwrap();
-            let at = hooks
-                .iter()
-                .position(|(wanted, _, _)| wanted.split('|').all(|part| text.contains(part)));
-            at.map(|at| {
-                if hooks[at].1 {
-                    hooks[at].2.clone()
-                } else {
-                    hooks.swap_remove(at).2
-                }
-            })
-        };
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn logging() {
-    INSTALL.call_once(|| {
-        log::set_logger(&LOGGER).unwrap();
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
-fn on_log(wanted: &str, sticky: bool, hook: impl Fn() + Send + Sync + 'static) {
-    LOG_HOOKS
-        .lock()
-        .unwrap()
-        .push((wanted.to_string(), sticky, Arc::new(Box::new(hook))));
-}
-
-fn disarm(pool: &str) {
-    LOG_HOOKS
-        .lock()
-        .unwrap()
-        .retain(|(wanted, _, _)| !wanted.starts_with(pool));
-}
 
 /// A worker whose `Drop` panics once armed.
 struct Bomb(bool);
@@ -114,9 +60,8 @@ fn timed_start_failing_on_start(name: &str, start_timeout: Option<Duration>) -> 
     }
     let pool = builder.build(|| Ok(Bomb(false))).unwrap();
     failing.store(true, Ordering::SeqCst);
-    on_log(
+    on_each_log(
         &format!("{name}: dropping a new worker panicked"),
-        true,
         blocker(&release, &blocked),
     );
     cylinder::Lease::discard(pool.checkout().unwrap());
@@ -243,7 +188,7 @@ fn balancer_with_two_of_three_dead(blocks: Option<bool>) {
     if blocks == Some(true) {
         let lines = Arc::new(AtomicUsize::new(0));
         let block = blocker(&release, &blocked);
-        on_log(&format!("{name}: worker|died"), true, move || {
+        on_each_log(&format!("{name}: worker|died"), move || {
             if lines.fetch_add(1, Ordering::SeqCst) == 1 {
                 block();
             }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use cylinder::{BoxError, Worker};
 
+pub mod logger;
+
 /// A worker that can be killed, that counts its uses, and that catches double leases.
 #[derive(Debug)]
 pub struct Probe {
