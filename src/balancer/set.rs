@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::supervisor::Supervisor;
-use crate::contain;
+use crate::contain::{self, LogsLater};
 use crate::error::{Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
@@ -285,12 +285,17 @@ impl<W: Worker> WorkerSet<W> {
 
     /// Member `index` is out of service for good: the supervisor is told (once), and asked
     /// again when too few are left alive.
+    ///
+    /// The supervisor is told before the reload is asked for (so that the reload lists the
+    /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
+        let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
             self.ask_reload(snapshot);
         }
+        drop(logs);
     }
 
     /// Notes that member `index` of `snapshot`, marked dead, was found alive again (it
@@ -410,10 +415,15 @@ impl<W: Worker> WorkerSet<W> {
         }
         let mut events = Vec::new();
         let mut dropped = Vec::new();
+        // Its log lines once the running mark is cleared and the new set (or the
+        // supervisor's cause) published: the logger is user code, and may block or call back
+        // (a `connect` waits for a running reload).
+        let logs = LogsLater::begin();
         let result = {
             let _finish = Finish(self);
             self.merge_children(&mut events, &mut dropped)
         };
+        drop(logs);
         // Paced from the end of this attempt: a supervisor slow to fail is not asked again
         // the moment it answers.
         *self.last_asked.lock() = Some((Instant::now(), asked));
@@ -526,6 +536,8 @@ impl<W: Worker> WorkerSet<W> {
         Ok(Found { new, total })
     }
 
+    /// Publishes the disconnected set with its cause. Called within a reload, whose log
+    /// lines are held back until it has ended.
     fn disconnect(
         &self,
         cause: Cause,

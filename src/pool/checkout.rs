@@ -322,6 +322,12 @@ impl<W: Send + 'static> Shared<W> {
             },
         );
         if let Some(began) = began {
+            // The recorder is user code: a worker it was served counts as this thread's own
+            // meanwhile, as a lease's does (a recorder that drains does not wait for it).
+            let _held_here = waited
+                .as_ref()
+                .ok()
+                .map(|entry| HeldHere::worker(self, entry.id));
             self.metrics.waited(began.elapsed());
         }
         match waited {
@@ -526,7 +532,7 @@ impl<W: Send + 'static> Shared<W> {
     #[inline(always)]
     fn lease_out(&self, mut entry: Box<Entry<W>>, stripe: Stripe) -> Box<Entry<W>> {
         entry.leased_before = true;
-        entry.lease_clock = self.metrics.lease_began();
+        entry.lease_clock = self.metrics.clock();
         self.checkouts.add(stripe);
         entry
     }

@@ -54,16 +54,33 @@ fn reason(event: &Event) -> Option<usize> {
     REASONS.iter().position(|reason| *reason == name)
 }
 
-/// When a lease began, kept in its entry (zero-sized without the feature).
+/// When something the recorder measures began: a lease (kept in its entry), a start.
+/// Zero-sized without the feature.
 #[derive(Clone, Copy)]
-pub(crate) struct LeaseClock(#[cfg(feature = "metrics")] Option<Instant>);
+pub(crate) struct Clock(#[cfg(feature = "metrics")] Option<Instant>);
 
-impl LeaseClock {
-    pub(crate) const IDLE: LeaseClock = LeaseClock(
+impl Clock {
+    pub(crate) const IDLE: Clock = Clock(
         #[cfg(feature = "metrics")]
         None,
     );
+
+    /// How long it took, measured now that it ended.
+    #[inline]
+    pub(crate) fn took(self) -> Took {
+        Took(
+            #[cfg(feature = "metrics")]
+            self.0.map(|began| began.elapsed()),
+        )
+    }
 }
+
+/// How long a lease was held or a start took, measured when it ended and recorded once the
+/// thread holds nothing of the pool (the recorder is user code, and may block). Zero-sized
+/// without the feature.
+#[must_use]
+#[derive(Clone, Copy)]
+pub(crate) struct Took(#[cfg(feature = "metrics")] Option<Duration>);
 
 /// The pool's metric handles.
 #[cfg(feature = "metrics")]
@@ -176,21 +193,25 @@ impl PoolMetrics {
         record(|| self.checkout_wait.record(waited.as_secs_f64()));
     }
 
-    /// A start (that succeeded or not) took `took`.
-    pub(crate) fn started(&self, took: Duration) {
-        record(|| self.start.record(took.as_secs_f64()));
-    }
-
+    /// A clock started now (a lease or a start begins).
     #[inline]
     #[allow(clippy::unused_self)] // the same signature as with the feature off
-    pub(crate) fn lease_began(&self) -> LeaseClock {
-        LeaseClock(Some(Instant::now()))
+    pub(crate) fn clock(&self) -> Clock {
+        Clock(Some(Instant::now()))
     }
 
+    /// Records how long a start (that succeeded or not) took.
+    pub(crate) fn started(&self, took: Took) {
+        if let Some(took) = took.0 {
+            record(|| self.start.record(took.as_secs_f64()));
+        }
+    }
+
+    /// Records how long a lease was held, once its worker is back in service or retired.
     #[inline]
-    pub(crate) fn lease_ended(&self, clock: LeaseClock) {
-        if let Some(began) = clock.0 {
-            record(|| self.lease.record(began.elapsed().as_secs_f64()));
+    pub(crate) fn lease_ended(&self, held: Took) {
+        if let Some(held) = held.0 {
+            record(|| self.lease.record(held.as_secs_f64()));
         }
     }
 
@@ -278,15 +299,15 @@ impl PoolMetrics {
     pub(crate) fn waited(&self, _waited: Duration) {}
 
     #[inline]
-    pub(crate) fn started(&self, _took: Duration) {}
-
-    #[inline]
-    pub(crate) fn lease_began(&self) -> LeaseClock {
-        LeaseClock::IDLE
+    pub(crate) fn clock(&self) -> Clock {
+        Clock::IDLE
     }
 
     #[inline]
-    pub(crate) fn lease_ended(&self, _clock: LeaseClock) {}
+    pub(crate) fn started(&self, _took: Took) {}
+
+    #[inline]
+    pub(crate) fn lease_ended(&self, _held: Took) {}
 
     #[inline]
     pub(crate) fn event(&self, event: &Event) {

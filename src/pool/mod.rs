@@ -73,7 +73,7 @@ use crate::sync::{deadline_after, seqcst_point, CachePadded, Mutex, Ordering};
 use free::HeldFree;
 use held_here::HeldHere;
 use manager::Uses;
-use metrics::LeaseClock;
+use metrics::Clock;
 use shared::Shared;
 
 /// A pool of workers — database connections, clients, worker threads — each leased to one
@@ -176,7 +176,7 @@ pub(crate) struct Entry<W> {
     /// The pool's `evict_all` count when it started: older ones are closed.
     generation: u64,
     /// When its lease began (for `cylinder_pool_lease_seconds`; nothing without `metrics`).
-    lease_clock: LeaseClock,
+    lease_clock: Clock,
 }
 
 impl<W> Entry<W> {

@@ -21,7 +21,8 @@ impl<W: Send + 'static> Shared<W> {
         if let Some(watch) = &self.watch {
             watch.end(entry.id);
         }
-        self.metrics.lease_ended(entry.lease_clock);
+        // Recorded once the worker is back or retired: the recorder is user code.
+        let held = entry.lease_clock.took();
         let discard = match how {
             Return::Release => false,
             Return::Discard => true,
@@ -40,6 +41,7 @@ impl<W: Send + 'static> Shared<W> {
             self.releases.add(stripe);
             self.put_back(entry, stripe);
         }
+        self.metrics.lease_ended(held);
         self.sample_if_closed();
     }
 
@@ -369,14 +371,15 @@ impl<W: Send + 'static> Shared<W> {
         if let Some(watch) = &self.watch {
             watch.end(entry.id);
         }
-        self.metrics.lease_ended(entry.lease_clock);
+        let held = entry.lease_clock.took();
         self.takes.fetch_add(1, Ordering::Relaxed);
         self.counts.release();
         // Replaced at once, as a retired worker that served a lease is, also while the pool
         // waits out a failed start (a worker that served and left says nothing of the next
-        // start); claimed before the event, as `retire_unreported` does: a callback that
-        // blocks must not hold the replacement back.
+        // start); claimed before the event and the record, as `retire_unreported` does: a
+        // callback or recorder that blocks must not hold the replacement back.
         self.replace();
+        self.metrics.lease_ended(held);
         self.emit(Event::WorkerTaken);
         self.sample_if_closed();
         entry.worker

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::held_here::HeldHere;
-use super::metrics::{LeaseClock, PoolMetrics};
+use super::metrics::{Clock, Took};
 use super::{Entry, Shared};
 use crate::contain::{self, LogsLater};
 use crate::error::Cause;
@@ -135,6 +135,23 @@ impl<'a> Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What starts report once their thread holds nothing of the pool (no claim, no place among
+/// the start threads): their events, and how long each took. The event callback and the
+/// metrics recorder are user code, and may block or call back into the pool.
+#[must_use]
+#[derive(Default)]
+struct Reports {
+    events: Vec<Event>,
+    took: Vec<Took>,
+}
+
+impl Reports {
+    fn add(&mut self, more: Reports) {
+        self.events.extend(more.events);
+        self.took.extend(more.took);
     }
 }
 
@@ -448,7 +465,7 @@ impl<W: Send + 'static> Shared<W> {
         // close its worker as above the size for it) until the worker is open.
         let own = Held::take(&self.callers_starts, usize::MAX);
         let claim = self.counts.claim_one(self.limit())?;
-        let opened = self.open_worker();
+        let (opened, took) = self.open_worker();
         match opened {
             Ok(opened) => {
                 let (entry, event) = self.joined(opened);
@@ -469,6 +486,7 @@ impl<W: Send + 'static> Shared<W> {
                 let held_here = HeldHere::worker(self, entry.id);
                 drop(logs);
                 self.log_started(entry.id);
+                self.metrics.started(took);
                 self.emit(event);
                 drop(held_here);
                 if self.closed.load(Ordering::Acquire) {
@@ -486,11 +504,14 @@ impl<W: Send + 'static> Shared<W> {
                     drop(own);
                     contain::dispose(cause);
                     self.sample_if_closed();
+                    self.metrics.started(took);
                 } else {
                     let failed = self.start_failed(cause, claim);
-                    // Given back with the claim, before user code (the event) runs.
+                    // Given back with the claim, before user code (the recorder, the event)
+                    // runs.
                     drop(own);
                     drop(logs);
+                    self.metrics.started(took);
                     self.emit(failed);
                 }
                 None
@@ -568,14 +589,12 @@ impl<W: Send + 'static> Shared<W> {
         // can run (a waiter counts it as on its way and claims none of its own).
         let run_own = || {
             let logs = LogsLater::begin();
-            let mut events = Vec::new();
+            let mut reports = Reports::default();
             while let Some(claim) = own.take() {
-                events.extend(self.run_claim(claim));
+                reports.add(self.run_claim(claim));
             }
             drop(logs);
-            for event in events {
-                self.emit(event);
-            }
+            self.report(reports);
         };
         if cfg!(loom) {
             return run_own();
@@ -608,7 +627,7 @@ impl<W: Send + 'static> Shared<W> {
         loop {
             while let Some(claim) = self.counts.take_pending() {
                 let logs = LogsLater::begin();
-                let events = self.run_claim(claim);
+                let reports = self.run_claim(claim);
                 drop(enlisted);
                 // A claim made while every start thread was busy gets a thread of its own
                 // before this one runs user code (the logger, the events).
@@ -616,9 +635,7 @@ impl<W: Send + 'static> Shared<W> {
                     self.launch();
                 }
                 drop(logs);
-                for event in events {
-                    self.emit(event);
-                }
+                self.report(reports);
                 if !self.counts.enlist() {
                     return;
                 }
@@ -632,17 +649,28 @@ impl<W: Send + 'static> Shared<W> {
         }
     }
 
-    /// Runs one claimed start and delivers its worker, or records its failure; returns the
-    /// events for the caller to report. Nothing starts once the pool is closed: the claim is
+    /// Reports what starts ran (see [`Reports`]), with nothing of the pool held.
+    fn report(&self, reports: Reports) {
+        self.sample_if_closed();
+        for took in reports.took {
+            self.metrics.started(took);
+        }
+        for event in reports.events {
+            self.emit(event);
+        }
+    }
+
+    /// Runs one claimed start and delivers its worker, or records its failure; returns what
+    /// it has for the caller to report. Nothing starts once the pool is closed: the claim is
     /// given back. Callers hold its log lines back (`LogsLater`) until they hold nothing
     /// (a new worker's `Drop` that panicked is logged while the claim is held).
-    #[must_use]
-    fn run_claim(&self, claim: Claim<'_>) -> Vec<Event> {
+    fn run_claim(&self, claim: Claim<'_>) -> Reports {
         if self.closed.load(Ordering::SeqCst) {
             drop(claim);
-            return Vec::new();
+            return Reports::default();
         }
-        let events = match self.open_worker() {
+        let (opened, took) = self.open_worker();
+        let events = match opened {
             Ok(opened) => self.deliver(opened, claim),
             Err(cause) => {
                 // A start cut short by close is no failure to back off from; its error is
@@ -656,17 +684,20 @@ impl<W: Send + 'static> Shared<W> {
                 }
             }
         };
-        self.sample_if_closed();
-        events
+        Reports {
+            events,
+            took: vec![took],
+        }
     }
 
     /// Opens a worker with the start closure or manager, within `start_timeout` if one is
     /// set, and looks it over (see [`first_look`](Self::first_look)). With it comes the
     /// `evict_all` count from before the start began: a start under way when `evict_all`
-    /// is called may have used what the eviction was for (old credentials, the old server).
-    fn open_worker(&self) -> Result<(W, u64), Cause> {
+    /// is called may have used what the eviction was for (old credentials, the old server),
+    /// and how long it took (for the recorder, once the caller holds nothing).
+    fn open_worker(&self) -> (Result<(W, u64), Cause>, Took) {
         let generation = self.generation.load(Ordering::Acquire);
-        let began = PoolMetrics::ON.then(Instant::now);
+        let clock = self.metrics.clock();
         let opened = match self.start_timeout {
             Some(limit) if !cfg!(loom) => self.open_within(limit),
             _ => {
@@ -676,10 +707,7 @@ impl<W: Send + 'static> Shared<W> {
                 self.open_now()
             }
         };
-        if let Some(began) = began {
-            self.metrics.started(began.elapsed());
-        }
-        opened.map(|worker| (worker, generation))
+        (opened.map(|worker| (worker, generation)), clock.took())
     }
 
     fn open_now(&self) -> Result<W, Cause> {
@@ -853,7 +881,7 @@ impl<W: Send + 'static> Shared<W> {
             leased_before: false,
             kept_past_expiry: false,
             generation,
-            lease_clock: LeaseClock::IDLE,
+            lease_clock: Clock::IDLE,
         });
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
         if self.failing.swap(false, Ordering::AcqRel) {
