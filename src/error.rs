@@ -232,8 +232,10 @@ pub enum Error {
         /// by `source()` too.
         cause: Option<Cause>,
     },
-    /// Every worker is busy: all are leased (pool), or all are over `max_queue_len` or leased
-    /// (balancer).
+    /// Every worker is busy: all are leased, or for a moment in the pool's own hands (a
+    /// `keepalive` check, a close, a first start still on its way; see
+    /// [`Pool::try_checkout`](crate::Pool::try_checkout)) (pool); or all are over
+    /// `max_queue_len` or leased (balancer).
     Overload,
     /// The pool or balancer was closed or dropped.
     Closed,

@@ -323,6 +323,8 @@ mod balancer;
 mod contain;
 mod error;
 mod event;
+#[cfg(any(feature = "metrics", loom))]
+mod last_word;
 mod pool;
 mod reaper;
 mod stripe;
@@ -341,3 +343,8 @@ pub use pool::{
     QueueMode, MAX_POOL_SIZE,
 };
 pub use worker::Worker;
+
+/// The protocol of a pool's gauges, for the loom models (built only with `--cfg loom`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use last_word::LastWord;

@@ -424,11 +424,16 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         // The client's call, for slow-lease reports of a lease taken in `look`.
         let site = Location::caller();
         let mut found = None;
+        // Runs while this pool's waiter is away looking: it only takes a lease, held by
+        // this thread (not yet the client's) until this pool's checkout has ended (its
+        // recorder and its closes above its size are user code that may drain the other
+        // pool); the rest (a worker back in rotation: a log line, an event) comes after.
         let mut look = || {
             for (&other, pool) in others.iter().zip(&pools) {
                 match pool.checkout_free_owned(site) {
                     Ok(lease) => {
-                        found = Some(self.served(snapshot, other, lease));
+                        let held_here = pool.held_here(&lease);
+                        found = Some((other, lease, held_here));
                         return true;
                     }
                     Err(Error::Disconnected { cause, .. }) => causes.note(other, cause),
@@ -442,7 +447,10 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         match snapshot.workers[index].checkout_owned_or_elsewhere(left(deadline), &pools, &mut look)
         {
             Ok(Some(lease)) => Some(Ok(self.served(snapshot, index, lease))),
-            Ok(None) => found.map(Ok),
+            Ok(None) => found.map(|(other, lease, held_here)| {
+                drop(held_here);
+                Ok(self.served(snapshot, other, lease))
+            }),
             Err(Error::Timeout { cause, .. }) => Some(Err(cause)),
             // A busy line whose pool lost its last worker while its starts failed, and the
             // time ran out: a timeout (counted there), with that pool's cause. (A line

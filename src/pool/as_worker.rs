@@ -5,6 +5,7 @@
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
+use super::held_here::HeldHere;
 use super::waitlist::{Elsewhere, Nudge};
 use super::{OwnedLease, Pool};
 use crate::error::{Cause, Error};
@@ -99,6 +100,14 @@ impl<W: Send + 'static> Pool<W> {
         shared.fuse()?;
         shared.start_in_background();
         Err(Error::Overload)
+    }
+
+    /// Counts `lease`'s worker as held by this thread until the guard drops: a balancer
+    /// holds a lease it took here while another pool's code runs (its recorder, the `Drop`
+    /// of a worker it closes), before the client has it; a `drain` of this pool called from
+    /// that code does not wait for it.
+    pub(crate) fn held_here(&self, lease: &OwnedLease<W>) -> HeldHere {
+        HeldHere::worker(&*self.handle.shared, lease.worker_id())
     }
 
     /// A blocking checkout for a balancer that found every pool busy: it waits in this

@@ -130,6 +130,11 @@ impl<'a, W: Send + 'static> Lease<'a, W> {
 }
 
 impl<W: Send + 'static> OwnedLease<W> {
+    /// Its worker's id in its pool.
+    pub(super) fn worker_id(&self) -> u64 {
+        self.0.entry().id
+    }
+
     #[inline]
     pub(crate) fn new(key: Arc<Key<W>>, entry: Box<Entry<W>>) -> Self {
         OwnedLease(Lease {

@@ -21,6 +21,9 @@ use std::time::Duration;
 #[cfg(feature = "metrics")]
 use std::time::Instant;
 
+#[cfg(feature = "metrics")]
+use crate::last_word::LastWord;
+
 use crate::event::Event;
 
 /// How often the reaper samples the gauges.
@@ -95,6 +98,8 @@ pub(crate) struct PoolMetrics {
     leased: metrics::Gauge,
     starting: metrics::Gauge,
     waiting: metrics::Gauge,
+    /// The gauges' writes (see [`sample`](PoolMetrics::sample)).
+    sampled: LastWord,
 }
 
 /// Nothing: the feature is off.
@@ -125,6 +130,7 @@ impl PoolMetrics {
             leased: metrics::Gauge::noop(),
             starting: metrics::Gauge::noop(),
             waiting: metrics::Gauge::noop(),
+            sampled: LastWord::new(),
         }
     }
 
@@ -228,8 +234,15 @@ impl PoolMetrics {
         record(|| counter.increment(1));
     }
 
-    /// Sets the gauges.
-    pub(crate) fn sample(&self, stats: &super::PoolStats) {
+    /// Sets the gauges to what `stats` reads now. The recorder is user code, slow at times:
+    /// a reading taken before a change (a close, the last lease of a closed pool coming
+    /// back) must not be set after the reading taken after it (see [`LastWord`]); a thread
+    /// that finds another sampling leaves it to that one.
+    pub(crate) fn sample(&self, stats: impl Fn() -> super::PoolStats) {
+        self.sampled.write(|| self.set_gauges(&stats()));
+    }
+
+    fn set_gauges(&self, stats: &super::PoolStats) {
         #[allow(clippy::cast_precision_loss)] // counts far below 2^52
         let gauge = |gauge: &metrics::Gauge, value: usize| record(|| gauge.set(value as f64));
         gauge(&self.idle, stats.free);
@@ -315,5 +328,5 @@ impl PoolMetrics {
     }
 
     #[inline]
-    pub(crate) fn sample(&self, _stats: &super::PoolStats) {}
+    pub(crate) fn sample(&self, _stats: impl Fn() -> super::PoolStats) {}
 }

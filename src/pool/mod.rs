@@ -415,13 +415,17 @@ impl<W: Send + 'static> Pool<W> {
     ///
     /// Right after [`build_unchecked`](PoolBuilder::build_unchecked), while no worker is open
     /// yet and starts are on their way, it waits for the first (as long as a start takes,
-    /// bounded by `start_timeout`, else `checkout_timeout`): no worker is busy, so
-    /// [`Error::Overload`] would be untrue.
+    /// bounded by `start_timeout`, else `checkout_timeout`) rather than answer
+    /// [`Error::Overload`] while no worker is busy; a start still on its way after that
+    /// bound leaves it with `Overload` all the same (it never answers a blocking checkout's
+    /// `Timeout`), and [`stats`](Self::stats) says `starting`.
     ///
     /// # Errors
-    /// [`Error::Overload`] when every worker is leased; [`Error::Disconnected`] when none is
-    /// running and the last start failed (at once, while the pool waits out
-    /// `reconnect_delay`); [`Error::Closed`], also when the pool closed during the call.
+    /// [`Error::Overload`] when no worker can be had now: every one is leased, or for a
+    /// moment in the pool's own hands (a `keepalive` check, a close), or the first start is
+    /// still on its way after the bound above; [`Error::Disconnected`] when none is running
+    /// and the last start failed (at once, while the pool waits out `reconnect_delay`);
+    /// [`Error::Closed`], also when the pool closed during the call.
     ///
     /// ```
     /// use cylinder::{Error, Pool};

@@ -203,7 +203,7 @@ impl<W: Send + 'static> Shared<W> {
         self.drain();
         // The reaper stops: the gauges say what is left (leases still out, nothing idle).
         if PoolMetrics::ON {
-            self.metrics.sample(&self.stats());
+            self.metrics.sample(|| self.stats());
         }
     }
 
@@ -239,7 +239,7 @@ impl<W: Send + 'static> Shared<W> {
     #[inline]
     pub(super) fn sample_if_closed(&self) {
         if PoolMetrics::ON && self.closed.load(Ordering::Acquire) {
-            self.metrics.sample(&self.stats());
+            self.metrics.sample(|| self.stats());
         }
     }
 

@@ -66,7 +66,7 @@ impl<W: Send + 'static> Shared<W> {
             soon((watch.limit / 2).max(MIN_TICK));
         }
         if PoolMetrics::ON {
-            self.metrics.sample(&self.stats());
+            self.metrics.sample(|| self.stats());
             soon(SAMPLE_EVERY);
         }
         // Planned from the round's start: a round held up in user code (a keepalive check,
