@@ -493,6 +493,10 @@ impl<W: Send + 'static> Balancer<Pool<W>> {
         lease: OwnedLease<W>,
     ) -> OwnedLease<W> {
         if snapshot.is_marked_dead(index) {
+            // Its log line and event are user code, run with the lease not yet the
+            // client's: it counts as this thread's own meanwhile (a `drain` of that pool
+            // from them does not wait for it).
+            let _held_here = snapshot.workers[index].held_here(&lease);
             self.shared.set.revive(snapshot, index);
         }
         lease

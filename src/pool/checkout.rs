@@ -74,7 +74,29 @@ impl<W: Send + 'static> Shared<W> {
         timeout: Duration,
         stripe: Stripe,
         failed_before: u64,
+        elsewhere: Option<Elsewhere<'_>>,
+    ) -> Result<Box<Entry<W>>, Error> {
+        let mut in_line_since = None;
+        let got = self.acquire_in_line(
+            timeout,
+            stripe,
+            failed_before,
+            elsewhere,
+            &mut in_line_since,
+        );
+        self.record_wait(in_line_since, &got);
+        got
+    }
+
+    /// `acquire_slow`'s looks and waits; `in_line_since` is when it first got in line (with
+    /// the `metrics` feature).
+    fn acquire_in_line(
+        &self,
+        timeout: Duration,
+        stripe: Stripe,
+        failed_before: u64,
         mut elsewhere: Option<Elsewhere<'_>>,
+        in_line_since: &mut Option<Instant>,
     ) -> Result<Box<Entry<W>>, Error> {
         // Read the clock only if this checkout has to wait.
         let mut deadline = None;
@@ -90,6 +112,9 @@ impl<W: Send + 'static> Shared<W> {
                     look: &mut *e.look,
                     pass_on: e.pass_on,
                 });
+                if PoolMetrics::ON {
+                    in_line_since.get_or_insert_with(Instant::now);
+                }
                 self.wait_for(stripe, deadline, timeout, failed_before, false, elsewhere)?
             };
             if let Some(entry) = self.admit(entry, stripe) {
@@ -208,6 +233,13 @@ impl<W: Send + 'static> Shared<W> {
     /// `try_checkout` with nothing open and starts on their way: waits for the first, as
     /// long as a start may take.
     pub(super) fn try_wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
+        let in_line_since = PoolMetrics::ON.then(Instant::now);
+        let got = self.wait_for_a_start(stripe);
+        self.record_wait(in_line_since, &got);
+        got
+    }
+
+    fn wait_for_a_start(&self, stripe: Stripe) -> Result<Box<Entry<W>>, Error> {
         let waited = self.start_timeout.unwrap_or(self.checkout_timeout);
         let deadline = deadline_after(waited);
         let failed_before = self.counts.failed_starts.load(Ordering::SeqCst);
@@ -273,7 +305,6 @@ impl<W: Send + 'static> Shared<W> {
         for_a_start: bool,
         elsewhere: Option<Elsewhere<'_>>,
     ) -> Result<Box<Entry<W>>, Error> {
-        let began = PoolMetrics::ON.then(Instant::now);
         let waited = self.waiters.wait(
             || self.free.take(stripe),
             // Asked after each look that found nothing (and after the line stopped counting
@@ -321,21 +352,19 @@ impl<W: Send + 'static> Shared<W> {
                 }
             },
         );
-        if let Some(began) = began {
+        if PoolMetrics::ON {
+            // This waiter left the line, however it left: a closed pool's gauges say so.
             // The recorder is user code: a worker it was served counts as this thread's own
             // meanwhile, as a lease's does (a recorder that drains does not wait for it).
             let _held_here = waited
                 .as_ref()
                 .ok()
                 .map(|entry| HeldHere::worker(self, entry.id));
-            self.metrics.waited(began.elapsed());
+            self.sample_if_closed();
         }
         match waited {
             Ok(entry) => Ok(entry),
-            Err(WaitError::Closed) => {
-                self.sample_if_closed();
-                Err(Error::Closed)
-            }
+            Err(WaitError::Closed) => Err(Error::Closed),
             Err(WaitError::GaveUp | WaitError::Timeout) if for_a_start => {
                 match self.last_failure() {
                     Some(cause) if self.fuse_blown() => Err(self.down(cause)),
@@ -349,6 +378,19 @@ impl<W: Send + 'static> Shared<W> {
             Err(WaitError::Timeout) => Err(self.timed_out(timeout)),
             // Neither a timeout nor a busy pool: the caller was served by another pool.
             Err(WaitError::Elsewhere) => Err(Error::Overload),
+        }
+    }
+
+    /// Records a checkout's time in line, once however often it got in line (a worker it
+    /// was handed may fail its check), with a worker it got counted as this thread's own
+    /// (the recorder is user code: a `drain` from it does not wait for that worker).
+    fn record_wait(&self, in_line_since: Option<Instant>, got: &Result<Box<Entry<W>>, Error>) {
+        if let Some(since) = in_line_since {
+            let _held_here = got
+                .as_ref()
+                .ok()
+                .map(|entry| HeldHere::worker(self, entry.id));
+            self.metrics.waited(since.elapsed());
         }
     }
 

@@ -154,9 +154,7 @@ impl<W: Send + 'static> Shared<W> {
         // `SeqCst` write, then this look, against the resize's store, then its
         // look for free workers: one of the two sees the other.
         seqcst_point();
-        if self.above_size(self.size.load(Ordering::SeqCst)) && !self.keeps_above_size() {
-            self.shrink();
-        }
+        self.shrink_if_above_size();
         // Nor an evicted one: `evict_all` came after the caller's look (a return's `unfit`,
         // a start's `deliver`, a sweep) and swept before it was kept. The same pairing: its
         // count's increment, then its sweep, against the keep, then this look. The reaper
@@ -164,6 +162,13 @@ impl<W: Send + 'static> Shared<W> {
         if self.generation.load(Ordering::SeqCst) != generation {
             self.sweep_again.store(true, Ordering::SeqCst);
             self.signal.request();
+        }
+    }
+
+    /// Closes what is free above the size, unless it is kept for a balancer's waiter.
+    pub(super) fn shrink_if_above_size(&self) {
+        if self.above_size(self.size.load(Ordering::SeqCst)) && !self.keeps_above_size() {
+            self.shrink();
         }
     }
 

@@ -484,6 +484,13 @@ impl<W: Send + 'static> Shared<W> {
                 // Reported with the worker still in this caller's hand (an event callback
                 // that drains does not wait for it).
                 let held_here = HeldHere::worker(self, entry.id);
+                // A worker returned or delivered while this start counted as the caller's
+                // own was kept (`above_size` leaves such a start out); this one is the
+                // caller's now, so a worker free above the size goes, as at a return. The
+                // count given back above, then this look, against a keep, then its look at
+                // the count: one of the two sees the other.
+                seqcst_point();
+                self.shrink_if_above_size();
                 drop(logs);
                 self.log_started(entry.id);
                 self.metrics.started(took);
