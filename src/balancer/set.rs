@@ -65,6 +65,12 @@ pub(crate) struct Snapshot<W> {
     /// Whether a worker of this set was handed out: a set that dies before any was is dead
     /// on arrival, and the next automatic reload waits `reconnect_delay`.
     pub(crate) served: AtomicBool,
+    /// When it was published.
+    published: Instant,
+    /// Whether a member died within `reconnect_delay` of the publication: dead on arrival
+    /// (as a pool's worker that fails before its first lease), so the next automatic reload
+    /// waits `reconnect_delay` too, also while other members serve.
+    died_young: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
     /// Whether every member comes back by itself (a balancer of pools): a reload cannot
@@ -82,6 +88,8 @@ impl<W> Snapshot<W> {
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
             served: AtomicBool::new(false),
+            published: Instant::now(),
+            died_young: AtomicBool::new(false),
             members,
             cause: Cause::message("no live children"),
         }
@@ -110,6 +118,16 @@ impl<W> Snapshot<W> {
         self.is_marked_dead(index) && !self.members[index].comes_back
     }
 }
+
+/// The workers the supervisor was told are out of service (see `WorkerSet::retired`).
+struct Retired<W> {
+    told: HashMap<usize, Weak<W>>,
+    /// The record's length at which those gone for good are next forgotten.
+    prune_at: usize,
+}
+
+/// The smallest length at which the record of retired workers is pruned.
+const PRUNE_RETIRED_AT: usize = 64;
 
 /// What the last successful reload found, kept through a disconnect so that a reconnect finds
 /// the same lease cells again.
@@ -183,7 +201,7 @@ pub(crate) struct WorkerSet<W> {
     /// The workers the supervisor was told are out of service, by identity: each is told
     /// once. Weak, so that a worker gone for good is forgotten (and its address may be
     /// reused).
-    retired: Mutex<HashMap<usize, Weak<W>>>,
+    retired: Mutex<Retired<W>>,
     /// When the supervisor was last asked for its children: the automatic reloads (a `get`
     /// that finds every worker dead or none at all, the reaper after a death) come at most
     /// once per `reconnect_delay`, so children that die on arrival are not restarted in a
@@ -223,7 +241,10 @@ impl<W: Worker> WorkerSet<W> {
                 last: HashMap::new(),
                 away: HashMap::new(),
             }),
-            retired: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Retired {
+                told: HashMap::new(),
+                prune_at: PRUNE_RETIRED_AT,
+            }),
             last_asked: Mutex::new(None),
             reload_state: Mutex::new(ReloadState::default()),
             reload_done: Condvar::new(),
@@ -290,6 +311,9 @@ impl<W: Worker> WorkerSet<W> {
     /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
+        if snapshot.published.elapsed() < self.reconnect_delay {
+            snapshot.died_young.store(true, Ordering::Relaxed);
+        }
         let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
@@ -320,13 +344,20 @@ impl<W: Worker> WorkerSet<W> {
     fn retire_once(&self, worker: &Arc<W>) {
         let first = {
             let mut retired = self.retired.lock();
-            // Only weak references are dropped here: no worker's `Drop` runs under the lock.
-            retired.retain(|_, told| told.strong_count() > 0);
+            let retired = &mut *retired;
+            // Forgets the workers gone for good, once the record has doubled since it last
+            // did (every time would make a reload of many dead workers quadratic). Only weak
+            // references are dropped here: no worker's `Drop` runs under the lock.
+            if retired.told.len() >= retired.prune_at {
+                retired.told.retain(|_, told| told.strong_count() > 0);
+                retired.prune_at = (2 * retired.told.len()).max(PRUNE_RETIRED_AT);
+            }
             let told = retired
+                .told
                 .get(&key(worker))
                 .is_some_and(|told| std::ptr::eq(told.as_ptr(), Arc::as_ptr(worker)));
             if !told {
-                retired.insert(key(worker), Arc::downgrade(worker));
+                retired.told.insert(key(worker), Arc::downgrade(worker));
             }
             !told
         };
@@ -558,13 +589,13 @@ impl<W: Worker> WorkerSet<W> {
         dropped.push(Box::new(old));
     }
 
-    /// When the reaper should try again after a reload: after `reconnect_delay` while the set
-    /// is gone, else only when asked.
     /// How long an automatic reload must still wait (`None`: it may run now): a set that an
-    /// automatic reload published and that died before any of its workers was handed out
-    /// was dead on arrival, and the next reload waits until `reconnect_delay` has passed.
+    /// automatic reload published and that died before any of its workers was handed out,
+    /// or one of whose members died within `reconnect_delay` of it, was dead on arrival,
+    /// and the next reload waits until `reconnect_delay` has passed (a child that dies as it
+    /// starts is restarted at that pace, not at every `get` that meets it).
     pub(crate) fn too_soon(&self, scanned: &Snapshot<W>) -> Option<Duration> {
-        if scanned.served.load(Ordering::Relaxed) {
+        if scanned.served.load(Ordering::Relaxed) && !scanned.died_young.load(Ordering::Relaxed) {
             return None;
         }
         match *self.last_asked.lock() {
