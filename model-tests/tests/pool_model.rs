@@ -1947,17 +1947,19 @@ fn run_case(case: &Case) -> Result<(), String> {
                 .sum::<usize>();
         model.demand = model.demand.max(wanted);
         model.demand_unknown |= reenters;
-        // The known, accepted race: a `try_checkout` that finds nothing free while another
-        // client's start is delivering may open one more worker itself (at most two more;
+        // The known, accepted race: a `try_checkout` that finds nothing free while a start
+        // is on its way may open one more worker itself (at most two more;
         // `lifecycle_regressions::a_checkout_that_opens_a_worker_on_demand_opens_exactly_one`
-        // bounds how often). Only a step with a `try_checkout` beside another client's lease
-        // may do so.
+        // bounds how often). Only a step with a `try_checkout` beside another operation
+        // may do so: another client's lease, or one of this client's own before it whose
+        // worker was discarded, panicked or broke (its replacement is the start on its way).
         let racing_tries = step
             .iter()
             .any(|ops| ops.iter().any(|op| matches!(op, Op::Lease(How::Try, _))))
             && step
                 .iter()
-                .filter(|ops| ops.iter().any(is_lease_op))
+                .flatten()
+                .filter(|op| !matches!(op, Op::SetFault(_) | Op::Wait(_)))
                 .count()
                 > 1;
         if racing_tries {

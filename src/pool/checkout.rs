@@ -202,10 +202,15 @@ impl<W: Send + 'static> Shared<W> {
                 break;
             }
         }
-        // A sweep's first pass holds every free worker for a moment (no user code runs
-        // there): the pool is not busy, so look again as they come back.
+        // A sweep's first pass holds every free worker for a moment, and a new worker counts
+        // as open a moment before it is in the pool (no user code runs in either, but the
+        // `Drop` of a new worker closed as it arrives): the pool is not busy, so look again
+        // as they come in (not for a delivery this thread's own user code interrupts).
         let began = Instant::now();
-        while self.sorting.load(Ordering::SeqCst) > 0 && began.elapsed() < SORTING_PATIENCE {
+        while (self.sorting.load(Ordering::SeqCst) > 0
+            || self.counts.delivering() > HeldHere::on_their_way(self))
+            && began.elapsed() < SORTING_PATIENCE
+        {
             std::thread::yield_now();
             if let Some(entry) = self.free.take(stripe) {
                 if let Some(entry) = self.admit(entry, stripe) {

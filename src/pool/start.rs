@@ -233,6 +233,12 @@ impl Counts {
             .saturating_sub(self.delivering.load(Ordering::SeqCst))
     }
 
+    /// Workers started and counted open, not yet in the pool (no user code runs there but
+    /// a `Drop` of one closed or evicted as it arrives).
+    pub(crate) fn delivering(&self) -> usize {
+        self.delivering.load(Ordering::SeqCst)
+    }
+
     /// Starts on their way: claimed, running, or started and not yet in the pool.
     pub(crate) fn on_their_way(&self) -> usize {
         self.starting() + self.delivering.load(Ordering::SeqCst)
