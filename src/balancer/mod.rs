@@ -553,9 +553,7 @@ impl<W: Worker> Balancer<W> {
             match self.scan(&snapshot, start, lease) {
                 Scan::Found(index) => {
                     found(index, count);
-                    if !snapshot.served.load(Ordering::Relaxed) {
-                        snapshot.served.store(true, Ordering::Relaxed);
-                    }
+                    snapshot.handed_out(index);
                     return Ok((snapshot, index));
                 }
                 Scan::Busy => {

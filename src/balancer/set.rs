@@ -36,6 +36,8 @@ pub(crate) struct Member<W> {
     /// The worker's [`Worker::comes_back`], asked once when it first joined: a dead one stays
     /// in the set and is looked at again on each pass.
     pub(crate) comes_back: bool,
+    /// When it was first listed (a reload that lists it again keeps the cell).
+    joined: Instant,
 }
 
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
@@ -62,15 +64,13 @@ pub(crate) struct Snapshot<W> {
     dead: Vec<AtomicBool>,
     alive: AtomicUsize,
     reload_asked: AtomicBool,
-    /// Whether a worker of this set was handed out: a set that dies before any was is dead
-    /// on arrival, and the next automatic reload waits `reconnect_delay`.
-    pub(crate) served: AtomicBool,
-    /// When it was published.
-    published: Instant,
-    /// Whether a member died within `reconnect_delay` of the publication: dead on arrival
-    /// (as a pool's worker that fails before its first lease), so the next automatic reload
-    /// waits `reconnect_delay` too, also while other members serve.
-    died_young: AtomicBool,
+    /// Whether each member was handed out from this set.
+    handed: Vec<AtomicBool>,
+    /// Whether a member died on arrival: within `reconnect_delay` of its first listing,
+    /// never handed out from this set (as a pool's worker that fails before its first
+    /// lease). The next automatic reload then waits `reconnect_delay`, also while other
+    /// members serve: a child that dies as it starts is not restarted at every `get`.
+    died_on_arrival: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
     /// Whether every member comes back by itself (a balancer of pools): a reload cannot
@@ -87,9 +87,8 @@ impl<W> Snapshot<W> {
             dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
-            served: AtomicBool::new(false),
-            published: Instant::now(),
-            died_young: AtomicBool::new(false),
+            handed: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            died_on_arrival: AtomicBool::new(false),
             members,
             cause: Cause::message("no live children"),
         }
@@ -109,6 +108,15 @@ impl<W> Snapshot<W> {
     #[inline]
     pub(crate) fn is_marked_dead(&self, index: usize) -> bool {
         self.dead[index].load(Ordering::Relaxed)
+    }
+
+    /// Member `index` is handed out (a `get` or a lease found it).
+    #[inline]
+    pub(crate) fn handed_out(&self, index: usize) {
+        let handed = &self.handed[index];
+        if !handed.load(Ordering::Relaxed) {
+            handed.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether member `index` is passed over without a look: marked dead, and it cannot
@@ -311,8 +319,10 @@ impl<W: Worker> WorkerSet<W> {
     /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
-        if snapshot.published.elapsed() < self.reconnect_delay {
-            snapshot.died_young.store(true, Ordering::Relaxed);
+        if snapshot.members[index].joined.elapsed() < self.reconnect_delay
+            && !snapshot.handed[index].load(Ordering::Relaxed)
+        {
+            snapshot.died_on_arrival.store(true, Ordering::Relaxed);
         }
         let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
@@ -532,6 +542,7 @@ impl<W: Worker> WorkerSet<W> {
                             worker,
                             leased: AtomicBool::new(false),
                             comes_back,
+                            joined: Instant::now(),
                         }),
                     }
                 };
@@ -589,13 +600,13 @@ impl<W: Worker> WorkerSet<W> {
         dropped.push(Box::new(old));
     }
 
-    /// How long an automatic reload must still wait (`None`: it may run now): a set that an
-    /// automatic reload published and that died before any of its workers was handed out,
-    /// or one of whose members died within `reconnect_delay` of it, was dead on arrival,
-    /// and the next reload waits until `reconnect_delay` has passed (a child that dies as it
-    /// starts is restarted at that pace, not at every `get` that meets it).
+    /// How long an automatic reload must still wait (`None`: it may run now): after an
+    /// automatic reload whose set had a member die on arrival (see
+    /// `Snapshot::died_on_arrival`), the next waits until `reconnect_delay` has passed (a
+    /// child that dies as it starts is restarted at that pace, not at every `get` that
+    /// meets it); a member that served, or was listed long before, is replaced at once.
     pub(crate) fn too_soon(&self, scanned: &Snapshot<W>) -> Option<Duration> {
-        if scanned.served.load(Ordering::Relaxed) && !scanned.died_young.load(Ordering::Relaxed) {
+        if !scanned.died_on_arrival.load(Ordering::Relaxed) {
             return None;
         }
         match *self.last_asked.lock() {
