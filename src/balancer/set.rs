@@ -17,8 +17,8 @@ use crate::error::{Cause, Error};
 use crate::event::{emit, Event, EventHook};
 use crate::reaper::Signal;
 use crate::sync::{
-    current_thread, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, SnapshotCell,
-    SnapshotGuard, ThreadId,
+    current_thread, fence, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering,
+    SnapshotCell, SnapshotGuard, ThreadId,
 };
 use crate::worker::Worker;
 
@@ -64,13 +64,8 @@ pub(crate) struct Snapshot<W> {
     dead: Vec<AtomicBool>,
     alive: AtomicUsize,
     reload_asked: AtomicBool,
-    /// Whether each member was handed out from this set.
+    /// Whether each member was handed out from this set (see `WorkerSet::too_soon`).
     handed: Vec<AtomicBool>,
-    /// Whether a member died on arrival: within `reconnect_delay` of its first listing,
-    /// never handed out from this set (as a pool's worker that fails before its first
-    /// lease). The next automatic reload then waits `reconnect_delay`, also while other
-    /// members serve: a child that dies as it starts is not restarted at every `get`.
-    died_on_arrival: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
     /// Whether every member comes back by itself (a balancer of pools): a reload cannot
@@ -88,7 +83,6 @@ impl<W> Snapshot<W> {
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
             handed: members.iter().map(|_| AtomicBool::new(false)).collect(),
-            died_on_arrival: AtomicBool::new(false),
             members,
             cause: Cause::message("no live children"),
         }
@@ -115,7 +109,7 @@ impl<W> Snapshot<W> {
     pub(crate) fn handed_out(&self, index: usize) {
         let handed = &self.handed[index];
         if !handed.load(Ordering::Relaxed) {
-            handed.store(true, Ordering::Relaxed);
+            handed.store(true, Ordering::Release);
         }
     }
 
@@ -319,11 +313,6 @@ impl<W: Worker> WorkerSet<W> {
     /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
-        if snapshot.members[index].joined.elapsed() < self.reconnect_delay
-            && !snapshot.handed[index].load(Ordering::Relaxed)
-        {
-            snapshot.died_on_arrival.store(true, Ordering::Relaxed);
-        }
         let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
@@ -600,13 +589,28 @@ impl<W: Worker> WorkerSet<W> {
         dropped.push(Box::new(old));
     }
 
-    /// How long an automatic reload must still wait (`None`: it may run now): after an
-    /// automatic reload whose set had a member die on arrival (see
-    /// `Snapshot::died_on_arrival`), the next waits until `reconnect_delay` has passed (a
-    /// child that dies as it starts is restarted at that pace, not at every `get` that
-    /// meets it); a member that served, or was listed long before, is replaced at once.
+    /// How long an automatic reload must still wait (`None`: it may run now). A member
+    /// found dead within `reconnect_delay` of its first listing, never handed out from its
+    /// set, died on arrival (as a pool's worker that fails before its first lease): when
+    /// every member found dead in `scanned` died so, the next automatic reload waits until
+    /// `reconnect_delay` has passed since the last, also while other members serve (a child
+    /// that dies as it starts is restarted at that pace, not at every `get` that meets it).
+    /// A member that served, or was listed long before, is replaced at once.
     pub(crate) fn too_soon(&self, scanned: &Snapshot<W>) -> Option<Duration> {
-        if !scanned.died_on_arrival.load(Ordering::Relaxed) {
+        // The death marks this caller saw, and what was handed out before them.
+        fence(Ordering::Acquire);
+        let mut on_arrival = false;
+        for index in 0..scanned.members.len() {
+            if !scanned.is_marked_dead(index) {
+                continue;
+            }
+            let young = scanned.members[index].joined.elapsed() < self.reconnect_delay;
+            if !young || scanned.handed[index].load(Ordering::Acquire) {
+                return None;
+            }
+            on_arrival = true;
+        }
+        if !on_arrival {
             return None;
         }
         match *self.last_asked.lock() {
