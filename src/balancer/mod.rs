@@ -553,7 +553,7 @@ impl<W: Worker> Balancer<W> {
             match self.scan(&snapshot, start, lease) {
                 Scan::Found(index) => {
                     found(index, count);
-                    snapshot.handed_out(index);
+                    snapshot.members[index].handed_out();
                     return Ok((snapshot, index));
                 }
                 Scan::Busy => {

@@ -38,6 +38,18 @@ pub(crate) struct Member<W> {
     pub(crate) comes_back: bool,
     /// When it was first listed (a reload that lists it again keeps the cell).
     joined: Instant,
+    /// Whether it was ever handed out (a `get` or a lease found it), in any set.
+    served: AtomicBool,
+}
+
+impl<W> Member<W> {
+    /// It is handed out (a `get` or a lease found it).
+    #[inline]
+    pub(crate) fn handed_out(&self) {
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The identity of a worker: the address of its allocation. A `Member` holds the worker, so
@@ -64,8 +76,6 @@ pub(crate) struct Snapshot<W> {
     dead: Vec<AtomicBool>,
     alive: AtomicUsize,
     reload_asked: AtomicBool,
-    /// Whether each member was handed out from this set (see `WorkerSet::too_soon`).
-    handed: Vec<AtomicBool>,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
     /// Whether every member comes back by itself (a balancer of pools): a reload cannot
@@ -82,7 +92,6 @@ impl<W> Snapshot<W> {
             dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
-            handed: members.iter().map(|_| AtomicBool::new(false)).collect(),
             members,
             cause: Cause::message("no live children"),
         }
@@ -102,15 +111,6 @@ impl<W> Snapshot<W> {
     #[inline]
     pub(crate) fn is_marked_dead(&self, index: usize) -> bool {
         self.dead[index].load(Ordering::Relaxed)
-    }
-
-    /// Member `index` is handed out (a `get` or a lease found it).
-    #[inline]
-    pub(crate) fn handed_out(&self, index: usize) {
-        let handed = &self.handed[index];
-        if !handed.load(Ordering::Relaxed) {
-            handed.store(true, Ordering::Release);
-        }
     }
 
     /// Whether member `index` is passed over without a look: marked dead, and it cannot
@@ -216,6 +216,9 @@ pub(crate) struct WorkerSet<W> {
     /// A reload thread started by a `get` on a disconnected balancer is running.
     pub(crate) background_reload: AtomicBool,
     connected_once: AtomicBool,
+    /// The last reload listed a child dead, or the supervisor left some out (a start that
+    /// failed): the reaper asks again after `reconnect_delay`.
+    short: AtomicBool,
     reloads: AtomicU64,
     /// The set is the workers first listed, for the balancer's life (`build_pools`): one
     /// dead for good stays in it, marked dead, and no reload is asked for it.
@@ -254,6 +257,7 @@ impl<W: Worker> WorkerSet<W> {
             events,
             background_reload: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
+            short: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
             fixed,
         }
@@ -491,6 +495,7 @@ impl<W: Worker> WorkerSet<W> {
         // and dropped later with the rest, contained; a dead one that comes back by itself
         // stays, to be looked at again (a pool whose server is down).
         let mut any_alive = false;
+        let mut dead_listed = false;
         let mut live = Vec::with_capacity(listed.len());
         for worker in listed {
             let alive = contain::run(|| worker.is_alive()).unwrap_or(false);
@@ -499,6 +504,7 @@ impl<W: Worker> WorkerSet<W> {
             if alive || comes_back {
                 live.push((worker, comes_back));
             } else {
+                dead_listed = true;
                 self.retire_once(&worker);
                 dropped.push(Box::new(worker));
             }
@@ -532,6 +538,7 @@ impl<W: Worker> WorkerSet<W> {
                             leased: AtomicBool::new(false),
                             comes_back,
                             joined: Instant::now(),
+                            served: AtomicBool::new(false),
                         }),
                     }
                 };
@@ -549,6 +556,8 @@ impl<W: Worker> WorkerSet<W> {
             (members, new)
         };
         let total = members.len();
+        let left_out = contain::run(|| self.supervisor.incomplete()).unwrap_or(false);
+        self.short.store(dead_listed || left_out, Ordering::Relaxed);
         let joined = if self.connected_once.swap(true, Ordering::AcqRel) {
             Event::WorkerRestarted
         } else {
@@ -590,8 +599,8 @@ impl<W: Worker> WorkerSet<W> {
     }
 
     /// How long an automatic reload must still wait (`None`: it may run now). A member
-    /// found dead within `reconnect_delay` of its first listing, never handed out from its
-    /// set, died on arrival (as a pool's worker that fails before its first lease): when
+    /// found dead within `reconnect_delay` of its first listing, never handed out, died on
+    /// arrival (as a pool's worker that fails before its first lease): when
     /// every member found dead in `scanned` died so, the next automatic reload waits until
     /// `reconnect_delay` has passed since the last, also while other members serve (a child
     /// that dies as it starts is restarted at that pace, not at every `get` that meets it).
@@ -604,8 +613,9 @@ impl<W: Worker> WorkerSet<W> {
             if !scanned.is_marked_dead(index) {
                 continue;
             }
-            let young = scanned.members[index].joined.elapsed() < self.reconnect_delay;
-            if !young || scanned.handed[index].load(Ordering::Acquire) {
+            let member = &scanned.members[index];
+            let young = member.joined.elapsed() < self.reconnect_delay;
+            if !young || member.served.load(Ordering::Acquire) {
                 return None;
             }
             on_arrival = true;
@@ -628,11 +638,11 @@ impl<W: Worker> WorkerSet<W> {
         Some(due.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
     }
 
-    /// While disconnected, what is left of `reconnect_delay` since the supervisor was last
-    /// asked, by anyone: the reaper's next attempt comes no sooner (a failed `build` or
+    /// While disconnected, or short of children (see `short`), what is left of
+    /// `reconnect_delay` since the supervisor was last asked, by anyone: the reaper's next attempt comes no sooner (a failed `build` or
     /// `connect` is an attempt too).
     pub(crate) fn reconnect_wait(&self, snapshot: &Snapshot<W>) -> Option<Duration> {
-        if snapshot.is_connected() {
+        if snapshot.is_connected() && !self.short.load(Ordering::Relaxed) {
             return None;
         }
         let last = *self.last_asked.lock();
@@ -656,7 +666,16 @@ impl<W: Worker> WorkerSet<W> {
 
     pub(crate) fn retry_after<T>(&self, reload: &Result<T, Error>) -> Option<Duration> {
         if reload.is_ok() {
-            None
+            if !self.short.load(Ordering::Relaxed) {
+                return None;
+            }
+            contain::logged!(
+                debug,
+                "cylinder: {}: children missing, asking again in {:?}",
+                self.name,
+                self.reconnect_delay
+            );
+            Some(self.reconnect_delay.max(Duration::from_millis(10)))
         } else {
             contain::logged!(
                 debug,

@@ -39,6 +39,32 @@ pub trait Supervisor<W>: Send + Sync + 'static {
     fn retire(&self, worker: &Arc<W>) {
         let _ = worker;
     }
+
+    /// Whether the last `children` left out children it means to have (a start that
+    /// failed): the balancer asks again after `reconnect_delay`, as it does while a listed
+    /// child is dead. The default: never ([`Factory`] says so while a slot is empty).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cylinder::{Factory, Supervisor, Worker};
+    ///
+    /// struct Node;
+    /// impl Worker for Node {}
+    ///
+    /// let starts = std::sync::Mutex::new(0);
+    /// let factory = Factory::new(2, move || {
+    ///     let mut n = starts.lock().unwrap();
+    ///     *n += 1;
+    ///     if *n == 2 { Err("refused".into()) } else { Ok(Node) }
+    /// });
+    /// assert_eq!(factory.children().unwrap().len(), 1);
+    /// assert!(factory.incomplete()); // asked again after `reconnect_delay`
+    /// assert_eq!(factory.children().unwrap().len(), 2);
+    /// assert!(!factory.incomplete());
+    /// ```
+    fn incomplete(&self) -> bool {
+        false
+    }
 }
 
 impl<W, F> Supervisor<W> for F
@@ -60,8 +86,9 @@ struct Slot<W> {
 /// A supervisor that starts `size` workers from a closure and restarts any that died or were
 /// retired, each time it is asked for its children: gruff's `{M, F, A}` worker spec.
 ///
-/// A start that fails or panics leaves its slot empty and is retried at the next ask; only
-/// when no worker at all is running is the failure returned.
+/// A start that fails or panics leaves its slot empty and is retried at the next ask (a
+/// balancer asks again after `reconnect_delay`: see [`Supervisor::incomplete`]); only when
+/// no worker at all is running is the failure returned.
 ///
 /// ```
 /// use cylinder::{Factory, Supervisor, Worker};
@@ -156,6 +183,10 @@ impl<W: Worker> Supervisor<W> for Arc<Factory<W>> {
     fn retire(&self, worker: &Arc<W>) {
         Factory::retire(self, worker);
     }
+
+    fn incomplete(&self) -> bool {
+        Factory::incomplete(self)
+    }
 }
 
 impl<W: Worker> Supervisor<W> for Factory<W> {
@@ -165,6 +196,10 @@ impl<W: Worker> Supervisor<W> for Factory<W> {
         // The dead workers replaced go with no lock held, their `Drop` contained.
         crate::contain::dispose_each(gone);
         listed
+    }
+
+    fn incomplete(&self) -> bool {
+        self.slots.lock().iter().any(|slot| slot.worker.is_none())
     }
 
     fn retire(&self, worker: &Arc<W>) {
