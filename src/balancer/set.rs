@@ -642,7 +642,10 @@ impl<W: Worker> WorkerSet<W> {
     /// `reconnect_delay` since the supervisor was last asked, by anyone: the reaper's next attempt comes no sooner (a failed `build` or
     /// `connect` is an attempt too).
     pub(crate) fn reconnect_wait(&self, snapshot: &Snapshot<W>) -> Option<Duration> {
-        if snapshot.is_connected() && !self.short.load(Ordering::Relaxed) {
+        // A death in the set asked for a reload: `too_soon` alone paces that one (a member
+        // that served is replaced at once, short or not).
+        let death_asked = snapshot.reload_asked.load(Ordering::Acquire);
+        if snapshot.is_connected() && (!self.short.load(Ordering::Relaxed) || death_asked) {
             return None;
         }
         let last = *self.last_asked.lock();
