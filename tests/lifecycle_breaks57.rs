@@ -3,32 +3,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use common::node::{Node, Switch};
+
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// A balancer child that serves until killed (dead from then on).
-struct Node {
-    name: usize,
-    alive: AtomicBool,
-}
-impl Node {
-    fn new(name: usize) -> Arc<Node> {
-        Arc::new(Node {
-            name,
-            alive: AtomicBool::new(true),
-        })
-    }
-    fn kill(&self) {
-        self.alive.store(false, Ordering::SeqCst);
-    }
-}
-impl cylinder::Worker for Node {
-    fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
-    }
-}
 
 /// A balancer over a `Factory` of two, `reconnect_delay` 1 s. Both children serve for more
 /// than `reconnect_delay`. Child A dies (it served): found by a `get`, the reaper reloads at
@@ -96,14 +75,6 @@ fn an_old_child_dying_just_after_another_childs_replacement_is_replaced_at_once(
          (reconnect_delay 1 s): paced as if dead on arrival",
         Duration::from_millis(1200)
     );
-}
-
-/// The `Factory`'s worker: a handle on a `Node` the test can kill.
-struct Switch(Arc<Node>);
-impl cylinder::Worker for Switch {
-    fn is_alive(&self) -> bool {
-        self.0.alive.load(Ordering::SeqCst)
-    }
 }
 
 /// A balancer over a cluster's node list, `reconnect_delay` 1 s. Nodes A and B serve for

@@ -3,40 +3,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use common::node::{Node, Switch};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// A balancer child that serves until killed (dead from then on).
-struct Node {
-    name: usize,
-    alive: AtomicBool,
-}
-impl Node {
-    fn new(name: usize) -> Arc<Node> {
-        Arc::new(Node {
-            name,
-            alive: AtomicBool::new(true),
-        })
-    }
-    fn kill(&self) {
-        self.alive.store(false, Ordering::SeqCst);
-    }
-}
-impl cylinder::Worker for Node {
-    fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
-    }
-}
-
-/// The `Factory`'s worker: a handle on a `Node` the test can kill.
-struct Switch(Arc<Node>);
-impl cylinder::Worker for Switch {
-    fn is_alive(&self) -> bool {
-        self.0.alive.load(Ordering::SeqCst)
-    }
-}
 
 /// A balancer over a `Factory` of two, `reconnect_delay` 1 s. Both children A and B serve
 /// for 300 ms (every `get` alternates between them). B dies: it served, so the reaper

@@ -3,41 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::node::{Node, Switch};
 use cylinder::BoxError;
-
-/// A balancer child that serves until killed (dead from then on).
-struct Node {
-    name: usize,
-    alive: AtomicBool,
-}
-impl Node {
-    fn new(name: usize) -> Arc<Node> {
-        Arc::new(Node {
-            name,
-            alive: AtomicBool::new(true),
-        })
-    }
-    fn kill(&self) {
-        self.alive.store(false, Ordering::SeqCst);
-    }
-}
-impl cylinder::Worker for Node {
-    fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
-    }
-}
-
-/// The `Factory`'s worker: a handle on a `Node` the test can kill.
-struct Switch(Arc<Node>);
-impl cylinder::Worker for Switch {
-    fn is_alive(&self) -> bool {
-        self.0.alive.load(Ordering::SeqCst)
-    }
-}
 
 const DELAY: Duration = Duration::from_secs(2);
 

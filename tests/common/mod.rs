@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cylinder::{BoxError, Worker};
 
 pub mod logger;
+pub mod node;
 
 /// A worker that can be killed, that counts its uses, and that catches double leases.
 #[derive(Debug)]
