@@ -35,6 +35,11 @@ impl Signal {
         self.wake.notify_all();
     }
 
+    /// Whether close was called: a round under way starts no more user code.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     /// Whether a round was asked for and not yet started; clears the request.
     #[cfg(loom)]
     pub(crate) fn take_request(&self) -> bool {

@@ -76,6 +76,12 @@ pub(crate) struct Snapshot<W> {
     dead: Vec<AtomicBool>,
     alive: AtomicUsize,
     reload_asked: AtomicBool,
+    /// A member that served, or was listed long before, was found dead (out for good):
+    /// the next reload comes at once (see `WorkerSet::too_soon`).
+    death_in_service: AtomicBool,
+    /// A member died on arrival: found dead within `reconnect_delay` of its first listing,
+    /// never handed out (as a pool's worker that fails before its first lease).
+    death_on_arrival: AtomicBool,
     /// Why the set is empty (disconnected), if it is.
     pub(crate) cause: Cause,
     /// Whether every member comes back by itself (a balancer of pools): a reload cannot
@@ -92,6 +98,8 @@ impl<W> Snapshot<W> {
             dead: members.iter().map(|_| AtomicBool::new(false)).collect(),
             alive: AtomicUsize::new(members.len()),
             reload_asked: AtomicBool::new(false),
+            death_in_service: AtomicBool::new(false),
+            death_on_arrival: AtomicBool::new(false),
             members,
             cause: Cause::message("no live children"),
         }
@@ -282,6 +290,11 @@ impl<W: Worker> WorkerSet<W> {
     /// A worker that [comes back](Worker::comes_back) by itself is neither retired nor
     /// reloaded for: it stays in the set until [`revive`](Self::revive).
     pub(crate) fn mark_dead(&self, snapshot: &Snapshot<W>, index: usize) {
+        // How it died, noted before the mark: a `get` that finds the whole set dead reads it
+        // (`too_soon`) once it sees the mark.
+        if !snapshot.members[index].comes_back {
+            Self::note_death(snapshot, index, self.reconnect_delay);
+        }
         if snapshot.dead[index].swap(true, Ordering::AcqRel) {
             // Dead already, and kept as one that comes back by itself: it may have stopped
             // for good since (a pool closed while its server was down).
@@ -317,12 +330,35 @@ impl<W: Worker> WorkerSet<W> {
     /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
+        let on_arrival = Self::note_death(snapshot, index, self.reconnect_delay);
         let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
-            self.ask_reload(snapshot);
+            if on_arrival {
+                self.ask_reload(snapshot);
+            } else {
+                // Once per set would not do: a death on arrival in the same set may have
+                // asked already, and the reaper paced that one.
+                snapshot.reload_asked.store(true, Ordering::Release);
+                self.signal.request();
+            }
         }
         drop(logs);
+    }
+
+    /// Notes how member `index` died (see `Snapshot::death_on_arrival`); returns whether it
+    /// died on arrival.
+    fn note_death(snapshot: &Snapshot<W>, index: usize, reconnect_delay: Duration) -> bool {
+        let member = &snapshot.members[index];
+        let on_arrival =
+            member.joined.elapsed() < reconnect_delay && !member.served.load(Ordering::Acquire);
+        let how = if on_arrival {
+            &snapshot.death_on_arrival
+        } else {
+            &snapshot.death_in_service
+        };
+        how.store(true, Ordering::Release);
+        on_arrival
     }
 
     /// Notes that member `index` of `snapshot`, marked dead, was found alive again (it
@@ -397,6 +433,11 @@ impl<W: Worker> WorkerSet<W> {
                     }
                     Some(_) => state = self.reload_done.wait_until(state, None).0,
                 }
+            }
+            // The reaper's round waited for another's reload while the balancer closed:
+            // no supervisor call after `close`.
+            if asked == Asked::Automatically && self.signal.is_closed() {
+                return Err(Error::Closed);
             }
             state.running = Some(current_thread());
         }
@@ -598,29 +639,19 @@ impl<W: Worker> WorkerSet<W> {
         dropped.push(Box::new(old));
     }
 
-    /// How long an automatic reload must still wait (`None`: it may run now). A member
-    /// found dead within `reconnect_delay` of its first listing, never handed out, died on
-    /// arrival (as a pool's worker that fails before its first lease): when
-    /// every member found dead in `scanned` died so, the next automatic reload waits until
-    /// `reconnect_delay` has passed since the last, also while other members serve (a child
-    /// that dies as it starts is restarted at that pace, not at every `get` that meets it).
-    /// A member that served, or was listed long before, is replaced at once.
+    /// How long an automatic reload must still wait (`None`: it may run now). When the
+    /// members of `scanned` found dead out for good all died on arrival (see
+    /// `Snapshot::death_on_arrival`), the next automatic reload waits until `reconnect_delay`
+    /// has passed since the last, also while other members serve (a child that dies as it
+    /// starts is restarted at that pace, not at every `get` that meets it); a member that
+    /// served, or was listed long before, is replaced at once. A member that comes back by
+    /// itself (a pool whose server is down) asks for no reload, and counts for neither.
     pub(crate) fn too_soon(&self, scanned: &Snapshot<W>) -> Option<Duration> {
-        // The death marks this caller saw, and what was handed out before them.
+        // The death marks this caller saw, and how each died (noted before its mark).
         fence(Ordering::Acquire);
-        let mut on_arrival = false;
-        for index in 0..scanned.members.len() {
-            if !scanned.is_marked_dead(index) {
-                continue;
-            }
-            let member = &scanned.members[index];
-            let young = member.joined.elapsed() < self.reconnect_delay;
-            if !young || member.served.load(Ordering::Acquire) {
-                return None;
-            }
-            on_arrival = true;
-        }
-        if !on_arrival {
+        if !scanned.death_on_arrival.load(Ordering::Acquire)
+            || scanned.death_in_service.load(Ordering::Acquire)
+        {
             return None;
         }
         match *self.last_asked.lock() {
