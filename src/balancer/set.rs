@@ -15,6 +15,7 @@ use super::supervisor::Supervisor;
 use crate::contain::{self, LogsLater};
 use crate::error::{Cause, Error};
 use crate::event::{emit, Event, EventHook};
+use crate::pool::MIN_RECONNECT_DELAY;
 use crate::reaper::Signal;
 use crate::sync::{
     current_thread, fence, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering,
@@ -293,7 +294,7 @@ impl<W: Worker> WorkerSet<W> {
         // How it died, noted before the mark: a `get` that finds the whole set dead reads it
         // (`too_soon`) once it sees the mark.
         if !snapshot.members[index].comes_back {
-            Self::note_death(snapshot, index, self.reconnect_delay);
+            Self::note_death(snapshot, index, self.paced_delay());
         }
         if snapshot.dead[index].swap(true, Ordering::AcqRel) {
             // Dead already, and kept as one that comes back by itself: it may have stopped
@@ -330,7 +331,7 @@ impl<W: Worker> WorkerSet<W> {
     /// replacement); a line about its `retire` panicking waits until the reload is asked for.
     fn out_for_good(&self, snapshot: &Snapshot<W>, index: usize, alive: usize) {
         let total = snapshot.workers.len();
-        let on_arrival = Self::note_death(snapshot, index, self.reconnect_delay);
+        let on_arrival = Self::note_death(snapshot, index, self.paced_delay());
         let logs = LogsLater::begin();
         self.retire_once(&snapshot.workers[index]);
         if (alive as f64) < self.min_alive_ratio * total as f64 || alive == 0 {
@@ -660,10 +661,17 @@ impl<W: Worker> WorkerSet<W> {
         }
     }
 
+    /// `reconnect_delay`, no shorter than the reaper's smallest tick (as the pool's): a
+    /// delay of a nanosecond paces nothing, and children dead on arrival would be restarted
+    /// at every `get`.
+    fn paced_delay(&self) -> Duration {
+        self.reconnect_delay.max(MIN_RECONNECT_DELAY)
+    }
+
     /// What is left of `reconnect_delay` after `at`.
     fn left_after(&self, at: Instant) -> Option<Duration> {
         // A delay past the clock's range (`Duration::MAX`: never again) is never over.
-        let Some(due) = at.checked_add(self.reconnect_delay.max(Duration::from_millis(10))) else {
+        let Some(due) = at.checked_add(self.paced_delay()) else {
             return Some(Duration::MAX);
         };
         Some(due.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
@@ -709,7 +717,7 @@ impl<W: Worker> WorkerSet<W> {
                 self.name,
                 self.reconnect_delay
             );
-            Some(self.reconnect_delay.max(Duration::from_millis(10)))
+            Some(self.paced_delay())
         } else {
             contain::logged!(
                 debug,
@@ -717,7 +725,7 @@ impl<W: Worker> WorkerSet<W> {
                 self.name,
                 self.reconnect_delay
             );
-            Some(self.reconnect_delay.max(Duration::from_millis(10)))
+            Some(self.paced_delay())
         }
     }
 }

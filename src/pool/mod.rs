@@ -56,6 +56,7 @@ mod upkeep;
 mod waitlist;
 mod watch;
 
+pub(crate) use builder::MIN_RECONNECT_DELAY;
 pub use builder::{OnClientPanic, PoolBuilder, MAX_POOL_SIZE};
 pub use free::QueueMode;
 pub use lease::{Lease, OwnedLease};
